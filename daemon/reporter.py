@@ -1,0 +1,136 @@
+"""Reports: a file's summary.json, report.csv and rejected.csv, built from the ledger and written atomically."""
+
+import csv
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from daemon.ledger import FileInfo, Ledger
+from daemon.states import ERROR_ROW_STATUSES, Outcome, RowStatus
+
+EXCEL_TRIGGERS = ("=", "+", "-", "@")  # a cell starting with one of these is a formula to Excel
+
+
+@dataclass(frozen=True)
+class ReportNames:
+    """The outbox names of one file's reports."""
+
+    summary: str
+    report: str
+    rejected: str
+
+
+def names_for(base: str) -> ReportNames:
+    """Report names for a chosen stem."""
+    return ReportNames(f"{base}.summary.json", f"{base}.report.csv", f"{base}.rejected.csv")
+
+
+def choose_base(outbox: Path, stem: str) -> str:
+    """The first of `stem`, `stem-2`, `stem-3`... under which no report exists yet: nothing is ever overwritten."""
+    n = 1
+    while True:
+        base = stem if n == 1 else f"{stem}-{n}"
+        names = names_for(base)
+        if not any((outbox / name).exists() for name in (names.summary, names.report, names.rejected)):
+            return base
+        n += 1
+
+
+def excel_safe(value: str) -> str:
+    """Escape a cell that Excel would run as a formula."""
+    return "'" + value if value.startswith(EXCEL_TRIGGERS) else value
+
+
+def outcome_for(counts: Mapping[RowStatus, int]) -> Outcome:
+    """A finished file's status from its row counts."""
+    return Outcome.COMPLETED_WITH_ERRORS if any(counts.get(s) for s in ERROR_ROW_STATUSES) else Outcome.COMPLETED
+
+
+def build_summary(
+    file: FileInfo,
+    counts: Mapping[RowStatus, int],
+    *,
+    batches: int,
+    api_calls: int,
+    names: ReportNames,
+    rejected_written: bool,
+    finished_at: str,
+) -> dict[str, Any]:
+    """The summary.json document of a file."""
+    rows = {str(s): counts.get(s, 0) for s in RowStatus if s not in (RowStatus.PENDING, RowStatus.QUEUED)}
+    layout = file.layout
+    return {
+        "source": file.name,
+        "sha256": file.sha256,
+        "status": str(file.outcome),
+        "mode": file.mode,
+        "data_key": file.data_key,
+        "rows": {"total": sum(counts.values()), **rows},
+        "batches": batches,
+        "api_calls": api_calls,
+        "tasks": [],
+        "started_at": file.received_at,
+        "finished_at": finished_at,
+        "error": file.error,
+        "warnings": layout.get("warnings", []),
+        "format": {k: layout[k] for k in ("format", "encoding", "delimiter", "sheet", "header_row") if k in layout},
+        "columns": {layout["headers"][i]: f for i, f in layout.get("fields", [])},
+        "reports": {"report_csv": names.report, "rejected_csv": names.rejected if rejected_written else None},
+    }
+
+
+@contextmanager
+def atomic_write(path: Path, *, encoding: str = "utf-8-sig") -> Iterator[IO[str]]:
+    """Write a file under a temporary name in the same folder, then rename it: a reader never sees half of it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding=encoding, newline="") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_reports(ledger: Ledger, file: FileInfo, outbox: Path, finished_at: str) -> ReportNames:
+    """Write the three reports of a file under its chosen stem (report_base), rejected.csv only when needed."""
+    assert file.report_base is not None
+    names = names_for(file.report_base)
+    data_key = file.data_key
+    with atomic_write(outbox / names.report) as f:
+        writer = csv.writer(f)
+        writer.writerow(["row", data_key, "status", "detail", "batch", "task_id"])
+        for line, key, status, detail, seq in ledger.report_rows(file.id):
+            writer.writerow([line, excel_safe(key or ""), status, excel_safe(detail), seq or "", ""])
+
+    counts = ledger.row_counts(file.id)
+    rejected_written = any(counts.get(s) for s in ERROR_ROW_STATUSES)
+    if rejected_written:
+        headers = file.layout.get("headers", [])
+        with atomic_write(outbox / names.rejected) as f:
+            writer = csv.writer(f)
+            writer.writerow([*map(excel_safe, headers), "error"])
+            for _line, cells, _status, detail in ledger.error_rows(file.id):
+                writer.writerow([*(excel_safe(c) for c in cells), excel_safe(detail)])
+
+    batches, api_calls = ledger.batch_totals(file.id)
+    summary = build_summary(
+        file,
+        counts,
+        batches=batches,
+        api_calls=api_calls,
+        names=names,
+        rejected_written=rejected_written,
+        finished_at=finished_at,
+    )
+    with atomic_write(outbox / names.summary, encoding="utf-8") as f:
+        json.dump(summary, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    return names

@@ -1,0 +1,162 @@
+"""The ledger's tables, the SQLite connection setup, and the schema migrations."""
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy import Connection, Engine, Index, create_engine, event, text
+from sqlmodel import Field, SQLModel
+
+log = structlog.get_logger(__name__)
+
+SCHEMA_VERSION = 1
+
+
+class FileRecord(SQLModel, table=True):
+    """One input file: its identity (SHA-256), its layout, and where it is in its life."""
+
+    __tablename__ = "files"
+
+    id: int | None = Field(default=None, primary_key=True)
+    sha256: str = Field(index=True)
+    name: str  # the file's name as dropped
+    path: str  # where it was claimed (in the inbox)
+    size: int
+    state: str
+    outcome: str | None = None  # summary.json's status, once known
+    data_key: str
+    mode: str
+    layout: str = "{}"  # JSON: format, encoding, delimiter, sheet, headers, columns, key column, warnings
+    error: str | None = None  # why an unreadable file failed
+    report_base: str | None = None  # the name stem chosen for its reports, fixed before they are written
+    destination: str | None = None  # where the input is moved, fixed before it is moved
+    received_at: str
+    finished_at: str | None = None
+
+
+class RowRecord(SQLModel, table=True):
+    """One data row of a file; its identity is (file, spreadsheet row number)."""
+
+    __tablename__ = "rows"
+    # Clustered by file and row number: every per-file query (plan, report, counts) is a range scan.
+    __table_args__ = (
+        Index("rows_file_key", "file_id", "key"),
+        Index("rows_batch", "batch_id", sqlite_where=text("batch_id IS NOT NULL")),
+        {"sqlite_with_rowid": False},
+    )
+
+    file_id: int = Field(primary_key=True, foreign_key="files.id")
+    line: int = Field(primary_key=True)
+    key: str | None = None
+    data_hash: str | None = None  # hash of the normalized SCM data (what would be sent besides the key)
+    cells: str  # JSON list of the row's cells in header order, as read
+    status: str
+    detail: str = ""
+    batch_id: int | None = None
+
+
+class BatchRecord(SQLModel, table=True):
+    """One unit of upload: a sync call's items (or, later, an async job); retries are its own state."""
+
+    __tablename__ = "batches"
+    __table_args__ = (Index("batches_due", "state", "next_attempt_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    file_id: int = Field(foreign_key="files.id", index=True)
+    seq: int  # the batch's number within its file, from 1
+    kind: str  # sync | async
+    state: str
+    size: int
+    attempts: int = 0  # requests sent for this batch (its API calls)
+    failures: int = 0  # transient failures in a row, counted against retry.max_attempts
+    next_attempt_at: float = 0.0  # epoch seconds; the batch is due from then on
+    ambiguous: bool = False  # an earlier attempt may have been applied before its answer was lost
+    last_error: str | None = None
+    created_at: str
+    finished_at: str | None = None
+
+
+class CodeRecord(SQLModel, table=True):
+    """The last data uploaded per code: what idempotency needs, kept after rows are pruned."""
+
+    __tablename__ = "codes"
+
+    data_key: str = Field(primary_key=True)
+    key: str = Field(primary_key=True)
+    data_hash: str
+    file_id: int
+    line: int
+    uploaded_at: str
+
+
+class MetaRecord(SQLModel, table=True):
+    """Key-value facts about the ledger itself, such as its schema version."""
+
+    __tablename__ = "meta"
+
+    key: str = Field(primary_key=True)
+    value: str
+
+
+TABLES = SQLModel.metadata.tables
+
+
+def _create_v1(conn: Connection) -> None:
+    SQLModel.metadata.create_all(conn)
+
+
+# Version N's entry brings a ledger from version N-1 to N; each runs in the same transaction as the version bump.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _create_v1}
+
+
+class LedgerVersionError(Exception):
+    """The ledger was written by a newer scm-daemon than this one."""
+
+
+def connect(path: Path) -> Engine:
+    """An engine on the ledger file (WAL, busy timeout, foreign keys, full fsync), migrated to the latest schema."""
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed state change survives a power cut too, not only a crash; commits are per step, not per row.
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA temp_store=MEMORY")
+        cur.close()
+
+    migrate(engine)
+    return engine
+
+
+def schema_version(conn: Connection) -> int:
+    """The ledger's schema version; 0 for an empty file."""
+    has_meta = conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").first()
+    if not has_meta:
+        return 0
+    row = conn.exec_driver_sql("SELECT value FROM meta WHERE key='schema_version'").first()
+    return int(row[0]) if row else 0
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the ledger to SCHEMA_VERSION, one migration per transaction."""
+    with engine.begin() as conn:
+        current = schema_version(conn)
+    if current > SCHEMA_VERSION:
+        raise LedgerVersionError(
+            f"the ledger has schema version {current}, newer than this scm-daemon knows ({SCHEMA_VERSION}); "
+            "upgrade scm-daemon or point paths.ledger at another file"
+        )
+    for version in range(current + 1, SCHEMA_VERSION + 1):
+        with engine.begin() as conn:
+            MIGRATIONS[version](conn)
+            conn.exec_driver_sql(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                (str(version),),
+            )
+        log.info("ledger_migrated", version=version)

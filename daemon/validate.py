@@ -1,0 +1,81 @@
+"""`scm-daemon validate`: read and plan a file exactly as the service would, in a scratch ledger, uploading nothing."""
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from daemon import intake
+from daemon.config import Settings
+from daemon.ledger import Ledger
+from daemon.planner import plan
+from daemon.states import RowStatus
+
+MAX_PROBLEMS = 20
+
+
+def validate_file(path: Path, settings: Settings) -> dict[str, Any]:
+    """What the service would do with a file: layout, rows by outcome, first problems, batches and calls."""
+    if not path.is_file():
+        return {"file": str(path), "readable": False, "error": f"{path} does not exist or is not a file"}
+    with tempfile.TemporaryDirectory(prefix="scm-validate-") as scratch:
+        ledger = Ledger(Path(scratch) / "validate.sqlite3")
+        try:
+            file_id = intake.take(path, ledger, settings)
+            if file_id is None:
+                return {"file": str(path), "readable": False, "error": "the file changed while it was read"}
+            f = ledger.file(file_id)
+            if f.error:
+                return {"file": str(path), "readable": False, "error": f.error}
+            p = plan(ledger.plannable_rows(file_id, f.data_key), sync_batch_size=settings.upload.sync_batch_size)
+            counts = ledger.row_counts(file_id)
+            problems = [
+                {"row": line, "status": status, "detail": detail}
+                for line, _cells, status, detail in ledger.error_rows(file_id)
+            ][:MAX_PROBLEMS]
+            skipped_in_file = counts.get(RowStatus.SKIPPED, 0)
+        finally:
+            ledger.close()
+    layout = f.layout
+    return {
+        "file": str(path),
+        "readable": True,
+        "error": None,
+        "format": {k: layout.get(k) for k in ("format", "encoding", "delimiter", "sheet", "header_row")},
+        "data_key": f.data_key,
+        "columns": {layout["headers"][i]: field for i, field in layout["fields"]},
+        "key_column": layout["headers"][layout["key_index"]],
+        "warnings": layout.get("warnings", []),
+        "rows": {
+            "total": sum(counts.values()),
+            "to_upload": sum(len(b.lines) for b in p.batches),
+            "skipped": skipped_in_file,
+            "rejected": counts.get(RowStatus.REJECTED, 0),
+        },
+        "problems": problems,
+        "batches": {"sync": len(p.batches)},
+        "api_calls": p.api_calls,
+        "note": "codes already uploaded earlier are not looked up here; the service skips them",
+    }
+
+
+def render_validation(report: dict[str, Any]) -> str:
+    """The validation report as lines of text."""
+    if not report["readable"]:
+        return f"{report['file']}: cannot be read: {report['error']}"
+    fmt = report["format"]
+    details = ", ".join(f"{k} {v!r}" for k, v in fmt.items() if v not in (None, ""))
+    lines = [
+        f"file:     {report['file']} ({details})",
+        f"key:      column {report['key_column']!r} as {report['data_key']}",
+        "columns:  " + (", ".join(f"{h!r} -> {f}" for h, f in report["columns"].items()) or "none"),
+    ]
+    lines.extend(f"warning:  {w}" for w in report["warnings"])
+    rows = report["rows"]
+    lines.append(
+        f"rows:     {rows['total']} in all: {rows['to_upload']} to upload, {rows['skipped']} repeated in the file, "
+        f"{rows['rejected']} rejected"
+    )
+    lines.extend(f"  row {p['row']}: {p['detail']}" for p in report["problems"])
+    lines.append(f"plan:     {report['batches']['sync']} sync call(s); {report['api_calls']} API call(s) in all")
+    lines.append(f"note:     {report['note']}")
+    return "\n".join(lines)
