@@ -1,0 +1,136 @@
+"""Helpers for end-to-end tests: a project folder with a config, and the real CLI run as a subprocess."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TOKEN = "sandbox-token"
+
+
+@dataclass
+class Project:
+    """A folder laid out like a deployment: config.toml, inbox/, outbox/, archive/, failed/, ledger."""
+
+    root: Path
+    base_url: str
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def inbox(self) -> Path:
+        return self.root / "inbox"
+
+    @property
+    def outbox(self) -> Path:
+        return self.root / "outbox"
+
+    @property
+    def archive(self) -> Path:
+        return self.root / "archive"
+
+    @property
+    def failed(self) -> Path:
+        return self.root / "failed"
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / "state" / "ledger.sqlite3"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SCM_")}
+        env.update({"SCM_API__TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}, **extra)
+        return env
+
+    def cli(self, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+        """Run `scm-daemon ARGS -c config.toml` to its end."""
+        return subprocess.run(
+            [sys.executable, "-m", "daemon", *args, "-c", str(self.config)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env(**env),
+            cwd=self.root,
+            check=False,
+        )
+
+    def start(self, *args: str, **env: str) -> subprocess.Popen[str]:
+        """Start `scm-daemon run ARGS -c config.toml` in the background; output goes to service.log."""
+        log = (self.root / "service.log").open("a")
+        return subprocess.Popen(
+            [sys.executable, "-m", "daemon", "run", *args, "-c", str(self.config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=self.env(**env),
+            cwd=self.root,
+        )
+
+    def drop(self, name: str, content: str | bytes) -> Path:
+        """Write a file into the inbox the way a copy would: under a hidden name, then renamed."""
+        tmp = self.inbox / f".{name}.part"
+        if isinstance(content, str):
+            tmp.write_text(content, encoding="utf-8")
+        else:
+            tmp.write_bytes(content)
+        target = self.inbox / name
+        tmp.rename(target)
+        return target
+
+    def summary(self, stem: str) -> dict[str, Any]:
+        return json.loads((self.outbox / f"{stem}.summary.json").read_text(encoding="utf-8"))
+
+    def report(self, stem: str, kind: str = "report") -> list[dict[str, str]]:
+        with (self.outbox / f"{stem}.{kind}.csv").open(encoding="utf-8-sig", newline="") as f:
+            return list(csv.DictReader(f))
+
+    def wait_for(self, path: Path, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            if time.monotonic() > deadline:
+                log = (self.root / "service.log").read_text() if (self.root / "service.log").exists() else ""
+                raise AssertionError(f"{path} did not appear within {timeout} s\n{log[-4000:]}")
+            time.sleep(0.05)
+
+
+def make_project(root: Path, base_url: str, **sections: dict[str, Any]) -> Project:
+    """A project whose config points at the emulator, fast enough for tests (no throttling, short waits)."""
+    config: dict[str, dict[str, Any]] = {
+        "api": {"base_url": base_url, "requests_per_second": 200, "max_in_flight": 4, "read_timeout": 10},
+        "watch": {"settle_seconds": 0.2},
+        "retry": {"base_delay_seconds": 0.05, "max_delay_seconds": 0.5},
+        "paths": {"ledger": "state/ledger.sqlite3"},
+    }
+    for name, values in sections.items():
+        config.setdefault(name, {}).update(values)
+    lines: list[str] = []
+    for name, values in config.items():
+        lines.append(f"[{name}]")
+        lines.extend(f"{key} = {json.dumps(value)}" for key, value in values.items())
+        lines.append("")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.toml").write_text("\n".join(lines), encoding="utf-8")
+    (root / "inbox").mkdir(exist_ok=True)
+    return Project(root, base_url)
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[str]], delimiter: str = ",") -> str:
+    """A CSV document as Excel would save it."""
+    lines = [delimiter.join(header)]
+    lines.extend(delimiter.join(r) for r in rows)
+    return "\r\n".join(lines) + "\r\n"
+
+
+def stop(process: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+    """Signal a running service and wait for its exit code."""
+    process.send_signal(sig)
+    return process.wait(timeout=timeout)
