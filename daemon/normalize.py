@@ -86,8 +86,9 @@ def map_headers(
         mapped.append((index, target))
 
     found = ", ".join(repr(h) for h in headers) or "none"
-    targets = [t for _, t in mapped]
-    repeated = sorted({t for t in targets if targets.count(t) > 1})
+    # Headings that differ only by case or spaces are one field twice, whatever the campaign defines.
+    targets = [canonical(t) for _, t in mapped]
+    repeated = sorted({t for _, t in mapped if targets.count(canonical(t)) > 1})
     if repeated:
         raise LayoutError(
             f"heading repeated: {', '.join(map(repr, repeated))}; each field may appear once. Columns found: {found}"

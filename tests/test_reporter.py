@@ -1,0 +1,51 @@
+"""Report helpers: Excel safety, never-overwrite names, atomic writes."""
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from daemon.intake import unescape
+from daemon.reporter import atomic_write, choose_base, excel_safe, outcome_for
+from daemon.states import Outcome, RowStatus
+
+
+@pytest.mark.parametrize(
+    ("cell", "shown"),
+    [("=1+1", "'=1+1"), ("+31 6", "'+31 6"), ("-5", "'-5"), ("@SUM(A1)", "'@SUM(A1)"), ("a=b", "a=b"), ("", "")],
+)
+def test_cells_excel_would_run_are_escaped(cell: str, shown: str) -> None:
+    assert excel_safe(cell) == shown
+
+
+@given(st.lists(st.text(max_size=6), max_size=5))
+def test_reading_an_escaped_cell_back_gives_the_original(cells: list[str]) -> None:
+    # A corrected rejected.csv dropped back into the inbox must carry the values it was written with.
+    originals = [c for c in cells if not c.startswith("'")]
+    assert unescape([excel_safe(c) for c in originals]) == originals
+
+
+def test_report_names_never_collide(tmp_path: Path) -> None:
+    assert choose_base(tmp_path, "orders") == "orders"
+    (tmp_path / "orders.report.csv").write_text("")
+    assert choose_base(tmp_path, "orders") == "orders-2"
+    (tmp_path / "orders-2.rejected.csv").write_text("")
+    assert choose_base(tmp_path, "orders") == "orders-3"
+
+
+def test_a_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
+    target = tmp_path / "r.csv"
+    with pytest.raises(RuntimeError), atomic_write(target) as f:
+        f.write("half")
+        raise RuntimeError("disk full")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_write(target) as f:
+        f.write("whole")
+    assert target.read_bytes() == b"\xef\xbb\xbfwhole"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_outcome_follows_the_rows() -> None:
+    assert outcome_for({RowStatus.UPLOADED: 3, RowStatus.SKIPPED: 1}) is Outcome.COMPLETED
+    assert outcome_for({RowStatus.UPLOADED: 3, RowStatus.FAILED: 1}) is Outcome.COMPLETED_WITH_ERRORS
