@@ -10,6 +10,7 @@ from pathlib import Path
 from types import FrameType
 
 import structlog
+from pydantic import SecretStr
 
 from daemon import __version__
 from daemon.api import ApiError, ErrorKind, ScantrustClient, classify
@@ -94,15 +95,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.sandbox:
         emulator = Emulator(EmulatorConfig(token=SANDBOX_TOKEN))
         base_url = emulator.start()
-        settings = sandbox_settings(find_config_file(args.config), base_url=base_url, token=SANDBOX_TOKEN)
-        log.info("sandbox_started", base_url=base_url)
+        # Only an explicit -c is read, and the ledger gets its own name: emulated uploads must never mark
+        # rows as uploaded in a production ledger, where a real run would then skip them.
+        config = Path(args.config) if args.config else None
+        settings = sandbox_settings(config, base_url=base_url, token=SANDBOX_TOKEN)
+        ledger = settings.paths.ledger
+        paths = settings.paths.model_copy(update={"ledger": ledger.with_name(f"{ledger.stem}.sandbox{ledger.suffix}")})
+        settings = settings.model_copy(update={"paths": paths})
+        log.info("sandbox_started", base_url=base_url, ledger=str(paths.ledger))
     else:
         settings = _settings(args)
-        if settings.api.token is None:
-            raise UsageError(
-                "no API token: set SCM_API__TOKEN, api.token_file, or the systemd credential 'scantrust-token' "
-                "(or try `scm-daemon run --sandbox`)"
-            )
+        settings.api.require_token()
     try:
         prepare_folders(settings, create_inbox=args.sandbox)
         service = Service(settings)
@@ -151,13 +154,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     Ledger(settings.paths.ledger).close()
     print(f"ledger: {settings.paths.ledger}")
-    if settings.api.token is None:
-        raise UsageError(
-            "no API token: set SCM_API__TOKEN, api.token_file, or the systemd credential 'scantrust-token'"
-        )
     client = ScantrustClient(
         settings.api.base_url,
-        settings.api.token,
+        SecretStr(settings.api.require_token()),
         connect_timeout=settings.api.connect_timeout,
         read_timeout=settings.api.read_timeout,
     )

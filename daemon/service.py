@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
+from pydantic import SecretStr
 
 from daemon import intake
 from daemon.api import ScantrustClient
@@ -96,10 +97,9 @@ class Service:
         self.monotonic = monotonic
         self.ledger = Ledger(settings.paths.ledger, clock=clock)
         api = settings.api
-        assert api.token is not None, "the token is checked when the configuration is loaded"
         client = ScantrustClient(
             api.base_url,
-            api.token,
+            SecretStr(api.require_token()),
             connect_timeout=api.connect_timeout,
             read_timeout=api.read_timeout,
             pacer=Pacer(api.requests_per_second),

@@ -65,15 +65,15 @@ class Project:
 
     def start(self, *args: str, **env: str) -> subprocess.Popen[str]:
         """Start `scm-daemon run ARGS -c config.toml` in the background; output goes to service.log."""
-        log = (self.root / "service.log").open("a")
-        return subprocess.Popen(
-            [sys.executable, "-m", "daemon", "run", *args, "-c", str(self.config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=self.env(**env),
-            cwd=self.root,
-        )
+        with (self.root / "service.log").open("a") as log:  # the child keeps its own copy of the descriptor
+            return subprocess.Popen(
+                [sys.executable, "-m", "daemon", "run", *args, "-c", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=self.env(**env),
+                cwd=self.root,
+            )
 
     def drop(self, name: str, content: str | bytes) -> Path:
         """Write a file into the inbox the way a copy would: under a hidden name, then renamed."""

@@ -1,0 +1,74 @@
+"""Crash safety: a real service process killed with SIGKILL mid-upload, then restarted, loses and repeats nothing."""
+
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+from support import csv_text, make_project, stop
+
+from daemon.sandbox import Emulator
+
+
+def code(i: int) -> str:
+    return f"CRASH{i:07d}"
+
+
+def wait_until(predicate: object, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def test_kill_9_mid_upload_then_restart_finishes_without_resending_confirmed_rows(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    n = 3000
+    emulator.configure(latency=0.05)
+    project = make_project(tmp_path / "site", emulator.base_url, api={"max_in_flight": 2})
+    project.drop("big.csv", csv_text(["extended_id", "batch"], [(code(i), f"L{i % 3}") for i in range(n)]))
+
+    service = project.start()
+    wait_until(lambda: emulator.stats().sync_calls >= 8)
+    service.send_signal(signal.SIGKILL)
+    service.wait(timeout=10)
+
+    with sqlite3.connect(project.ledger) as db:
+        confirmed = [k for (k,) in db.execute("SELECT key FROM rows WHERE status='uploaded'")]
+        in_flight = db.execute("SELECT count(*) FROM batches WHERE state='sending'").fetchone()[0]
+    assert 0 < len(confirmed) < n
+    assert in_flight <= 2
+
+    done = project.cli("run", "--once")
+    assert done.returncode == 0, done.stderr
+
+    expected = {code(i): {"batch": f"L{i % 3}"} for i in range(n)}
+    assert emulator.all_data("extended_id") == expected
+    assert all(emulator.transactions("extended_id", k) == 1 for k in confirmed)
+    counts = [emulator.transactions("extended_id", code(i)) for i in range(n)]
+    assert max(counts) <= 2
+    assert sum(c == 2 for c in counts) <= 2 * 100  # at most the batches that were in flight were sent again
+    summary = project.summary("big")
+    assert summary["rows"]["uploaded"] == n
+    assert summary["status"] == "completed"
+    assert (project.archive / "big.csv").exists()
+
+
+def test_sigterm_mid_upload_exits_0_and_a_restart_completes(tmp_path: Path, emulator: Emulator) -> None:
+    n = 2000
+    emulator.configure(latency=0.05)
+    project = make_project(tmp_path / "site", emulator.base_url, api={"max_in_flight": 2})
+    project.drop("orders.csv", csv_text(["extended_id", "batch"], [(code(i), "L1") for i in range(n)]))
+
+    service = project.start()
+    wait_until(lambda: emulator.stats().sync_calls >= 3)
+    assert stop(service) == 0
+
+    with sqlite3.connect(project.ledger) as db:
+        assert db.execute("SELECT count(*) FROM batches WHERE state='sending'").fetchone()[0] == 0
+
+    done = project.cli("run", "--once")
+    assert done.returncode == 0, done.stderr
+    assert all(emulator.transactions("extended_id", code(i)) == 1 for i in range(n))
+    assert project.summary("orders")["rows"]["uploaded"] == n
