@@ -1,0 +1,176 @@
+"""Reading workbooks (.xlsx, .xlsm, .xls, .ods) through python-calamine, each cell as Excel shows it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import python_calamine as calamine
+import structlog
+
+from daemon.readers.table import Number, Row, Table, TableInfo, UnreadableFile, fit, header_cells, mark_errors
+from daemon.readers.xlsx_errors import ErrorCells, error_cells
+
+log = structlog.get_logger(__name__)
+
+_ZIP = b"PK\x03\x04"
+_OLE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+_MIDNIGHT = time(0)
+
+CellValue = int | float | str | bool | time | date | datetime | timedelta
+
+
+def number_text(value: float) -> str:
+    """A number as Excel's formula bar shows it: 15 significant digits, no exponent, no ".0".
+
+    Excel keeps 15 significant digits, so 0.1+0.2 shows as 0.3 where repr() would say 0.30000000000000004;
+    and it writes 123456789012 or 0.00000015 in full. Magnitudes beyond 1e±20 keep an exponent ("1e+25").
+    """
+    if value.is_integer() and -1e15 < value < 1e15:
+        return str(int(value))  # also turns -0.0 into "0"
+    text = format(value, ".15g")
+    if "e" in text and -20 <= int(text.partition("e")[2]) <= 20:
+        text = format(Decimal(text), "f")
+    return text
+
+
+def _duration_text(value: timedelta) -> str:
+    """A duration as Excel's [h]:mm:ss shows it, hours beyond 24 included."""
+    seconds = round(value.total_seconds())
+    sign, seconds = ("-" if seconds < 0 else ""), abs(seconds)
+    return f"{sign}{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def cell_text(value: object) -> str:
+    """The text of one calamine cell value: Number for numbers, ISO 8601 for dates and times."""
+    if type(value) is str:
+        return value.strip()
+    if type(value) is float:
+        return Number(number_text(value))
+    if type(value) is bool:
+        return "true" if value else "false"
+    if type(value) is int:
+        return Number(str(value))
+    if isinstance(value, datetime):
+        if value.time() == _MIDNIGHT:
+            return value.date().isoformat()
+        return value.isoformat(timespec="seconds")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, time):
+        return value.isoformat(timespec="seconds")
+    if isinstance(value, timedelta):
+        return _duration_text(value)
+    return str(value).strip()
+
+
+def _kind(path: Path) -> bytes:
+    """The first bytes of the file, refusing anything that is neither a zip nor an OLE2 container."""
+    with path.open("rb") as f:
+        head = f.read(512)
+    if head.startswith((_ZIP, _OLE)):
+        return head
+    if not head:
+        raise UnreadableFile(f"{path.name} is empty (0 bytes); export the workbook again")
+    if head.lstrip().lower().startswith((b"<!doctype html", b"<html", b"<table")):
+        raise UnreadableFile(f"{path.name} is a web page (HTML) named like a workbook; save it as .xlsx or .csv")
+    if head.startswith(b"%PDF"):
+        raise UnreadableFile(f"{path.name} is a PDF document, not a workbook; export the data as Excel or CSV")
+    raise UnreadableFile(
+        f"{path.name} is not an Excel or OpenDocument workbook (perhaps a text file with the wrong suffix); "
+        "if it is CSV, rename it to .csv"
+    )
+
+
+def _open_workbook(path: Path, fmt: str, head: bytes) -> calamine.CalamineWorkbook:
+    """The workbook, read by its content (an .xlsx saved under .xls opens as Excel itself would)."""
+    try:
+        with path.open("rb") as f:
+            return calamine.CalamineWorkbook.from_filelike(f)
+    except calamine.PasswordError as exc:
+        raise UnreadableFile(f"{path.name} is password-protected; save it again without a password") from exc
+    except calamine.CalamineError as exc:
+        if head.startswith(_OLE) and fmt != "xls":
+            # An .xlsx/.ods saved with a password is an OLE2 container holding the encrypted package.
+            raise UnreadableFile(
+                f"{path.name} is password-protected (encrypted) or corrupt; save it again without a password"
+            ) from exc
+        raise UnreadableFile(
+            f"{path.name} is a corrupt or unsupported workbook ({exc}); open it in Excel and save it again"
+        ) from exc
+
+
+def _sheet_name(path: Path, workbook: calamine.CalamineWorkbook, wanted: str | None) -> str:
+    """The sheet to read: the named one, else the first visible worksheet."""
+    names = workbook.sheet_names
+    if not names:
+        raise UnreadableFile(f"{path.name} has no sheets")
+    if wanted:
+        if wanted in names:
+            return wanted
+        folded = [name for name in names if name.strip().casefold() == wanted.strip().casefold()]
+        if len(folded) == 1:
+            return folded[0]
+        listed = ", ".join(repr(name) for name in names)
+        raise UnreadableFile(
+            f"{path.name} has no sheet named {wanted!r}; its sheets are {listed}; set intake.sheet to one of them"
+        )
+    for meta in workbook.sheets_metadata:
+        if meta.typ == calamine.SheetTypeEnum.WorkSheet and meta.visible == calamine.SheetVisibleEnum.Visible:
+            return meta.name
+    return names[0]
+
+
+def open_excel_table(path: Path, fmt: str, sheet: str | None) -> Table:
+    """Open a workbook and read its sheet up to the header row."""
+    head = _kind(path)
+    workbook = _open_workbook(path, fmt, head)
+    try:
+        name = _sheet_name(path, workbook, sheet)
+        try:
+            data = workbook.get_sheet_by_name(name)
+        except calamine.CalamineError as exc:
+            raise UnreadableFile(f"{path.name}: sheet {name!r} cannot be read ({exc}); save it again") from exc
+        start_col = data.start[1] if data.start else 0
+        errors = error_cells(path, name) if head.startswith(_ZIP) else {}
+        records = _cells(data.iter_rows(), errors, start_col)
+        for number, cells in records:
+            if any(cells):
+                header_row, headers = number, header_cells(cells)
+                break
+        else:
+            raise UnreadableFile(f"{path.name} has no header row: sheet {name!r} is empty")
+    except BaseException:
+        workbook.close()
+        raise
+    info = TableInfo(format=fmt, encoding=None, delimiter=None, sheet=name, header_row=header_row)
+    log.debug("table_opened", file=path.name, format=fmt, sheet=name, error_cells=len(errors))
+    return Table(info, headers, _rows(records, len(headers)), workbook.close)
+
+
+def _cells(rows: Iterator[list[CellValue]], errors: ErrorCells, start_col: int) -> Iterator[Row]:
+    """Every sheet row, empty ones too, as (row number, cell texts).
+
+    python-calamine's iter_rows starts at the sheet's row 1 (even when it is empty) but at the first used
+    column, so the row number is the position while error cells shift by the first used column.
+    """
+    join = "".join
+    for number, raw in enumerate(rows, start=1):
+        cells = [value.strip() if type(value) is str else cell_text(value) for value in raw]
+        if "#" in join(cells):
+            mark_errors(cells)
+        if errors and number - 1 in errors:
+            for col, error in errors[number - 1].items():
+                if 0 <= col - start_col < len(cells):
+                    cells[col - start_col] = error
+        yield number, cells
+
+
+def _rows(records: Iterator[Row], width: int) -> Iterator[Row]:
+    """Fitted, non-empty data rows."""
+    for number, cells in records:
+        if not any(cells):
+            continue
+        yield number, (cells if len(cells) == width else fit(cells, width))
