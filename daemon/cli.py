@@ -187,7 +187,10 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; every exception becomes a message on stderr and an exit code here, and only here."""
     args = build_parser().parse_args(argv)
-    configure_logging()
+    if args.command in ("run", "sandbox"):
+        configure_logging()  # a service: its log on stdout, for journald
+    else:
+        configure_logging(level="warning", stream=sys.stderr)  # stdout carries the command's answer
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, UsageError, FolderError, LedgerVersionError) as exc:

@@ -1,0 +1,102 @@
+"""The command line as a user meets it: help, exit codes, and the read-only commands."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support import Project, csv_text, make_project
+
+from daemon.cli import COMMANDS, build_parser
+from daemon.sandbox import Emulator
+
+
+@pytest.fixture
+def project(tmp_path: Path, emulator: Emulator) -> Project:
+    return make_project(tmp_path / "site", emulator.base_url)
+
+
+def test_every_command_has_help_text() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    helps = {a.dest: a.help for a in sub._choices_actions}  # type: ignore[attr-defined]
+    assert set(helps) == set(COMMANDS)
+    assert all(helps.values())
+    for name in COMMANDS:
+        out = subprocess.run([sys.executable, "-m", "daemon", name, "--help"], capture_output=True, text=True, check=False)
+        assert out.returncode == 0
+        assert "usage: scm-daemon" in out.stdout
+
+
+def test_bad_usage_exits_2() -> None:
+    out = subprocess.run([sys.executable, "-m", "daemon", "frobnicate"], capture_output=True, text=True, check=False)
+    assert out.returncode == 2
+
+
+def test_a_bad_config_value_exits_2_naming_the_key_and_the_file(project: Project) -> None:
+    project.config.write_text(project.config.read_text().replace("[upload]", "") + "\n[upload]\nsync_batch_size = 500\n")
+    out = project.cli("status")
+    assert out.returncode == 2
+    assert "upload.sync_batch_size" in out.stderr
+    assert "config.toml" in out.stderr
+
+
+def test_a_missing_inbox_is_named_with_the_fix(project: Project) -> None:
+    project.inbox.rmdir()
+    out = project.cli("run", "--once")
+    assert out.returncode == 2
+    assert f"inbox {project.inbox} does not exist; create it or set paths.inbox" in out.stderr
+
+
+def test_run_without_a_token_exits_2_and_says_how_to_give_one(project: Project) -> None:
+    out = project.cli("run", "--once", SCM_API__TOKEN="")
+    assert out.returncode == 2, out.stderr
+    assert "SCM_API__TOKEN" in out.stderr
+
+
+def test_check_accepts_a_good_token_and_exits_3_on_a_refused_one(project: Project, emulator: Emulator) -> None:
+    out = project.cli("check")
+    assert out.returncode == 0, out.stderr
+    assert "token: accepted" in out.stdout
+    emulator.configure(revoked=True)
+    out = project.cli("check")
+    assert out.returncode == 3
+    assert "sandbox-token" not in out.stdout + out.stderr
+
+
+def test_status_reports_files_rows_and_batches(project: Project) -> None:
+    project.drop("a.csv", csv_text(["extended_id", "batch"], [("CODE00000001", "x"), ("", "y")]))
+    assert project.cli("run", "--once").returncode == 0
+    out = project.cli("status", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["files"] == {"completed_with_errors": 1}
+    assert data["rows"] == {"uploaded": 1, "rejected": 1}
+    assert data["batches"] == {"done": 1}
+    assert data["recent_files"][0]["name"] == "a.csv"
+    text = project.cli("status")
+    assert "completed_with_errors" in text.stdout
+    assert "a.csv" in text.stdout
+
+
+def test_validate_shows_the_plan_without_uploading(project: Project, emulator: Emulator, tmp_path: Path) -> None:
+    path = tmp_path / "plan.csv"
+    rows = [(f"CODE{i:08d}", "cn") for i in range(250)] + [("1.23457E+11", "cn")]
+    path.write_text(csv_text(["Extended ID", "intended_market"], rows, delimiter=";"))
+    out = subprocess.run(
+        [sys.executable, "-m", "daemon", "validate", str(path), "-c", str(project.config), "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=project.env(),
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["format"]["delimiter"] == ";"
+    assert report["rows"] == {"total": 251, "to_upload": 250, "skipped": 0, "rejected": 1}
+    assert report["api_calls"] == 3
+    assert report["problems"][0]["row"] == 252
+    assert "reformatted" in report["problems"][0]["detail"]
+    assert emulator.stats().total_requests == 0
+    assert not project.ledger.exists()
