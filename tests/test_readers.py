@@ -7,6 +7,7 @@ import csv
 import datetime as dt
 import io
 import math
+import re
 import zipfile
 from pathlib import Path
 
@@ -393,6 +394,51 @@ def test_xlsx_error_cells_become_cell_errors(tmp_path: Path) -> None:
     assert (table.info.header_row, headers) == (2, ["id", "x", "y"])
     assert rows == [(3, ["A", "fine", "also fine"]), (4, ["B", "#DIV/0!", "#N/A"])]
     assert [type(cell) for cell in rows[1][1]] == [str, CellError, CellError]
+
+
+def test_xlsx_error_cells_past_the_first_megabyte_of_sheet_xml(tmp_path: Path) -> None:
+    error_rows = {3, 17_000, 29_999}
+
+    def build(wb: xlsxwriter.Workbook) -> None:
+        ws = wb.add_worksheet("Big")
+        ws.write_row(0, 0, ["id", "note", "value"])
+        for index in range(1, 30_000):
+            ws.write_row(index, 0, [f"ID{index:08d}", "a note of some length"])
+            if index in error_rows:
+                ws.write_formula(index, 2, "=NA()", None, "#N/A")
+            else:
+                ws.write_number(index, 2, index)
+
+    path = xlsx(tmp_path / "big.xlsx", build)
+    with zipfile.ZipFile(path) as archive:
+        assert archive.getinfo("xl/worksheets/sheet1.xml").file_size > 1_500_000
+    _, _, rows = read(path)
+    errors = {number - 1 for number, cells in rows if type(cells[2]) is CellError}
+    assert errors == error_rows
+    assert rows[-1] == (30_000, ["ID00029999", "a note of some length", "#N/A"])
+
+
+def test_xlsx_error_cells_without_cell_references(tmp_path: Path) -> None:
+    # Cell references are optional in the format; some writers leave them out, calamine then counts columns.
+    def build(wb: xlsxwriter.Workbook) -> None:
+        ws = wb.add_worksheet()
+        ws.write_row(0, 0, ["id", "x", "y"])
+        ws.write_string(1, 0, "A")
+        ws.write_formula(1, 1, "=1/0", None, "#DIV/0!")
+        ws.write_number(1, 2, 5)
+
+    source = xlsx(tmp_path / "refs.xlsx", build)
+    path = tmp_path / "norefs.xlsx"
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(path, "w") as copy:
+        for item in original.infolist():
+            data = original.read(item)
+            if item.filename == "xl/worksheets/sheet1.xml":
+                data = re.sub(rb'(<c) r="[A-Z]+[0-9]+"', rb"\1", data)
+                assert b' r="B2"' not in data
+            copy.writestr(item, data)
+    _, _, rows = read(path)
+    assert rows == [(2, ["A", "#DIV/0!", "5"])]
+    assert type(rows[0][1][1]) is CellError
 
 
 def test_openpyxl_error_values_and_durations(tmp_path: Path) -> None:
