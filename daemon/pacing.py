@@ -1,0 +1,80 @@
+"""One evenly spaced request pace shared by every upload worker, so the API's rate limit is never hit."""
+
+import math
+import threading
+import time
+from collections.abc import Callable
+
+
+class PacerClosed(Exception):
+    """acquire() gave up because the pacer was closed (the daemon is shutting down)."""
+
+
+class Pacer:
+    """Hands out request slots exactly 1/rate apart, in the order they were asked for.
+
+    A token bucket with a capacity of one: no bursts, not even after an idle spell, so a pace of 10/s never
+    puts two requests into the API's window closer than 100 ms.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
+        self._interval = self._interval_for(rate)
+        self._clock = clock
+        self._closed = threading.Event()
+        # The default sleep wakes on close(), so a worker parked behind a long pause cannot delay shutdown.
+        self._sleep = sleep if sleep is not None else self._closed.wait
+        self._lock = threading.Lock()
+        self._last_slot = -math.inf
+        self._paused_until = -math.inf
+
+    @staticmethod
+    def _interval_for(rate: float) -> float:
+        if not (rate > 0 and math.isfinite(rate)):
+            raise ValueError(f"pace must be a positive number of requests per second, got {rate}")
+        return 1.0 / rate
+
+    @property
+    def rate(self) -> float:
+        """Requests per second."""
+        with self._lock:
+            return 1.0 / self._interval
+
+    def set_rate(self, rate: float) -> None:
+        """Change the pace; the next slot is spaced by the new interval."""
+        interval = self._interval_for(rate)
+        with self._lock:
+            self._interval = interval
+
+    def pause_until(self, monotonic_time: float) -> None:
+        """Hold every acquire, including those already waiting, until this clock time (e.g. after a 429)."""
+        with self._lock:
+            self._paused_until = max(self._paused_until, monotonic_time)
+
+    def close(self) -> None:
+        """Wake every waiting acquire with PacerClosed, and refuse further ones."""
+        self._closed.set()
+
+    def acquire(self) -> None:
+        """Block until the caller's slot; raise PacerClosed if the pacer is closed meanwhile."""
+        while True:
+            with self._lock:
+                self._raise_if_closed()
+                slot = max(self._last_slot + self._interval, self._clock(), self._paused_until)
+                self._last_slot = slot
+            while (remaining := slot - self._clock()) > 0:
+                self._sleep(remaining)
+                self._raise_if_closed()
+            with self._lock:
+                if self._paused_until <= slot:
+                    return
+            # A pause began while this caller waited for its slot: queue again behind the pause.
+
+    def _raise_if_closed(self) -> None:
+        if self._closed.is_set():
+            raise PacerClosed("the request pacer was closed")
