@@ -10,14 +10,18 @@ import structlog
 
 from daemon.config import Settings
 from daemon.ledger import Ledger
-from daemon.normalize import Layout, LayoutError, cell_problem, data_hash, key_problem, map_headers, scm_data
+from daemon.normalize import Layout, LayoutError, cell_problem, key_problem, map_headers, row_hasher
 from daemon.readers import Table, UnreadableFile, open_table
 from daemon.states import FileState, Outcome, RowStatus
 
 log = structlog.get_logger(__name__)
 
 HASH_CHUNK = 1 << 20
-ESCAPED = frozenset("=+-@")  # report CSVs prefix cells starting with these with "'"; reading them back undoes it
+ESCAPED = frozenset("=+-@")
+TEXT_FORMATS = frozenset({"csv", "tsv", "txt"})
+_CELLS_JSON = json.JSONEncoder(
+    ensure_ascii=False, check_circular=False
+)  # report CSVs prefix cells starting with these with "'"; reading them back undoes it
 
 
 def fingerprint(path: Path) -> tuple[str, int, int]:
@@ -41,21 +45,27 @@ def unescape(cells: list[str]) -> list[str]:
 def _row_records(
     table: Table, layout: Layout, data_key: str, clear_empty: bool
 ) -> Iterator[tuple[int, str | None, str | None, str, str, str]]:
+    # The hot loop of a million-row intake: checks that cannot apply to a row are not made for it.
     key_index = layout.key_index
-    dumps = json.dumps
+    width = len(layout.headers)
+    typed_cells = table.info.format not in TEXT_FORMATS  # only spreadsheets have error cells
+    dumps = _CELLS_JSON.encode
+    digest = row_hasher(layout, clear_empty=clear_empty)
     for line, raw in table.rows():
-        cells = unescape(raw)
+        cells = unescape(raw) if "'" in "".join(raw) else raw
         key = cells[key_index]
-        problem = key_problem(key, data_key) or cell_problem(cells, layout)
+        problem = key_problem(key, data_key)
+        if problem is None and (typed_cells or len(cells) > width):
+            problem = cell_problem(cells, layout)
         if problem:
             yield line, str(key) or None, None, dumps(cells), RowStatus.REJECTED, problem
             continue
-        data = scm_data(cells, layout, clear_empty=clear_empty)
-        if not data:
+        hashed = digest(cells)
+        if hashed is None:
             detail = "nothing to upload: every field of the row is empty (upload.empty_cells = skip)"
             yield line, str(key), None, dumps(cells), RowStatus.REJECTED, detail
             continue
-        yield line, str(key), data_hash(data), dumps(cells), RowStatus.PENDING, ""
+        yield line, str(key), hashed, dumps(cells), RowStatus.PENDING, ""
 
 
 def take(path: Path, ledger: Ledger, settings: Settings) -> int | None:

@@ -224,6 +224,7 @@ class Ledger:
             "INSERT INTO rows (file_id, line, key, data_hash, cells, status, detail) "
             f"VALUES ({file_id}, ?, ?, ?, ?, ?, ?)"
         )
+
         while chunk := list(islice(rows, INSERT_CHUNK)):
             with self.engine.begin() as conn:
                 conn.exec_driver_sql(sql, chunk)

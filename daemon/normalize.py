@@ -1,9 +1,11 @@
 """Pure rules that turn a file's header and cells into a key and the SCM data to send: mapping, checks, hashing."""
 
 import hashlib
+import json
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from daemon.readers import CellError, Number
@@ -11,7 +13,9 @@ from daemon.readers import CellError, Number
 KEY_FIELDS = ("extended_id", "serial_number")
 EXTENDED_ID = re.compile(r"[A-Za-z0-9_-]{8,100}")
 # What Excel shows for a long number it reformatted: 1.23457E+11, 1,23457E+11 in some locales.
-SCIENTIFIC = re.compile(r"[+-]?\d+([.,]\d+)?[eE][+-]?\d+")
+# Always with "E+": a key that passes the extended_id pattern can never look like this.
+SCIENTIFIC = re.compile(r"[+-]?\d+([.,]\d+)?[eE]\+\d+")
+_HASH_JSON = json.JSONEncoder(ensure_ascii=False, check_circular=False, separators=(",", ":"))
 MAX_KEY_LENGTH = 100
 
 
@@ -126,6 +130,8 @@ def map_headers(
 
 def key_problem(value: str, data_key: str) -> str | None:
     """Why a key cell cannot be used as a code, or None when it can."""
+    if data_key == "extended_id" and type(value) is str and EXTENDED_ID.fullmatch(value):
+        return None  # the common case, first: plain text of the right shape
     if isinstance(value, CellError):
         return f"{data_key} is an error cell ({value})"
     if not value:
@@ -166,13 +172,33 @@ def cell_problem(cells: Sequence[str], layout: Layout) -> str | None:
     return None
 
 
+def _digest(names: Sequence[str], values: Sequence[str]) -> str:
+    # JSON of [names, values]: unambiguous for any text, and encoded in C.
+    return hashlib.blake2b(_HASH_JSON.encode([names, values]).encode(), digest_size=16).hexdigest()
+
+
 def data_hash(data: Mapping[str, str]) -> str:
     """A stable digest of SCM data: equal data, equal hash, whatever the column order."""
-    h = hashlib.blake2b(digest_size=16)
-    for field in sorted(data):
-        # Length-prefixed, so no choice of field names and values can make two different dicts hash alike.
-        for part in (field, data[field]):
-            encoded = part.encode()
-            h.update(b"%d:" % len(encoded))
-            h.update(encoded)
-    return h.hexdigest()
+    names = sorted(data)
+    return _digest(names, [data[n] for n in names])
+
+
+def row_hasher(layout: Layout, *, clear_empty: bool) -> Callable[[Sequence[str]], str | None]:
+    """data_hash(scm_data(cells)) for a layout's rows without building the dict; None when there is no data."""
+    order = sorted(layout.fields, key=lambda f: f[1])
+    names = [field for _, field in order]
+    indexes = [i for i, _ in order]
+
+    def values_of(cells: Sequence[str]) -> Sequence[str]:
+        return [cells[i] for i in indexes]
+
+    pick: Callable[[Sequence[str]], Sequence[str]] = itemgetter(*indexes) if len(indexes) > 1 else values_of
+
+    def digest(cells: Sequence[str]) -> str | None:
+        values = pick(cells)
+        if clear_empty or all(values):
+            return _digest(names, values) if values else None
+        kept = [(n, v) for n, v in zip(names, values, strict=True) if v]
+        return _digest([n for n, _ in kept], [v for _, v in kept]) if kept else None
+
+    return digest

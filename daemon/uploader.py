@@ -10,6 +10,7 @@ import structlog
 from daemon.api import ApiError, ErrorKind, ScantrustClient, SyncResult, classify
 from daemon.ledger import BatchInfo, Ledger
 from daemon.normalize import Layout, scm_data
+from daemon.pacing import PacerClosed
 from daemon.retry import RetryPolicy
 from daemon.states import RowStatus
 
@@ -104,6 +105,10 @@ class Uploader:
         bound = log.bind(file=sending.file_name, batch=batch.seq, batch_id=batch.id, attempt=batch.attempts)
         try:
             result = future.result()
+        except PacerClosed:
+            # Shutting down before the request left: nothing was sent, so nothing counts against the batch.
+            self.ledger.requeue(batch, at=now, error="not sent: shutting down", ambiguous=False, count_failure=False)
+            return
         except ApiError as exc:
             self._failed(batch, exc, now, bound)
             return

@@ -24,7 +24,9 @@ def test_every_command_has_help_text() -> None:
     assert set(helps) == set(COMMANDS)
     assert all(helps.values())
     for name in COMMANDS:
-        out = subprocess.run([sys.executable, "-m", "daemon", name, "--help"], capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            [sys.executable, "-m", "daemon", name, "--help"], capture_output=True, text=True, check=False
+        )
         assert out.returncode == 0
         assert "usage: scm-daemon" in out.stdout
 
@@ -35,7 +37,9 @@ def test_bad_usage_exits_2() -> None:
 
 
 def test_a_bad_config_value_exits_2_naming_the_key_and_the_file(project: Project) -> None:
-    project.config.write_text(project.config.read_text().replace("[upload]", "") + "\n[upload]\nsync_batch_size = 500\n")
+    project.config.write_text(
+        project.config.read_text().replace("[upload]", "") + "\n[upload]\nsync_batch_size = 500\n"
+    )
     out = project.cli("status")
     assert out.returncode == 2
     assert "upload.sync_batch_size" in out.stderr

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.normalize import Layout, LayoutError, data_hash, key_problem, map_headers, scm_data
+from daemon.normalize import Layout, LayoutError, data_hash, key_problem, map_headers, row_hasher, scm_data
 from daemon.readers import CellError, Number
 
 
@@ -113,3 +113,11 @@ def test_the_data_hash_ignores_field_order(d: dict[str, str], rnd: object) -> No
 @given(data, data)
 def test_different_data_hashes_differently(a: dict[str, str], b: dict[str, str]) -> None:
     assert (data_hash(a) == data_hash(b)) == (a == b)
+
+
+@given(st.lists(st.sampled_from(["", "x", "y", "1"]), min_size=4, max_size=4), st.booleans())
+def test_the_row_hasher_agrees_with_the_data_hash(cells: list[str], clear_empty: bool) -> None:
+    lay = layout(["extended_id", "b", "a", "c"])
+    expected_data = scm_data(cells, lay, clear_empty=clear_empty)
+    expected = data_hash(expected_data) if expected_data else None
+    assert row_hasher(lay, clear_empty=clear_empty)(cells) == expected

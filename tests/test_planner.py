@@ -28,5 +28,5 @@ def test_every_row_is_skipped_or_sent_exactly_once_in_order(rows: list[PlanRow],
 
 @pytest.mark.parametrize("size", [0, 101])
 def test_a_batch_size_outside_the_api_limit_is_refused(size: int) -> None:
-    with pytest.raises(ValueError, match="1..100"):
+    with pytest.raises(ValueError, match=r"1\.\.100"):
         plan([], sync_batch_size=size)

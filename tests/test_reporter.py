@@ -36,9 +36,14 @@ def test_report_names_never_collide(tmp_path: Path) -> None:
 
 def test_a_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
     target = tmp_path / "r.csv"
-    with pytest.raises(RuntimeError), atomic_write(target) as f:
-        f.write("half")
-        raise RuntimeError("disk full")
+
+    def write_half() -> None:
+        with atomic_write(target) as f:
+            f.write("half")
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_half()
     assert list(tmp_path.iterdir()) == []
     with atomic_write(target) as f:
         f.write("whole")
