@@ -1,35 +1,14 @@
-"""The Scantrust API client: the only module that speaks HTTP, and where call outcomes are classified.
+"""The Scantrust API client: the only module that speaks HTTP.
 
-Every failure of a call raises one of these::
-
-    ApiError                   .ambiguous: the request may have taken effect on the server
-     ├── TransportError        no usable answer: connection refused or reset, timeouts, a broken body
-     ├── HTTPStatusError       a non-2xx answer: .status, .detail (the server's words), .retry_after (s)
-     │    ├── TokenRefused     401, 403
-     │    ├── Transient        408, 429, any 5xx
-     │    │    └── Throttled   429
-     │    └── Rejected         any other 4xx; .body is the parsed answer, for per-item errors
-     └── ProtocolError         an answer the client cannot use: a 2xx it cannot read, a redirect
-
-`classify()` maps any exception to an ErrorKind: transient (retry), token_refused (pause all uploads),
-defective (the request itself is wrong: do not resend as is), protocol (unexpected; not retried).
-
-`ambiguous` is True when the server may have applied the request: a read timeout or a connection reset after
-the request was sent, a 2xx the client could not read, and 5xx other than 501/503/504 (the application, or the
-hop behind the proxy, failed mid-way). It is False when nothing can have been applied: the connection never
-opened, 4xx, 501, 503 (refused before the application), 504 (API.md: the sync call was dropped, no update).
+What its failures raise (the error tree, classify) is in daemon.errors, how it reads answers in daemon.answers;
+both are re-exported here, so `from daemon.api import Rejected, TaskStatus, classify` works.
 """
 
-import re
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
-from enum import StrEnum
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import requests
 import structlog
@@ -38,118 +17,63 @@ from pydantic import SecretStr
 from requests.adapters import HTTPAdapter
 
 from daemon import __version__
+from daemon.answers import (
+    ASYNC_UPLOAD_PATH,
+    SYNC_UPLOAD_PATH,
+    SyncResult,
+    TaskState,
+    TaskStatus,
+    parse_sync_result,
+    parse_task_id,
+    parse_task_status,
+    shape,
+    task_state,
+)
+from daemon.errors import (
+    ApiError,
+    ErrorKind,
+    HTTPStatusError,
+    NotFound,
+    ProtocolError,
+    Rejected,
+    Throttled,
+    TokenRefused,
+    Transient,
+    TransportError,
+    classify,
+    error_detail,
+    item_errors,
+    parse_retry_after,
+    status_error,
+)
 
 if TYPE_CHECKING:
     from daemon.pacing import Pacer
 
+__all__ = [
+    "ApiError",
+    "ErrorKind",
+    "HTTPStatusError",
+    "NotFound",
+    "ProtocolError",
+    "Rejected",
+    "ScantrustClient",
+    "SyncResult",
+    "TaskState",
+    "TaskStatus",
+    "Throttled",
+    "TokenRefused",
+    "Transient",
+    "TransportError",
+    "classify",
+    "parse_retry_after",
+    "task_state",
+]
+
 log = structlog.get_logger(__name__)
 
 ME_PATH = "/api/v2/me/"
-SYNC_UPLOAD_PATH = "/api/v2/scm/upload/"
-_MAX_DETAIL = 500
-_THROTTLE_WAIT = re.compile(r"available in (\d+(?:\.\d+)?) second", re.IGNORECASE)
-_HTML_TAG = re.compile(r"<[^>]*>")
-
-
-class ErrorKind(StrEnum):
-    """What the caller should do about a failed call."""
-
-    TRANSIENT = "transient"  # retry later, with backoff
-    TOKEN_REFUSED = "token_refused"  # noqa: S105 - a kind name, not a password; stop until the token is fixed
-    DEFECTIVE = "defective"  # the request is wrong; resending it unchanged cannot help
-    PROTOCOL = "protocol"  # an answer or failure the client does not understand
-
-
-class ApiError(Exception):
-    """A call to the Scantrust API failed."""
-
-    def __init__(self, message: str, *, ambiguous: bool = False) -> None:
-        super().__init__(message)
-        self.ambiguous = ambiguous
-
-
-class TransportError(ApiError):
-    """No usable HTTP answer: the connection failed, timed out, or broke."""
-
-
-class HTTPStatusError(ApiError):
-    """The API answered with a non-2xx status."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int,
-        detail: str,
-        retry_after: float | None = None,
-        body: object = None,
-        ambiguous: bool = False,
-    ) -> None:
-        super().__init__(message, ambiguous=ambiguous)
-        self.status = status
-        self.detail = detail
-        self.retry_after = retry_after
-        self.body = body
-
-
-class TokenRefused(HTTPStatusError):
-    """401 or 403: the token is wrong, expired, or lacks a permission."""
-
-
-class Transient(HTTPStatusError):
-    """408, 429 or 5xx: the same request may succeed later."""
-
-
-class Throttled(Transient):
-    """429: the account's rate limit was hit."""
-
-
-class Rejected(HTTPStatusError):
-    """Any other 4xx: the request itself was refused (for a 400, `body` holds the per-item errors)."""
-
-
-class ProtocolError(ApiError):
-    """The API answered, but not in a way the client can use."""
-
-    def __init__(self, message: str, *, status: int | None = None, ambiguous: bool = True) -> None:
-        super().__init__(message, ambiguous=ambiguous)
-        self.status = status
-
-
-def classify(exc: BaseException) -> ErrorKind:
-    """The one place where a failure becomes a decision; anything not understood is not retried."""
-    if isinstance(exc, TransportError | Transient):
-        return ErrorKind.TRANSIENT
-    if isinstance(exc, TokenRefused):
-        return ErrorKind.TOKEN_REFUSED
-    if isinstance(exc, Rejected):
-        return ErrorKind.DEFECTIVE
-    if isinstance(exc, HTTPStatusError):  # constructed directly rather than by this module
-        return _kind_for_status(exc.status)
-    if isinstance(exc, ApiError):
-        return ErrorKind.PROTOCOL
-    if isinstance(exc, requests.RequestException | OSError):  # escaped the client, or a socket error
-        return ErrorKind.TRANSIENT
-    return ErrorKind.PROTOCOL
-
-
-def _kind_for_status(status: int) -> ErrorKind:
-    if status in (401, 403):
-        return ErrorKind.TOKEN_REFUSED
-    if status in (408, 429) or 500 <= status <= 599:
-        return ErrorKind.TRANSIENT
-    if 400 <= status <= 499:
-        return ErrorKind.DEFECTIVE
-    return ErrorKind.PROTOCOL
-
-
-@dataclass(frozen=True)
-class SyncResult:
-    """What a sync upload answered: the codes it changed, with the names of their changed fields."""
-
-    changed: Mapping[str, tuple[str, ...]]
-    total_updates: int | None
-    codes_affected: int | None
+TASK_PATH = "/api/v2/scm/tasks/{task_id}/"
 
 
 class _UatAuth(requests.auth.AuthBase):
@@ -167,7 +91,11 @@ class _UatAuth(requests.auth.AuthBase):
 
 
 class ScantrustClient:
-    """A thread-safe client for the endpoints the daemon uses."""
+    """A thread-safe client for the endpoints the daemon uses.
+
+    Uploads (sync and async: the API's scm_update throttle scope) wait for the pacer; task status requests do
+    not (another scope), but every request, of any kind, waits for one of `pool_size` slots.
+    """
 
     def __init__(
         self,
@@ -190,6 +118,8 @@ class ScantrustClient:
         # A Session is not documented as thread-safe, so each worker thread gets its own; they share one
         # adapter, whose urllib3 pool is thread-safe, so any free thread reuses the keep-alive connections.
         self._adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_size, max_retries=0)
+        # urllib3 opens extra connections when its pool is exhausted; this bounds requests in flight instead.
+        self._slots = threading.BoundedSemaphore(pool_size)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._sessions: list[requests.Session] = []
@@ -202,15 +132,34 @@ class ScantrustClient:
         """The user the token belongs to (GET /api/v2/me/): the connectivity and token check."""
         body = self._call("GET", ME_PATH)
         if not isinstance(body, dict):
-            raise ProtocolError(f"GET {ME_PATH} answered 200 with {_shape(body)} instead of a JSON object")
+            raise ProtocolError(f"GET {ME_PATH} answered 200 with {shape(body)} instead of a JSON object")
         return body
 
     def upload_sync(self, data_key: str, items: list[dict[str, str]]) -> SyncResult:
         """Send one synchronous SCM upload (at most 100 items); paced when the client has a pacer."""
         if self._pacer is not None:
             self._pacer.acquire()
-        body = self._call("POST", SYNC_UPLOAD_PATH, {"data_key": data_key, "items": items})
-        return _parse_sync_result(body, data_key)
+        try:
+            body = self._call("POST", SYNC_UPLOAD_PATH, {"data_key": data_key, "items": items})
+        except Rejected as exc:
+            exc.item_errors = item_errors(exc.body, [_key_of(item, data_key) for item in items])
+            raise
+        return parse_sync_result(body, data_key)
+
+    def upload_async(self, data_key: str, values: list[str], scm_data: dict[str, str], reference: str) -> str:
+        """Create an async job setting `scm_data` on the codes whose `data_key` is in `values`; the task id.
+
+        Paced like a sync upload: both count against the API's scm_update limit.
+        """
+        if self._pacer is not None:
+            self._pacer.acquire()
+        payload = {"constraints": {data_key: values}, "scm_data": scm_data, "reference": reference}
+        return parse_task_id(self._call("POST", ASYNC_UPLOAD_PATH, payload))
+
+    def task(self, task_id: str) -> TaskStatus:
+        """The status of an async task (not paced: task requests are outside the scm_update limit)."""
+        path = TASK_PATH.format(task_id=quote(task_id, safe=""))
+        return parse_task_status(self._call("GET", path), task_id, path)
 
     def close(self) -> None:
         """Close every thread's session and the shared connection pool."""
@@ -239,9 +188,10 @@ class ScantrustClient:
             raise RuntimeError("the API client was closed")
         what = f"{method} {path}"
         try:
-            response = self._session().request(
-                method, self.base_url + path, json=payload, timeout=self._timeout, allow_redirects=False
-            )
+            with self._slots:
+                response = self._session().request(
+                    method, self.base_url + path, json=payload, timeout=self._timeout, allow_redirects=False
+                )
         except requests.RequestException as exc:
             # `from None`: a requests exception holds the prepared request, Authorization header included, and
             # a traceback renderer that shows causes or locals would print it.
@@ -282,18 +232,9 @@ def _read_answer(what: str, response: requests.Response, token: SecretStr) -> ob
         return body
     if not 400 <= status <= 599:
         raise ProtocolError(f"{what} answered an unexpected {status}", status=status, ambiguous=False)
-    detail = _scrub(_detail(body, response.text) or response.reason or "", token)
+    detail = _scrub(error_detail(body, response.text) or response.reason or "", token)
     retry_after = parse_retry_after(response.headers.get("Retry-After"), detail, now=datetime.now(UTC))
-    fields: dict[str, Any] = {"status": status, "detail": detail, "retry_after": retry_after, "body": body}
-    if status in (401, 403):
-        hint = "check the token (api.token_file or SCM_API__TOKEN) and its permissions"
-        raise TokenRefused(f"{what}: the API refused the token ({status}: {detail}); {hint}", **fields)
-    message = f"{what} answered {status}: {detail}"
-    if status == 429:
-        raise Throttled(message, **fields)
-    if status == 408 or status >= 500:
-        raise Transient(message, ambiguous=status not in (408, 501, 503, 504), **fields)
-    raise Rejected(message, **fields)
+    raise status_error(what, status, detail, retry_after, body)
 
 
 def _json_or_none(response: requests.Response) -> object:
@@ -303,99 +244,9 @@ def _json_or_none(response: requests.Response) -> object:
         return None
 
 
-def _detail(body: object, text: str) -> str:
-    """The server's message: DRF's {"detail": ...}, else the field errors flattened, else the body's text."""
-    if isinstance(body, dict) and isinstance(body.get("detail"), str):
-        return str(body["detail"])[:_MAX_DETAIL]
-    if isinstance(body, dict | list):
-        return "; ".join(_flatten_errors(body))[:_MAX_DETAIL]
-    # A proxy's HTML error page: keep its words, drop its markup.
-    return " ".join(_HTML_TAG.sub(" ", text).split())[:_MAX_DETAIL]
-
-
-def _flatten_errors(errors: object, prefix: str = "") -> list[str]:
-    """DRF errors as "items[3].extended_id: This field is required." lines; empty per-item entries vanish."""
-    if isinstance(errors, dict):
-        out: list[str] = []
-        for key, value in errors.items():
-            out += _flatten_errors(value, f"{prefix}.{key}" if prefix else str(key))
-        return out
-    if isinstance(errors, list):
-        if all(isinstance(item, str) for item in errors):
-            return [f"{prefix}: {message}" if prefix else str(message) for message in errors]
-        out = []
-        for index, item in enumerate(errors):
-            out += _flatten_errors(item, f"{prefix}[{index}]")
-        return out
-    return [f"{prefix}: {errors}" if prefix else str(errors)]
-
-
-def parse_retry_after(header: str | None, detail: str, *, now: datetime) -> float | None:
-    """Seconds to wait: the larger of a Retry-After header (seconds or HTTP date) and a 429 detail's count."""
-    waits: list[float] = []
-    if header:
-        try:
-            seconds = float(header)
-        except ValueError:
-            try:
-                when = parsedate_to_datetime(header)
-            except (TypeError, ValueError):
-                when = None
-            if when is not None:
-                when = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-                waits.append(max(0.0, (when - now).total_seconds()))
-        else:
-            if seconds >= 0 and seconds != float("inf"):
-                waits.append(seconds)
-    match = _THROTTLE_WAIT.search(detail)
-    if match:
-        waits.append(float(match.group(1)))
-    return max(waits) if waits else None
-
-
-def _parse_sync_result(body: object, data_key: str) -> SyncResult:
-    if not isinstance(body, dict):
-        what = f"POST {SYNC_UPLOAD_PATH}"
-        raise ProtocolError(f"{what} answered 200 with {_shape(body)} instead of a JSON object")
-    items = body.get("items")
-    changed: dict[str, tuple[str, ...]] = {}
-    if isinstance(items, dict):
-        for code, fields in items.items():
-            changed[str(code)] = _field_names(fields)
-    elif isinstance(items, list):
-        # API.md marks the shape of `items` a guess; a list of codes or of {code, fields} objects is accepted.
-        for entry in items:
-            if isinstance(entry, str):
-                changed[entry] = ()
-            elif isinstance(entry, dict):
-                code = next((entry[k] for k in (data_key, "code") if isinstance(entry.get(k), str)), None)
-                if code is not None:
-                    changed[code] = _field_names(entry.get("fields", entry.get("changes")))
-                else:
-                    log.warning("api_sync_item_unreadable", keys=sorted(map(str, entry)))
-    elif items is not None:
-        raise ProtocolError(f"POST {SYNC_UPLOAD_PATH} answered 200 with `items` as {_shape(items)}")
-    return SyncResult(
-        changed=MappingProxyType(changed),
-        total_updates=_int_or_none(body.get("total_updates")),
-        codes_affected=_int_or_none(body.get("codes_affected")),
-    )
-
-
-def _field_names(value: object) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, list | tuple | dict):
-        return tuple(str(name) for name in value)
-    return ()
-
-
-def _int_or_none(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _shape(value: object) -> str:
-    return "null" if value is None else f"a JSON {type(value).__name__}"
+def _key_of(item: Mapping[str, object], data_key: str) -> str | None:
+    value = item.get(data_key)
+    return value if isinstance(value, str) else None
 
 
 def _scrub(text: str, token: SecretStr) -> str:

@@ -15,6 +15,7 @@ from daemon.api import (
     ApiError,
     ErrorKind,
     HTTPStatusError,
+    NotFound,
     ProtocolError,
     Rejected,
     ScantrustClient,
@@ -378,7 +379,7 @@ def test_the_authorization_header_is_sent(raw: RawFactory) -> None:
     ("status", "error_type", "ambiguous"),
     [
         (400, Rejected, False),
-        (404, Rejected, False),
+        (404, NotFound, False),
         (406, Rejected, False),
         (401, TokenRefused, False),
         (403, TokenRefused, False),

@@ -10,6 +10,18 @@ It follows /work/shared/API.md for the sync path. Decisions where the API is not
 - An empty string clears a field. `total_updates` counts changed fields, `codes_affected` changed codes.
 - A request is processed when it arrives and answered after `latency` (+ `slow_seconds`), so a client that
   times out during a slow answer leaves an applied update behind: the ambiguous case the daemon must survive.
+- Async jobs: constraints combine with AND (a code must match every key, any of a key's values). An
+  extended_id or serial_number constraint selects existing codes as a sync upload would; a field constraint
+  matches codes whose held data has that value. Each code has one key here, so a job constraining both key
+  fields matches nothing. A task's course (durations, failure) is fixed when it is created; its data is applied
+  when it completes, with the known_codes and campaign_fields in force at creation; `codes_affected` is the
+  number of codes matched (each gets a transaction), null until the task is final, 0 if it failed. The state
+  vocabulary and `task_unknown_state` are read when the task is asked for, so tests can flip them mid-task.
+- Faults (each drawn per request from the seeded generator): a reset, an injected 5xx and a hang strike before
+  the view, so nothing is applied; a hang holds the answer `hang_seconds`, then answers 504 as the API's gateway
+  does after ~60 s. `slow_rate` and `applied_then_500_rate` apply the update first. Poison codes make the whole
+  upload a 400 (for async too); with `partial_apply`, a sync batch's items before the first poisoned one are
+  applied first.
 """
 
 import contextlib
@@ -17,9 +29,11 @@ import threading
 
 import structlog
 
-from daemon.sandbox.server import Emulator, EmulatorConfig, EmulatorStats
+from daemon.sandbox.config import EmulatorConfig, EmulatorStats
+from daemon.sandbox.server import Emulator
+from daemon.sandbox.tasks import TaskSnapshot, TaskState
 
-__all__ = ["Emulator", "EmulatorConfig", "EmulatorStats", "serve_forever"]
+__all__ = ["Emulator", "EmulatorConfig", "EmulatorStats", "TaskSnapshot", "TaskState", "serve_forever"]
 
 log = structlog.get_logger(__name__)
 

@@ -1,36 +1,38 @@
-"""The API emulator's HTTP server: routing, authentication, throttling and injected faults."""
+"""The API emulator's HTTP server: routing, authentication, throttling, the views, and injected faults."""
 
 import contextlib
 import dataclasses
 import hmac
-import json
 import random
+import re
 import socket
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import MappingProxyType
-from urllib.parse import urlsplit
+from urllib.parse import unquote
 
-import structlog
-
-from daemon.sandbox.store import ScmStore, ValidationFailed, parse_sync_body
+from daemon.sandbox.config import SET_KNOBS, EmulatorConfig, EmulatorStats
+from daemon.sandbox.faults import Dice, async_poison_body, poisoned_items, roll, sync_poison_body
+from daemon.sandbox.http import Server
+from daemon.sandbox.responses import GATEWAY_TIMEOUT, INJECTED, NOT_FOUND, RESET, Response, json_response, throttled
+from daemon.sandbox.store import ScmStore, SyncRequest, ValidationFailed, parse_sync_body
+from daemon.sandbox.tasks import TaskSnapshot, TaskStore, parse_async_body, task_body
 from daemon.sandbox.throttle import SlidingWindowThrottle
 
-log = structlog.get_logger(__name__)
-
-MAX_BODY_BYTES = 10 * 1024 * 1024
 # Path -> kind; the docs show the upload path both with and without its trailing slash.
 ROUTES: Mapping[str, str] = {
     "/api/v2/me/": "me",
     "/api/v2/scm/upload/": "scm_upload",
     "/api/v2/scm/upload": "scm_upload",
+    "/api/v2/scm/upload/async/": "scm_upload_async",
+    "/api/v2/scm/upload/async": "scm_upload_async",
 }
-ALLOWED_METHODS: Mapping[str, str] = {"me": "GET", "scm_upload": "POST"}
-THROTTLED_KINDS = frozenset({"scm_upload"})  # the API's scm_update throttle scope
+_TASK_PATH = re.compile(r"/api/v2/scm/tasks/([^/]+)/?")  # kind scm_task; API.md: the trailing slash is a guess
+ALLOWED_METHODS: Mapping[str, str] = {"me": "GET", "scm_upload": "POST", "scm_upload_async": "POST", "scm_task": "GET"}
+UPLOAD_KINDS = frozenset({"scm_upload", "scm_upload_async"})  # the API's scm_update throttle scope
 ME_BODY: Mapping[str, object] = {
     "id": 1,
     "email": "sandbox@example.com",
@@ -38,61 +40,15 @@ ME_BODY: Mapping[str, object] = {
     "last_name": "User",
     "company": {"id": 1, "name": "Sandbox Company"},
 }
-# A proxy in front of the API answers 502/503 in HTML, so the client must cope with a body that is not JSON.
-_INJECTED: Mapping[int, tuple[str, bytes]] = {
-    500: ("application/json", b'{"detail": "A server error occurred."}'),
-    502: ("text/html", b"<html><body><h1>502 Bad Gateway</h1></body></html>"),
-    503: ("text/html", b"<html><body><h1>503 Service Unavailable</h1></body></html>"),
-}
 
 
-@dataclass(frozen=True)
-class EmulatorConfig:
-    """The emulator's knobs; change them at run time with Emulator.configure(**changes)."""
-
-    token: str = field(default="sandbox-token", repr=False)
-    campaign_fields: frozenset[str] | None = None  # None: every field accepted; else the others are discarded
-    known_codes: frozenset[str] | None = None  # None: any well-formed code exists
-    rate_limit: float | None = 10.0  # SCM updates per rolling second; None: no throttle
-    latency: float = 0.0  # seconds added to every request
-    fail_rate: float = 0.0  # probability of an injected 500/502/503 (nothing applied)
-    slow_rate: float = 0.0  # probability of a slow answer ...
-    slow_seconds: float = 0.0  # ... that sleeps this long (after applying) before answering normally
-    seed: int | None = None
-    revoked: bool = False  # 401 even for the right token (an expired token)
-    forbidden: bool = False  # 403 for the right token (a token without the SCM permissions)
-
-
-@dataclass(frozen=True)
-class EmulatorStats:
-    """A snapshot of what the emulator has seen since it was created."""
-
-    requests: Mapping[tuple[str, str], int]  # (method, path kind) -> count; kinds: me, scm_upload, unknown
-    sync_calls: int  # sync uploads applied (answered 200)
-    rejected: int  # sync uploads refused with 400
-    throttled: int  # 429s sent
-    injected_failures: int
-    slow_answers: int
-    auth_failures: int  # 401s and 403s sent
-    max_concurrency: int  # most requests in progress at once
-
-    @property
-    def total_requests(self) -> int:
-        """Every request received, of any kind."""
-        return sum(self.requests.values())
-
-
-@dataclass(frozen=True)
-class _Response:
-    status: int
-    body: bytes
-    content_type: str = "application/json"
-    headers: Mapping[str, str] = field(default_factory=dict)
-    delay: float = 0.0  # seconds to wait before answering
-
-
-def _json(status: int, payload: object, **headers: str) -> _Response:
-    return _Response(status, json.dumps(payload).encode(), headers=headers)
+def route(path: str) -> tuple[str, str]:
+    """The kind of a request path and its parameter (a task id), ("unknown", "") if nothing matches."""
+    kind = ROUTES.get(path)
+    if kind is not None:
+        return kind, ""
+    match = _TASK_PATH.fullmatch(path)
+    return ("scm_task", unquote(match.group(1))) if match else ("unknown", "")
 
 
 class Emulator:
@@ -104,13 +60,16 @@ class Emulator:
         self._rng = random.Random(self._config.seed)
         self._throttle = self._new_throttle(self._config.rate_limit)
         self._store = ScmStore()
+        self._tasks = TaskStore(self._store)
         self._counts: Counter[str] = Counter()
         self._requests: Counter[tuple[str, str]] = Counter()
+        self._burst_left = 0
+        self._burst_wait = 1.0
         self._in_flight = 0
         self._max_in_flight = 0
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
-        self._server: _Server | None = None
+        self._server: Server | None = None
         self._thread: threading.Thread | None = None
         self.base_url = ""
 
@@ -121,8 +80,7 @@ class Emulator:
         if self._server is not None:
             raise RuntimeError("emulator already started")
         self._stopping.clear()
-        server = _Server((host, port), _Handler)
-        server.emulator = self
+        server = Server((host, port), self)
         self._server = server
         self.base_url = f"http://{host}:{server.server_address[1]}"
         # A short poll interval makes stop() quick (the stdlib default of 0.5 s would dominate test run time).
@@ -161,8 +119,8 @@ class Emulator:
     # -- knobs and inspection --------------------------------------------------------------------------------
 
     def configure(self, **changes: object) -> None:
-        """Change knobs at run time (thread-safe); unknown knob names raise TypeError."""
-        for name in ("campaign_fields", "known_codes"):
+        """Change knobs at run time (thread-safe); unknown knob names raise TypeError, bad values ValueError."""
+        for name in SET_KNOBS:
             value = changes.get(name)
             if isinstance(value, set | list | tuple):
                 changes[name] = frozenset(value)
@@ -174,6 +132,14 @@ class Emulator:
             if "seed" in changes:
                 self._rng.seed(self._config.seed)
 
+    def throttle_burst(self, n: int, retry_after: float = 1.0) -> None:
+        """Answer the next n SCM updates (sync or async) with 429, announcing `retry_after` seconds."""
+        if n < 0 or not retry_after > 0:
+            raise ValueError(f"throttle_burst needs n >= 0 and retry_after > 0, got {n} and {retry_after}")
+        with self._lock:
+            self._burst_left = n
+            self._burst_wait = retry_after
+
     @property
     def config(self) -> EmulatorConfig:
         """The knobs now in force."""
@@ -182,210 +148,241 @@ class Emulator:
 
     def data(self, data_key: str, code: str) -> dict[str, str] | None:
         """The SCM data held for a code, None if no accepted update ever included it."""
+        self._tasks.advance()
         return self._store.data(data_key, code)
 
     def all_data(self, data_key: str = "extended_id") -> dict[str, dict[str, str]]:
         """The SCM data of every code an accepted update included."""
+        self._tasks.advance()
         return self._store.all_data(data_key)
 
     def transactions(self, data_key: str, code: str) -> int:
         """How many accepted updates included this code (each is a Code Transaction in the portal)."""
+        self._tasks.advance()
         return self._store.transactions(data_key, code)
+
+    def task(self, task_id: str) -> TaskSnapshot:
+        """A task as it stands now; KeyError if no such task was created."""
+        snapshot = self._tasks.get(task_id)
+        if snapshot is None:
+            raise KeyError(task_id)
+        return snapshot
+
+    def tasks(self) -> tuple[TaskSnapshot, ...]:
+        """Every task created, as it stands now, oldest first."""
+        return self._tasks.all()
 
     def stats(self) -> EmulatorStats:
         """A frozen snapshot of the counters."""
+        self._tasks.advance()
         with self._lock:
+            counts = self._counts
             return EmulatorStats(
                 requests=MappingProxyType(dict(self._requests)),
-                sync_calls=self._counts["sync_calls"],
-                rejected=self._counts["rejected"],
-                throttled=self._counts["throttled"],
-                injected_failures=self._counts["injected_failures"],
-                slow_answers=self._counts["slow_answers"],
-                auth_failures=self._counts["auth_failures"],
+                sync_calls=counts["sync_calls"],
+                rejected=counts["rejected"],
+                throttled=counts["throttled"],
+                injected_failures=counts["injected_failures"],
+                slow_answers=counts["slow_answers"],
+                auth_failures=counts["auth_failures"],
                 max_concurrency=self._max_in_flight,
+                async_jobs=counts["async_jobs"],
+                async_rejected=counts["async_rejected"],
+                task_polls=counts["task_polls"],
+                tasks_completed=self._tasks.completed,
+                tasks_failed=self._tasks.failed,
+                resets=counts["resets"],
+                hangs=counts["hangs"],
+                applied_then_500=counts["applied_then_500"],
+                poisoned=counts["poisoned"],
+                partial_applications=counts["partial_applications"],
             )
 
-    # -- request handling (called from handler threads) -----------------------------------------------------
+    # -- the HTTP handler's hooks (daemon.sandbox.http.Backend), called from handler threads -------------------
 
-    @staticmethod
-    def _new_throttle(rate: float | None) -> SlidingWindowThrottle | None:
-        return None if rate is None else SlidingWindowThrottle(rate)
-
-    def _count(self, name: str) -> None:
-        with self._lock:
-            self._counts[name] += 1
-
-    def _enter(self, method: str, kind: str) -> None:
+    def request_started(self, method: str, path: str) -> tuple[str, str]:
+        """Count a request and the concurrency; return its route."""
+        kind, param = route(path)
         with self._lock:
             self._requests[method, kind] += 1
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
+        return kind, param
 
-    def _leave(self) -> None:
+    def request_finished(self) -> None:
+        """A request left the handler."""
         with self._lock:
             self._in_flight -= 1
 
-    def _track(self, conn: socket.socket, *, add: bool) -> None:
+    def track_connection(self, conn: socket.socket, *, add: bool) -> None:
+        """Remember an open connection so that stop() can drop it."""
         with self._lock:
             if add:
                 self._connections.add(conn)
             else:
                 self._connections.discard(conn)
 
-    def _sleep(self, seconds: float) -> bool:
+    def wait(self, seconds: float) -> bool:
         """Sleep unless the emulator stops first; True if it is still running."""
         return seconds <= 0 or not self._stopping.wait(seconds)
 
-    def _handle(self, method: str, kind: str, authorization: str | None, body: bytes) -> _Response:
-        """Answer one routed request; the order follows DRF: route, authenticate, throttle, then the view."""
+    def handle(self, method: str, route: tuple[str, str], authorization: str | None, body: bytes) -> Response:
+        """Answer one routed request, `latency` later."""
+        kind, param = route
         arrived = time.monotonic()
+        self._tasks.advance()  # tasks due by now finish before this request is seen
         with self._lock:
             config = self._config
-            throttle = self._throttle
-            fail_status = self._rng.choice(sorted(_INJECTED)) if self._rng.random() < config.fail_rate else 0
-            slow = self._rng.random() < config.slow_rate
-        delay = config.latency
+            dice = roll(self._rng, config)
+        answer = self._answer(
+            method, kind, param, authorization=authorization, body=body, config=config, dice=dice, arrived=arrived
+        )
+        return dataclasses.replace(answer, delay=answer.delay + config.latency)
+
+    def _answer(
+        self,
+        method: str,
+        kind: str,
+        param: str,
+        *,
+        authorization: str | None,
+        body: bytes,
+        config: EmulatorConfig,
+        dice: Dice,
+        arrived: float,
+    ) -> Response:
+        """The order follows DRF: route, authenticate, throttle, then the view; faults strike where noted."""
         if kind == "unknown":
-            return dataclasses.replace(_json(404, {"detail": "Not found."}), delay=delay)
+            return NOT_FOUND
         refusal = self._authenticate(config, authorization)
         if refusal is not None:
             self._count("auth_failures")
-            return dataclasses.replace(refusal, delay=delay)
+            return refusal
         allowed = ALLOWED_METHODS[kind]
         if method != allowed:
-            answer = _json(405, {"detail": f'Method "{method}" not allowed.'}, Allow=allowed)
-            return dataclasses.replace(answer, delay=delay)
-        if kind in THROTTLED_KINDS and throttle is not None:
-            wait = throttle.allow(arrived)
+            return json_response(405, {"detail": f'Method "{method}" not allowed.'}, Allow=allowed)
+        if kind in UPLOAD_KINDS:
+            wait = self._throttle_wait(dice, config, arrived)
             if wait is not None:
                 self._count("throttled")
-                detail = f"Request was throttled. Expected available in {int(wait)} seconds."
-                retry_after = {"Retry-After": str(int(wait))}
-                answer = _json(429, {"detail": detail, "code": "throttled"}, **retry_after)
-                return dataclasses.replace(answer, delay=delay)
-        if fail_status:
+                return throttled(wait)
+        # Resets, injected 5xx and hangs strike before the view: nothing of the request is applied.
+        if dice.reset:
+            self._count("resets")
+            return RESET
+        if dice.fail_status:
             self._count("injected_failures")
-            content_type, payload = _INJECTED[fail_status]
-            return _Response(fail_status, payload, content_type=content_type, delay=delay)
-        if slow:
+            return INJECTED[dice.fail_status]
+        if dice.hang:
+            # The API's gateway gives up on a request that takes too long: 504, and no code was updated (API.md).
+            self._count("hangs")
+            return dataclasses.replace(GATEWAY_TIMEOUT, delay=config.hang_seconds)
+        answer = self._view(kind, param, config, body)
+        if dice.slow:
             self._count("slow_answers")
-            delay += config.slow_seconds
-        if kind == "me":
-            return dataclasses.replace(_json(200, ME_BODY), delay=delay)
-        return dataclasses.replace(self._sync_upload(config, body), delay=delay)
+            answer = dataclasses.replace(answer, delay=config.slow_seconds)
+        if dice.applied_then_500 and kind in UPLOAD_KINDS and answer.status == 200:
+            self._count("applied_then_500")
+            return dataclasses.replace(INJECTED[500], delay=answer.delay)
+        if kind == "scm_upload" and answer.status == 200:
+            self._count("sync_calls")
+        return answer
 
     @staticmethod
-    def _authenticate(config: EmulatorConfig, authorization: str | None) -> _Response | None:
+    def _new_throttle(rate: float | None) -> SlidingWindowThrottle | None:
+        return None if rate is None else SlidingWindowThrottle(rate)
+
+    def _count(self, *names: str) -> None:
+        with self._lock:
+            for name in names:
+                self._counts[name] += 1
+
+    def _throttle_wait(self, dice: Dice, config: EmulatorConfig, arrived: float) -> float | None:
+        """Seconds to announce if this SCM update is throttled (burst, injected, or over the rate), else None."""
+        with self._lock:
+            if self._burst_left > 0:
+                self._burst_left -= 1
+                return self._burst_wait
+            throttle = self._throttle
+        if dice.throttled:
+            return config.throttle_retry_after
+        return None if throttle is None else throttle.allow(arrived)
+
+    @staticmethod
+    def _authenticate(config: EmulatorConfig, authorization: str | None) -> Response | None:
         keyword, _, token = (authorization or "").partition(" ")
         valid = keyword.lower() == "uat" and hmac.compare_digest(token.encode(), config.token.encode())
         if not valid or config.revoked:
-            return _json(401, {"detail": "Invalid token."}, **{"WWW-Authenticate": "UAT"})
+            return json_response(401, {"detail": "Invalid token."}, **{"WWW-Authenticate": "UAT"})
         if config.forbidden:
-            return _json(403, {"detail": "You do not have permission to perform this action."})
+            return json_response(403, {"detail": "You do not have permission to perform this action."})
         return None
 
-    def _sync_upload(self, config: EmulatorConfig, body: bytes) -> _Response:
+    def _view(self, kind: str, param: str, config: EmulatorConfig, body: bytes) -> Response:
+        if kind == "me":
+            return json_response(200, ME_BODY)
+        if kind == "scm_upload":
+            return self._sync_upload(config, body)
+        if kind == "scm_upload_async":
+            return self._async_upload(config, body)
+        return self._task(config, param)
+
+    def _sync_upload(self, config: EmulatorConfig, body: bytes) -> Response:
         try:
             request = parse_sync_body(body)
         except ValidationFailed as exc:
             self._count("rejected")
-            return _json(400, exc.body)
+            return json_response(400, exc.body)
+        bad = poisoned_items(request, config.poison_codes)
+        if bad:
+            self._count("rejected", "poisoned")
+            if config.partial_apply and bad[0] > 0:
+                # API.md: whether items before a defective one are applied is unknown; this knob says they are.
+                before = SyncRequest(request.data_key, request.items[: bad[0]])
+                self._store.apply_sync(before, known_codes=config.known_codes, campaign_fields=config.campaign_fields)
+                self._count("partial_applications")
+            return json_response(400, sync_poison_body(request, bad, config))
         outcome = self._store.apply_sync(
             request, known_codes=config.known_codes, campaign_fields=config.campaign_fields
         )
-        self._count("sync_calls")
         payload = {
             "total_updates": outcome.total_updates,
             "codes_affected": outcome.codes_affected,
             "items": outcome.items,
             "changes": [],
         }
-        return _json(200, payload)
+        return json_response(200, payload)
 
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    emulator: Emulator
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as the real API behind its load balancer
-    server_version = "scm-sandbox"
-    sys_version = ""
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        # Without TCP_NODELAY, Nagle plus the client's delayed ACK stalls every keep-alive answer by ~40 ms.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.server.emulator._track(self.connection, add=True)
-
-    def finish(self) -> None:
-        self.server.emulator._track(self.connection, add=False)
-        with contextlib.suppress(OSError):  # the peer went away; nothing left to flush
-            super().finish()
-
-    def log_message(self, format: str, *args: object) -> None:
-        """Silence the stdlib's per-request stderr line: stats() counts requests; headers are never logged."""
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
-
-    def do_PATCH(self) -> None:
-        self._dispatch("PATCH")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    def _dispatch(self, method: str) -> None:
-        emulator = self.server.emulator
-        path = urlsplit(self.path).path
-        kind = ROUTES.get(path, "unknown")
-        emulator._enter(method, kind)
+    def _async_upload(self, config: EmulatorConfig, body: bytes) -> Response:
         try:
-            body = self._read_body()
-            if body is None:
-                self.close_connection = True
-                response = _json(413, {"detail": "Request body too large or Content-Length invalid."})
-            else:
-                response = emulator._handle(method, kind, self.headers.get("Authorization"), body)
-            if not emulator._sleep(response.delay):
-                self.close_connection = True
-                return
-            self._send(response)
-        except OSError:
-            self.close_connection = True  # the client hung up; there is nobody to answer
-        except Exception:
-            log.exception("sandbox_request_failed", method=method, path=path)
-            self.close_connection = True
-            self._send(_json(500, {"detail": "A server error occurred."}))
-        finally:
-            emulator._leave()
+            request = parse_async_body(body)
+        except ValidationFailed as exc:
+            self._count("async_rejected")
+            return json_response(400, exc.body)
+        refusal = async_poison_body(dict(request.constraints), config)
+        if refusal is not None:
+            self._count("async_rejected", "poisoned")
+            return json_response(400, refusal)
+        with self._lock:
+            fails = self._rng.random() < config.task_fail_rate
+            task_id = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
+        self._tasks.create(
+            request,
+            task_id=task_id,
+            pending=config.task_pending_seconds,
+            running=config.task_running_seconds,
+            fails=fails,
+            known_codes=config.known_codes,
+            campaign_fields=config.campaign_fields,
+        )
+        self._count("async_jobs")
+        return json_response(200, {"task_id": task_id})
 
-    def _read_body(self) -> bytes | None:
-        raw_length = self.headers.get("Content-Length", "0")
-        try:
-            length = int(raw_length)
-        except ValueError:
-            return None
-        if length < 0 or length > MAX_BODY_BYTES:
-            return None
-        return self.rfile.read(length) if length else b""
-
-    def _send(self, response: _Response) -> None:
-        self.send_response(response.status)
-        self.send_header("Content-Type", response.content_type)
-        self.send_header("Content-Length", str(len(response.body)))
-        for name, value in response.headers.items():
-            self.send_header(name, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(response.body)
+    def _task(self, config: EmulatorConfig, task_id: str) -> Response:
+        self._count("task_polls")
+        snapshot = self._tasks.get(task_id)
+        if snapshot is None:
+            return NOT_FOUND
+        return json_response(
+            200, task_body(snapshot, vocabulary=config.task_states, unknown_state=config.task_unknown_state)
+        )

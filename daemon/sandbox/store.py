@@ -1,9 +1,9 @@
-"""The emulator's SCM data: validation of sync upload bodies and the codes' field values."""
+"""The emulator's SCM data: validation of sync upload bodies, and the codes' field values that uploads change."""
 
 import json
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 DATA_KEYS = ("extended_id", "serial_number")
@@ -138,6 +138,58 @@ class ScmStore:
             for code in touched:
                 self._transactions[data_key, code] = self._transactions.get((data_key, code), 0) + 1
         return SyncOutcome(items=changed, total_updates=total, codes_affected=len(changed))
+
+    def apply_async(
+        self,
+        constraints: Mapping[str, Sequence[str]],
+        scm_data: Mapping[str, str],
+        *,
+        known_codes: frozenset[str] | None,
+        campaign_fields: frozenset[str] | None,
+    ) -> int:
+        """Set `scm_data` on every code matching all constraints; return how many codes matched."""
+        with self._lock:
+            matched = self._match(constraints, known_codes)
+            for data_key, code in matched:
+                record = self._data[data_key].setdefault(code, {})
+                for name, value in scm_data.items():
+                    if name in DATA_KEYS or (campaign_fields is not None and name not in campaign_fields):
+                        continue
+                    if value:
+                        record[name] = value
+                    else:
+                        record.pop(name, None)
+                self._transactions[data_key, code] = self._transactions.get((data_key, code), 0) + 1
+        return len(matched)
+
+    def _match(
+        self, constraints: Mapping[str, Sequence[str]], known_codes: frozenset[str] | None
+    ) -> list[tuple[str, str]]:
+        """(data_key, code) pairs matching every constraint key (one of its values); the caller holds the lock.
+
+        A key constraint (extended_id, serial_number) selects codes that exist, as a sync upload would; a field
+        constraint matches codes whose held data has one of its values. Each code here has a single key, so a
+        job constraining both extended_id and serial_number matches nothing.
+        """
+        wanted = {name: set(values) for name, values in constraints.items() if name not in DATA_KEYS}
+        keys = [key for key in DATA_KEYS if key in constraints]
+        if len(keys) > 1:
+            return []
+        matched: list[tuple[str, str]] = []
+        for data_key in keys or DATA_KEYS:
+            if data_key in constraints:
+                candidates = [
+                    code
+                    for code in dict.fromkeys(constraints[data_key])
+                    if is_well_formed(data_key, code) and (known_codes is None or code in known_codes)
+                ]
+            else:
+                candidates = list(self._data[data_key])
+            for code in candidates:
+                record = self._data[data_key].get(code, {})
+                if all(record.get(name) in values for name, values in wanted.items()):
+                    matched.append((data_key, code))
+        return matched
 
     def data(self, data_key: str, code: str) -> dict[str, str] | None:
         """A copy of the SCM data held for a code, or None if no accepted update ever included it."""

@@ -1,0 +1,251 @@
+"""The API client's errors: one exception tree, the one classification of failures, and readers of error bodies.
+
+Every failure of a call raises one of these::
+
+    ApiError                   .ambiguous: the request may have taken effect on the server
+     ├── TransportError        no usable answer: connection refused or reset, timeouts, a broken body
+     ├── HTTPStatusError       a non-2xx answer: .status, .detail (the server's words), .retry_after (s)
+     │    ├── TokenRefused     401, 403
+     │    ├── Transient        408, 429, any 5xx
+     │    │    └── Throttled   429
+     │    └── Rejected         any other 4xx; .body is the parsed answer, .item_errors the per-item errors
+     │         └── NotFound    404 (e.g. a task id the API does not know)
+     └── ProtocolError         an answer the client cannot use: a 2xx it cannot read, a redirect
+
+`classify()` maps any exception to an ErrorKind: transient (retry), token_refused (pause all uploads),
+defective (the request itself is wrong: do not resend as is), protocol (unexpected; not retried).
+
+`ambiguous` is True when the server may have applied the request: a read timeout or a connection reset after
+the request was sent, a 2xx the client could not read, and 5xx other than 501/503/504 (the application, or the
+hop behind the proxy, failed mid-way). It is False when nothing can have been applied: the connection never
+opened, 4xx, 501, 503 (refused before the application), 504 (API.md: the sync call was dropped, no update).
+"""
+
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+
+import requests
+
+MAX_DETAIL = 500
+_THROTTLE_WAIT = re.compile(r"available in (\d+(?:\.\d+)?) second", re.IGNORECASE)
+_HTML_TAG = re.compile(r"<[^>]*>")
+
+
+class ErrorKind(StrEnum):
+    """What the caller should do about a failed call."""
+
+    TRANSIENT = "transient"  # retry later, with backoff
+    TOKEN_REFUSED = "token_refused"  # noqa: S105 - a kind name, not a password; stop until the token is fixed
+    DEFECTIVE = "defective"  # the request is wrong; resending it unchanged cannot help
+    PROTOCOL = "protocol"  # an answer or failure the client does not understand
+
+
+class ApiError(Exception):
+    """A call to the Scantrust API failed."""
+
+    def __init__(self, message: str, *, ambiguous: bool = False) -> None:
+        super().__init__(message)
+        self.ambiguous = ambiguous
+
+
+class TransportError(ApiError):
+    """No usable HTTP answer: the connection failed, timed out, or broke."""
+
+
+class HTTPStatusError(ApiError):
+    """The API answered with a non-2xx status."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        detail: str,
+        retry_after: float | None = None,
+        body: object = None,
+        ambiguous: bool = False,
+    ) -> None:
+        super().__init__(message, ambiguous=ambiguous)
+        self.status = status
+        self.detail = detail
+        self.retry_after = retry_after
+        self.body = body
+
+
+class TokenRefused(HTTPStatusError):
+    """401 or 403: the token is wrong, expired, or lacks a permission."""
+
+
+class Transient(HTTPStatusError):
+    """408, 429 or 5xx: the same request may succeed later."""
+
+
+class Throttled(Transient):
+    """429: the account's rate limit was hit."""
+
+
+class Rejected(HTTPStatusError):
+    """Any other 4xx: the request itself was refused.
+
+    `item_errors` maps the index of a sync upload's item to the API's message about it, when the body said
+    which items were defective; None when it did not (the caller then has to find them by splitting).
+    """
+
+    item_errors: dict[int, str] | None = None
+
+
+class NotFound(Rejected):
+    """404: the path, or the object it names (a task id), does not exist."""
+
+
+class ProtocolError(ApiError):
+    """The API answered, but not in a way the client can use."""
+
+    def __init__(self, message: str, *, status: int | None = None, ambiguous: bool = True) -> None:
+        super().__init__(message, ambiguous=ambiguous)
+        self.status = status
+
+
+def classify(exc: BaseException) -> ErrorKind:
+    """The one place where a failure becomes a decision; anything not understood is not retried."""
+    if isinstance(exc, TransportError | Transient):
+        return ErrorKind.TRANSIENT
+    if isinstance(exc, TokenRefused):
+        return ErrorKind.TOKEN_REFUSED
+    if isinstance(exc, Rejected):
+        return ErrorKind.DEFECTIVE
+    if isinstance(exc, HTTPStatusError):  # constructed directly rather than by the client
+        return kind_for_status(exc.status)
+    if isinstance(exc, ApiError):
+        return ErrorKind.PROTOCOL
+    if isinstance(exc, requests.RequestException | OSError):  # escaped the client, or a socket error
+        return ErrorKind.TRANSIENT
+    return ErrorKind.PROTOCOL
+
+
+def kind_for_status(status: int) -> ErrorKind:
+    """The ErrorKind of an HTTP status that is not a success."""
+    if status in (401, 403):
+        return ErrorKind.TOKEN_REFUSED
+    if status in (408, 429) or 500 <= status <= 599:
+        return ErrorKind.TRANSIENT
+    if 400 <= status <= 499:
+        return ErrorKind.DEFECTIVE
+    return ErrorKind.PROTOCOL
+
+
+def status_error(what: str, status: int, detail: str, retry_after: float | None, body: object) -> HTTPStatusError:
+    """The exception for a 4xx or 5xx answer to `what` (e.g. "POST /api/v2/scm/upload/")."""
+    error_type: type[HTTPStatusError] = Rejected
+    message = f"{what} answered {status}: {detail}"
+    if status in (401, 403):
+        error_type = TokenRefused
+        hint = "check the token (api.token_file or SCM_API__TOKEN) and its permissions"
+        message = f"{what}: the API refused the token ({status}: {detail}); {hint}"
+    elif status == 429:
+        error_type = Throttled
+    elif status == 408 or status >= 500:
+        error_type = Transient
+    elif status == 404:
+        error_type = NotFound
+    ambiguous = error_type is Transient and status not in (408, 501, 503, 504)
+    return error_type(message, status=status, detail=detail, retry_after=retry_after, body=body, ambiguous=ambiguous)
+
+
+def error_detail(body: object, text: str) -> str:
+    """The server's message: DRF's {"detail": ...}, else the field errors flattened, else the body's text."""
+    if isinstance(body, dict) and isinstance(body.get("detail"), str):
+        return str(body["detail"])[:MAX_DETAIL]
+    if isinstance(body, dict | list):
+        return "; ".join(flatten_errors(body))[:MAX_DETAIL]
+    # A proxy's HTML error page: keep its words, drop its markup.
+    return " ".join(_HTML_TAG.sub(" ", text).split())[:MAX_DETAIL]
+
+
+def flatten_errors(errors: object, prefix: str = "") -> list[str]:
+    """DRF errors as "items[3].extended_id: This field is required." lines; empty per-item entries vanish."""
+    if isinstance(errors, dict):
+        out: list[str] = []
+        for key, value in errors.items():
+            out += flatten_errors(value, f"{prefix}.{key}" if prefix else str(key))
+        return out
+    if isinstance(errors, list):
+        if all(isinstance(item, str) for item in errors):
+            return [f"{prefix}: {message}" if prefix else str(message) for message in errors]
+        out = []
+        for index, item in enumerate(errors):
+            out += flatten_errors(item, f"{prefix}[{index}]")
+        return out
+    return [f"{prefix}: {errors}" if prefix else str(errors)]
+
+
+def item_errors(body: object, codes: Sequence[str | None]) -> dict[int, str] | None:
+    """Per-item errors of a refused sync upload: item index -> message, or None if the body names no item.
+
+    `codes` are the key values of the request's items, in order. Accepted shapes (API.md: DRF, a guess):
+    a list aligned with the items (DRF's ListSerializer: `{}` for the good ones), a dict keyed by item index,
+    or a dict keyed by code; each at the top level or under "items". A body that names no item, or names
+    indexes or codes outside the request, gives None: the caller cannot trust it to isolate the bad items.
+    """
+    container = body.get("items") if isinstance(body, dict) and "items" in body else body
+    found: dict[int, str] = {}
+    if isinstance(container, list):
+        if len(container) != len(codes) or all(isinstance(entry, str) for entry in container):
+            return None  # a message about the list as a whole ("no more than 100 elements"), not per item
+        for index, entry in enumerate(container):
+            if message := _message(entry):
+                found[index] = message
+    elif isinstance(container, dict):
+        positions: dict[str, list[int]] = {}
+        for index, code in enumerate(codes):
+            if code is not None:
+                positions.setdefault(code, []).append(index)
+        for key, entry in container.items():
+            message = _message(entry)
+            if not message:
+                continue
+            name = str(key)
+            if name in positions:  # a code; it wins over an index, so a serial number "3" is read as a code
+                indexes = positions[name]
+            elif name.isdigit() and int(name) < len(codes):
+                indexes = [int(name)]
+            elif name in ("detail", "non_field_errors", "code"):
+                continue  # messages about the request as a whole
+            else:
+                return None  # a key that is neither an item nor a code of this request
+            for index in indexes:
+                found[index] = message
+    return found or None
+
+
+def _message(entry: object) -> str:
+    """One item's errors as a single line: "extended_id: Invalid code." or the bare message."""
+    if isinstance(entry, str):
+        return entry
+    return "; ".join(flatten_errors(entry)) if isinstance(entry, dict | list) else ""
+
+
+def parse_retry_after(header: str | None, detail: str, *, now: datetime) -> float | None:
+    """Seconds to wait: the larger of a Retry-After header (seconds or HTTP date) and a 429 detail's count."""
+    waits: list[float] = []
+    if header:
+        try:
+            seconds = float(header)
+        except ValueError:
+            try:
+                when = parsedate_to_datetime(header)
+            except (TypeError, ValueError):
+                when = None
+            if when is not None:
+                when = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+                waits.append(max(0.0, (when - now).total_seconds()))
+        else:
+            if seconds >= 0 and seconds != float("inf"):
+                waits.append(seconds)
+    match = _THROTTLE_WAIT.search(detail)
+    if match:
+        waits.append(float(match.group(1)))
+    return max(waits) if waits else None
