@@ -1,11 +1,12 @@
-"""Pure planning: which pending rows are skipped, and how the rest are cut into API batches."""
+"""Pure planning: cut the rows to send into sync calls and async jobs, with the fewest API calls."""
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import accumulate
 
-from daemon.ledger import PlanRow
-
-ALREADY_UPLOADED = "the same data was already uploaded for this code"
+SYNC = "sync"
+ASYNC = "async"
+MODES = ("sync", "async", "auto")
 
 
 @dataclass(frozen=True)
@@ -14,26 +15,94 @@ class PlannedBatch:
 
     kind: str  # sync | async
     lines: tuple[int, ...]
+    data_hash: str | None = None  # async: the data every row of the job shares
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What to do with a set of pending rows."""
+    """The batches for a set of rows, and what sync alone would have cost."""
 
-    skipped: list[tuple[int, str]] = field(default_factory=list)  # (line, detail)
-    batches: list[PlannedBatch] = field(default_factory=list)
+    batches: list[PlannedBatch]
+    groups: int  # distinct sets of SCM data among the rows
+    sync_only_calls: int  # the calls the same rows need with mode = "sync"
+
+    @property
+    def sync_calls(self) -> int:
+        """Sync uploads in the plan."""
+        return sum(1 for b in self.batches if b.kind == SYNC)
+
+    @property
+    def async_jobs(self) -> int:
+        """Async jobs in the plan."""
+        return sum(1 for b in self.batches if b.kind == ASYNC)
 
     @property
     def api_calls(self) -> int:
-        """The calls this plan needs when nothing fails."""
+        """The calls this plan makes when nothing fails (task polls not counted)."""
         return len(self.batches)
 
 
-def plan(rows: Sequence[PlanRow], *, sync_batch_size: int) -> Plan:
-    """Skip rows whose code already holds the same data; cut the rest, in row order, into sync batches."""
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def async_jobs_to_use(sizes: Sequence[int], *, sync_batch_size: int, async_batch_size: int) -> list[int]:
+    """How many async jobs each group should get so that jobs + sync calls is minimal (fewer jobs on a tie).
+
+    A group of n rows offers jobs covering A, A, ..., n mod A rows (A = async_batch_size). The more rows one job
+    covers, the more sync calls it saves, so for J jobs the best choice is the J largest offers across all groups;
+    the total J + ceil(rows left / B) is then minimised over J.
+    """
+    offers = sorted(
+        (
+            (size, group)
+            for group, n in enumerate(sizes)
+            for size in [async_batch_size] * (n // async_batch_size)
+            + ([n % async_batch_size] if n % async_batch_size else [])
+        ),
+        key=lambda offer: -offer[0],
+    )
+    total = sum(sizes)
+    covered = [0, *accumulate(size for size, _ in offers)]
+    best = min(range(len(offers) + 1), key=lambda j: (j + _ceil_div(total - covered[j], sync_batch_size), j))
+    jobs = [0] * len(sizes)
+    for _, group in offers[:best]:
+        jobs[group] += 1
+    return jobs
+
+
+def plan(
+    groups: Mapping[str, Sequence[int]],
+    *,
+    mode: str,
+    sync_batch_size: int,
+    async_batch_size: int,
+) -> Plan:
+    """Plan rows given as {data hash: lines in row order}: async jobs first (they take longest), then sync calls."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if not 1 <= sync_batch_size <= 100:
         raise ValueError(f"sync_batch_size must be 1..100, got {sync_batch_size}")
-    skipped = [(r.line, ALREADY_UPLOADED) for r in rows if r.uploaded_hash == r.data_hash]
-    todo = [r.line for r in rows if r.uploaded_hash != r.data_hash]
-    batches = [PlannedBatch("sync", tuple(todo[i : i + sync_batch_size])) for i in range(0, len(todo), sync_batch_size)]
-    return Plan(skipped, batches)
+    if not 1 <= async_batch_size <= 1000:
+        raise ValueError(f"async_batch_size must be 1..1000, got {async_batch_size}")
+    hashes = list(groups)
+    sizes = [len(groups[h]) for h in hashes]
+    if mode == SYNC:
+        jobs = [0] * len(sizes)
+    elif mode == ASYNC:
+        jobs = [_ceil_div(n, async_batch_size) for n in sizes]
+    else:
+        jobs = async_jobs_to_use(sizes, sync_batch_size=sync_batch_size, async_batch_size=async_batch_size)
+
+    batches: list[PlannedBatch] = []
+    left: list[int] = []
+    for data_hash, count in zip(hashes, jobs, strict=True):
+        lines = groups[data_hash]
+        for start in range(0, min(len(lines), count * async_batch_size), async_batch_size):
+            batches.append(PlannedBatch(ASYNC, tuple(lines[start : start + async_batch_size]), data_hash))
+        left.extend(lines[count * async_batch_size :])
+    left.sort()
+    batches.extend(
+        PlannedBatch(SYNC, tuple(left[i : i + sync_batch_size])) for i in range(0, len(left), sync_batch_size)
+    )
+    return Plan(batches, len(groups), _ceil_div(sum(sizes), sync_batch_size))

@@ -57,9 +57,11 @@ def build_summary(
     *,
     batches: int,
     api_calls: int,
+    extra_calls: int,
     names: ReportNames,
     rejected_written: bool,
     finished_at: str,
+    tasks: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """The summary.json document of a file."""
     rows = {str(s): counts.get(s, 0) for s in RowStatus if s not in (RowStatus.PENDING, RowStatus.QUEUED)}
@@ -73,7 +75,8 @@ def build_summary(
         "rows": {"total": sum(counts.values()), **rows},
         "batches": batches,
         "api_calls": api_calls,
-        "tasks": [],
+        "extra_calls": extra_calls,  # calls beyond the plan: retries, and splitting refused or timing-out batches
+        "tasks": tasks,
         "started_at": file.received_at,
         "finished_at": finished_at,
         "error": file.error,
@@ -107,8 +110,8 @@ def write_reports(ledger: Ledger, file: FileInfo, outbox: Path, finished_at: str
     with atomic_write(outbox / names.report) as f:
         writer = csv.writer(f)
         writer.writerow(["row", data_key, "status", "detail", "batch", "task_id"])
-        for line, key, status, detail, seq in ledger.report_rows(file.id):
-            writer.writerow([line, excel_safe(key or ""), status, excel_safe(detail), seq or "", ""])
+        for line, key, status, detail, seq, task_id in ledger.report_rows(file.id):
+            writer.writerow([line, excel_safe(key or ""), status, excel_safe(detail), seq or "", task_id or ""])
 
     counts = ledger.row_counts(file.id)
     rejected_written = any(counts.get(s) for s in ERROR_ROW_STATUSES)
@@ -120,15 +123,17 @@ def write_reports(ledger: Ledger, file: FileInfo, outbox: Path, finished_at: str
             for _line, cells, _status, detail in ledger.error_rows(file.id):
                 writer.writerow([*(excel_safe(c) for c in cells), excel_safe(detail)])
 
-    batches, api_calls = ledger.batch_totals(file.id)
+    batches, api_calls, extra_calls = ledger.batch_totals(file.id)
     summary = build_summary(
         file,
         counts,
         batches=batches,
         api_calls=api_calls,
+        extra_calls=extra_calls,
         names=names,
         rejected_written=rejected_written,
         finished_at=finished_at,
+        tasks=ledger.tasks(file.id),
     )
     with atomic_write(outbox / names.summary, encoding="utf-8") as f:
         json.dump(summary, f, indent=2, ensure_ascii=False)

@@ -10,7 +10,7 @@ from sqlmodel import Field, SQLModel
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class FileRecord(SQLModel, table=True):
@@ -76,6 +76,15 @@ class BatchRecord(SQLModel, table=True):
     last_error: str | None = None
     created_at: str
     finished_at: str | None = None
+    # Schema 2. A batch split to isolate defective items names the batch it came from.
+    parent_id: int | None = None
+    # Async jobs: the shared data's hash, the job's reference and task, followed to its end.
+    data_hash: str | None = None
+    reference: str | None = None
+    task_id: str | None = None
+    task_state: str | None = None  # the state as the API last named it
+    codes_affected: int | None = None
+    submitted_at: float | None = None  # epoch seconds; a task older than poll.timeout_seconds is failed
 
 
 class CodeRecord(SQLModel, table=True):
@@ -103,12 +112,49 @@ class MetaRecord(SQLModel, table=True):
 TABLES = SQLModel.metadata.tables
 
 
-def _create_v1(conn: Connection) -> None:
-    SQLModel.metadata.create_all(conn)
+# Each migration is written out as the DDL of its day, so that a ledger of any age is brought forward the same way
+# as a new one; tests check that the result matches the models above.
+_V1 = [
+    """CREATE TABLE files (id INTEGER NOT NULL, sha256 VARCHAR NOT NULL, name VARCHAR NOT NULL, path VARCHAR NOT NULL,
+    size INTEGER NOT NULL, state VARCHAR NOT NULL, outcome VARCHAR, data_key VARCHAR NOT NULL, mode VARCHAR NOT NULL,
+    layout VARCHAR NOT NULL, error VARCHAR, report_base VARCHAR, destination VARCHAR, received_at VARCHAR NOT NULL,
+    finished_at VARCHAR, PRIMARY KEY (id))""",
+    "CREATE INDEX ix_files_sha256 ON files (sha256)",
+    """CREATE TABLE rows (file_id INTEGER NOT NULL, line INTEGER NOT NULL, "key" VARCHAR, data_hash VARCHAR,
+    cells VARCHAR NOT NULL, status VARCHAR NOT NULL, detail VARCHAR NOT NULL, batch_id INTEGER,
+    PRIMARY KEY (file_id, line), FOREIGN KEY(file_id) REFERENCES files (id)) WITHOUT ROWID""",
+    "CREATE INDEX rows_batch ON rows (batch_id) WHERE batch_id IS NOT NULL",
+    """CREATE TABLE batches (id INTEGER NOT NULL, file_id INTEGER NOT NULL, seq INTEGER NOT NULL, kind VARCHAR NOT NULL,
+    state VARCHAR NOT NULL, size INTEGER NOT NULL, attempts INTEGER NOT NULL, failures INTEGER NOT NULL,
+    next_attempt_at FLOAT NOT NULL, ambiguous BOOLEAN NOT NULL, last_error VARCHAR, created_at VARCHAR NOT NULL,
+    finished_at VARCHAR, PRIMARY KEY (id), FOREIGN KEY(file_id) REFERENCES files (id))""",
+    "CREATE INDEX ix_batches_file_id ON batches (file_id)",
+    "CREATE INDEX batches_due ON batches (state, next_attempt_at)",
+    """CREATE TABLE codes (data_key VARCHAR NOT NULL, "key" VARCHAR NOT NULL, data_hash VARCHAR NOT NULL,
+    file_id INTEGER NOT NULL, line INTEGER NOT NULL, uploaded_at VARCHAR NOT NULL, PRIMARY KEY (data_key, "key"))""",
+    """CREATE TABLE meta ("key" VARCHAR NOT NULL, value VARCHAR NOT NULL, PRIMARY KEY ("key"))""",
+]
+_V2 = [
+    "ALTER TABLE batches ADD COLUMN parent_id INTEGER",
+    "ALTER TABLE batches ADD COLUMN data_hash VARCHAR",
+    "ALTER TABLE batches ADD COLUMN reference VARCHAR",
+    "ALTER TABLE batches ADD COLUMN task_id VARCHAR",
+    "ALTER TABLE batches ADD COLUMN task_state VARCHAR",
+    "ALTER TABLE batches ADD COLUMN codes_affected INTEGER",
+    "ALTER TABLE batches ADD COLUMN submitted_at FLOAT",
+]
+
+
+def _run(statements: list[str]) -> Callable[[Connection], None]:
+    def apply(conn: Connection) -> None:
+        for statement in statements:
+            conn.exec_driver_sql(statement)
+
+    return apply
 
 
 # Version N's entry brings a ledger from version N-1 to N; each runs in the same transaction as the version bump.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _create_v1}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _run(_V1), 2: _run(_V2)}
 
 
 class LedgerVersionError(Exception):

@@ -36,8 +36,10 @@ class RowStatus(StrEnum):
 class BatchState(StrEnum):
     QUEUED = "queued"  # waiting for its next attempt (next_attempt_at)
     SENDING = "sending"  # a request is (or may be) in flight; committed before the request goes out
+    SUBMITTED = "submitted"  # an async job exists (its task id is stored): polled until final, never sent again
     DONE = "done"  # the API answered and every row of the batch has its outcome
     FAILED = "failed"  # given up; its rows are failed or rejected
+    SPLIT = "split"  # refused or timing out: its rows went into smaller batches (or were rejected one by one)
 
 
 OPEN_ROW_STATUSES = frozenset({RowStatus.PENDING, RowStatus.QUEUED})
@@ -48,7 +50,7 @@ FILE_TRANSITIONS: dict[FileState, frozenset[FileState]] = {
     FileState.RECEIVED: frozenset({FileState.ACTIVE, FileState.REPORTING}),
     FileState.ACTIVE: frozenset({FileState.REPORTING}),
     FileState.REPORTING: frozenset({FileState.DONE}),
-    FileState.DONE: frozenset(),
+    FileState.DONE: frozenset({FileState.ACTIVE}),  # `scm-daemon retry`: failed rows go back to the queue
 }
 
 ROW_TRANSITIONS: dict[RowStatus, frozenset[RowStatus]] = {
@@ -66,9 +68,13 @@ ROW_TRANSITIONS: dict[RowStatus, frozenset[RowStatus]] = {
 BATCH_TRANSITIONS: dict[BatchState, frozenset[BatchState]] = {
     BatchState.QUEUED: frozenset({BatchState.SENDING, BatchState.FAILED}),
     # SENDING -> QUEUED: a transient error (retry later) or a crash while the request was in flight.
-    BatchState.SENDING: frozenset({BatchState.QUEUED, BatchState.DONE, BatchState.FAILED}),
+    BatchState.SENDING: frozenset(
+        {BatchState.QUEUED, BatchState.SUBMITTED, BatchState.DONE, BatchState.FAILED, BatchState.SPLIT}
+    ),
+    BatchState.SUBMITTED: frozenset({BatchState.DONE, BatchState.FAILED}),
     BatchState.DONE: frozenset(),
     BatchState.FAILED: frozenset(),
+    BatchState.SPLIT: frozenset(),
 }
 
 

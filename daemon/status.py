@@ -21,7 +21,8 @@ def _counts(counts: dict[str, int]) -> str:
 
 def render_overview(data: dict[str, Any]) -> str:
     """The overview as lines of text."""
-    lines = [
+    lines = [f"UPLOADS PAUSED: {data['uploads_paused']}"] if data.get("uploads_paused") else []
+    lines += [
         f"ledger:   {data['ledger']}",
         f"files:    {_counts(data['files'])}",
         f"rows:     {_counts(data['rows'])}",

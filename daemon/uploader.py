@@ -1,29 +1,69 @@
-"""Uploader: sends due batches through a pool of HTTP workers and records every outcome in the ledger."""
+"""Uploader: sends due batches and polls async tasks through a pool of HTTP workers, recording every outcome."""
 
 import random
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
-from daemon.api import ApiError, ErrorKind, ScantrustClient, SyncResult, classify
-from daemon.ledger import BatchInfo, Ledger
+from daemon.api import ApiError, ErrorKind, ScantrustClient, SyncResult, TaskState, TaskStatus, classify
+from daemon.breaker import CircuitBreaker, ThrottleGovernor
+from daemon.config import PollSettings
+from daemon.errors import HTTPStatusError, Rejected, Throttled, TransportError
+from daemon.ledger import UPLOADS_PAUSED, BatchInfo, Ledger
 from daemon.normalize import Layout, scm_data
-from daemon.pacing import PacerClosed
+from daemon.pacing import Pacer, PacerClosed
 from daemon.retry import RetryPolicy
-from daemon.states import RowStatus
+from daemon.states import BatchState, RowStatus
 
 log = structlog.get_logger(__name__)
 
+MISSING_TASK_POLLS = 3  # a task that answers 404 this many times in a row is given up
+MAX_THROTTLE_PAUSE = 60.0  # seconds: a 429's announced wait is honoured up to this
+TOKEN_RECHECK_SECONDS = 180.0  # while the token is refused, ask GET /me/ this often
+SPLIT_AFTER_TIMEOUTS = 2  # a batch that timed out this many times in a row is cut in halves
+
 
 @dataclass(frozen=True)
-class Sending:
-    """A batch whose request is in a worker's hands."""
+class FileContext:
+    """What sending a file's rows needs from its ledger record."""
 
-    batch: BatchInfo
+    name: str
     data_key: str
-    file_name: str
+    layout: Layout
+    clear_empty: bool
+
+
+@dataclass(frozen=True)
+class Work:
+    """A request in a worker's hands: a sync upload, an async submission, or a task poll."""
+
+    kind: str  # upload | submit | poll | token
+    batch: BatchInfo | None
+    file: FileContext | None
+    keys: tuple[str, ...] = ()
+    lines: tuple[int, ...] = ()
+
+
+def timed_out(exc: ApiError) -> bool:
+    """Whether a failure was a timeout: no answer within the read timeout, or the API's own 504."""
+    if isinstance(exc, HTTPStatusError):
+        return exc.status == 504
+    return isinstance(exc, TransportError) and "timeout" in str(exc).lower()
+
+
+def halves(lines: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """A batch's rows in two halves, in row order."""
+    middle = len(lines) // 2
+    return [lines[:middle], lines[middle:]]
+
+
+def next_poll_delay(elapsed: float, poll: PollSettings) -> float:
+    """Wait about half the task's age before asking again: quick at first, backing off to max_interval_seconds."""
+    return min(poll.max_interval_seconds, max(poll.interval_seconds, elapsed / 2))
 
 
 class Uploader:
@@ -34,55 +74,109 @@ class Uploader:
         ledger: Ledger,
         client: ScantrustClient,
         policy: RetryPolicy,
+        poll: PollSettings,
         *,
         workers: int,
+        pacer: Pacer | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.ledger = ledger
         self.client = client
         self.policy = policy
+        self.poll = poll
         self.workers = workers
+        self.pacer = pacer
+        self.monotonic = monotonic
         self.rand = rand
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload")
-        self.inflight: dict[Future[SyncResult], Sending] = {}
+        self.inflight: dict[Future[Any], Work] = {}
         self.token_refused: str | None = None  # the API's words when it refused the token
-        self._layouts: dict[int, tuple[Layout, bool, str, str]] = {}
+        self.governor = ThrottleGovernor(pacer.rate) if pacer is not None else None
+        self.breaker = CircuitBreaker()
+        self._next_token_check = 0.0
+        self._files: dict[int, FileContext] = {}
 
     @property
     def busy(self) -> bool:
         """Whether any request is in flight."""
         return bool(self.inflight)
 
-    def _file_context(self, file_id: int) -> tuple[Layout, bool, str, str]:
-        if file_id not in self._layouts:
+    def _file(self, file_id: int) -> FileContext:
+        if file_id not in self._files:
             f = self.ledger.file(file_id)
-            self._layouts[file_id] = (
-                Layout.from_record(f.layout),
-                bool(f.layout.get("clear_empty")),
-                f.data_key,
-                f.name,
+            self._files[file_id] = FileContext(
+                f.name, f.data_key, Layout.from_record(f.layout), bool(f.layout.get("clear_empty"))
             )
-        return self._layouts[file_id]
+        return self._files[file_id]
+
+    # --- sending ---------------------------------------------------------------------------------------------
 
     def dispatch(self, now: float) -> int:
-        """Send as many due batches as there are free workers; returns how many went out."""
+        """Start as many due uploads and task polls as there are free workers; returns how many started."""
         if self.token_refused:
-            return 0
+            return self._check_token(now)
+        mono = self.monotonic()
+        if self.governor is not None and self.pacer is not None and (rate := self.governor.tick(mono)) is not None:
+            self.pacer.set_rate(rate)
+            log.info("pace_restored", requests_per_second=round(rate, 2))
         free = self.workers - len(self.inflight)
-        if free <= 0:
+        allowed = self.breaker.allows(mono)
+        if allowed is not None:
+            free = min(free, allowed)
+        busy = {w.batch.id for w in self.inflight.values() if w.batch is not None}
+        due = self.ledger.due_batches(now, free, exclude=busy)
+        if due:
+            self.breaker.started(mono)
+        for queued in due:
+            file = self._file(queued.file_id)
+            if queued.state is BatchState.SUBMITTED:
+                assert queued.task_id is not None
+                self._submit(Work("poll", queued, file), self.client.task, queued.task_id)
+                continue
+            batch, rows = self.ledger.start_sending(queued.id)  # committed before the request exists
+            keys = tuple(key for _, key, _ in rows)
+            lines = tuple(line for line, _, _ in rows)
+            if batch.kind == "async":
+                data = scm_data(rows[0][2], file.layout, clear_empty=file.clear_empty)
+                assert batch.reference is not None
+                self._submit(
+                    Work("submit", batch, file, keys, lines),
+                    self.client.upload_async,
+                    file.data_key,
+                    list(keys),
+                    data,
+                    batch.reference,
+                )
+            else:
+                items = [
+                    {file.data_key: key, **scm_data(cells, file.layout, clear_empty=file.clear_empty)}
+                    for _, key, cells in rows
+                ]
+                self._submit(Work("upload", batch, file, keys, lines), self.client.upload_sync, file.data_key, items)
+        return len(due)
+
+    def _check_token(self, now: float) -> int:
+        """While the token is refused: ask GET /me/ every few minutes, one request at a time."""
+        if now < self._next_token_check or any(w.kind == "token" for w in self.inflight.values()):
             return 0
-        sent = 0
-        for batch_id in self.ledger.due_batches(now, free):
-            batch, rows = self.ledger.start_sending(batch_id)  # committed before the request exists
-            layout, clear_empty, data_key, file_name = self._file_context(batch.file_id)
-            items = [{data_key: key, **scm_data(cells, layout, clear_empty=clear_empty)} for _, key, cells in rows]
-            future = self.pool.submit(self.client.upload_sync, data_key, items)
-            self.inflight[future] = Sending(batch, data_key, file_name)
-            sent += 1
-        return sent
+        self._next_token_check = now + TOKEN_RECHECK_SECONDS
+        self._submit(Work("token", None, None), self.client.me)
+        return 1
+
+    def _pause(self, reason: str | None) -> None:
+        """Say in the ledger (for `scm-daemon status`) why uploads are paused, or that they are not."""
+        self.ledger.set_meta(UPLOADS_PAUSED, reason)
+
+    def recheck_token_now(self) -> None:
+        """Check a refused token at the next dispatch (after SIGHUP, when it may have been renewed)."""
+        self._next_token_check = 0.0
+
+    def _submit(self, work: Work, call: Callable[..., Any], *args: Any) -> None:
+        self.inflight[self.pool.submit(call, *args)] = work
 
     def collect(self, timeout: float, now: Callable[[], float]) -> int:
-        """Wait up to `timeout` for answers and record them; returns how many batches got one."""
+        """Wait up to `timeout` for answers and record them; returns how many came."""
         if not self.inflight:
             return 0
         done, _ = wait(list(self.inflight), timeout=timeout, return_when=FIRST_COMPLETED)
@@ -100,9 +194,16 @@ class Uploader:
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.client.close()
 
-    def _record(self, sending: Sending, future: Future[SyncResult], now: float) -> None:
-        batch = sending.batch
-        bound = log.bind(file=sending.file_name, batch=batch.seq, batch_id=batch.id, attempt=batch.attempts)
+    # --- answers ---------------------------------------------------------------------------------------------
+
+    def _record(self, work: Work, future: Future[Any], now: float) -> None:
+        if work.kind == "token":
+            self._token_checked(future)
+            return
+        batch, file = work.batch, work.file
+        assert batch is not None
+        assert file is not None
+        bound = log.bind(file=file.name, batch=batch.seq, batch_id=batch.id)
         try:
             result = future.result()
         except PacerClosed:
@@ -110,26 +211,105 @@ class Uploader:
             self.ledger.requeue(batch, at=now, error="not sent: shutting down", ambiguous=False, count_failure=False)
             return
         except ApiError as exc:
-            self._failed(batch, exc, now, bound)
+            if work.kind == "poll":
+                self._poll_failed(batch, exc, now, bound)
+            else:
+                self._send_failed(work, batch, exc, now, bound)
             return
-        self.ledger.complete_sync(batch, sending.data_key, set(result.changed))
-        bound.info("batch_uploaded", rows=batch.size, changed=len(result.changed))
+        if self.breaker.success():
+            log.info("sending_resumed", reason="a request succeeded after the pause")
+            self._pause(None)
+        if work.kind == "upload":
+            assert isinstance(result, SyncResult)
+            self.ledger.complete_sync(batch, file.data_key, work.keys, set(result.changed))
+            bound.info("batch_uploaded", rows=batch.size, changed=len(result.changed), attempt=batch.attempts)
+        elif work.kind == "submit":
+            task_id = str(result)
+            poll_at = now + self.poll.interval_seconds
+            self.ledger.submit_task(batch, task_id=task_id, submitted_at=now, poll_at=poll_at)
+            bound.info("task_created", task_id=task_id, rows=batch.size, reference=batch.reference)
+        else:
+            assert isinstance(result, TaskStatus)
+            self._polled(batch, file, result, now, bound)
 
-    def _failed(
-        self, batch: BatchInfo, exc: ApiError, now: float, bound: structlog.typing.FilteringBoundLogger
-    ) -> None:
+    def _token_checked(self, future: Future[Any]) -> None:
+        try:
+            future.result()
+        except ApiError as exc:
+            log.error("token_still_refused", error=str(exc), next_check_in=TOKEN_RECHECK_SECONDS)
+            return
+        log.info("token_accepted", action="uploads resume")
+        self.token_refused = None
+        self._pause(None)
+
+    def _polled(self, batch: BatchInfo, file: FileContext, status: TaskStatus, now: float, bound: Any) -> None:
+        if status.state is TaskState.COMPLETE:
+            self.ledger.complete_task(
+                batch, file.data_key, task_state=status.raw_state, codes_affected=status.codes_affected
+            )
+            bound.info("task_complete", task_id=batch.task_id, codes_affected=status.codes_affected, rows=batch.size)
+            return
+        if status.state is TaskState.FAILED:
+            detail = f"Scantrust task {batch.task_id} ended in state {status.raw_state!r}"
+            self.ledger.fail_batch(batch, status=RowStatus.FAILED, detail=detail, task_state=status.raw_state)
+            bound.error("task_failed", task_id=batch.task_id, state=status.raw_state)
+            return
+        if status.state is TaskState.UNKNOWN:
+            bound.warning("task_state_unknown", task_id=batch.task_id, state=status.raw_state)
+        elapsed = now - (batch.submitted_at or now)
+        if elapsed > self.poll.timeout_seconds:
+            detail = (
+                f"Scantrust task {batch.task_id} still {status.raw_state!r} after {elapsed:.0f} s "
+                "(poll.timeout_seconds)"
+            )
+            self.ledger.fail_batch(batch, status=RowStatus.FAILED, detail=detail, task_state=status.raw_state)
+            bound.error("task_timed_out", task_id=batch.task_id, state=status.raw_state)
+            return
+        at = now + next_poll_delay(elapsed, self.poll)
+        self.ledger.reschedule_poll(batch, at=at, task_state=status.raw_state, error=None)
+
+    def _poll_failed(self, batch: BatchInfo, exc: ApiError, now: float, bound: Any) -> None:
+        kind = classify(exc)
+        if kind is ErrorKind.TOKEN_REFUSED:
+            self.token_refused = str(exc)
+            self.ledger.reschedule_poll(batch, at=now, task_state=None, error=None)
+            bound.error("token_refused", error=str(exc))
+            return
+        if getattr(exc, "status", None) == 404 and batch.failures + 1 >= MISSING_TASK_POLLS:
+            detail = f"Scantrust task {batch.task_id} not found (404) in {MISSING_TASK_POLLS} polls"
+            self.ledger.fail_batch(batch, status=RowStatus.FAILED, detail=detail)
+            bound.error("task_missing", task_id=batch.task_id)
+            return
+        # The task exists on the server whatever our connection does: keep asking until poll.timeout_seconds.
+        elapsed = now - (batch.submitted_at or now)
+        at = now + next_poll_delay(elapsed, self.poll)
+        self.ledger.reschedule_poll(batch, at=at, task_state=None, error=str(exc))
+        bound.warning("task_poll_failed", task_id=batch.task_id, error=str(exc), kind=str(kind))
+
+    def _send_failed(self, work: Work, batch: BatchInfo, exc: ApiError, now: float, bound: Any) -> None:
         kind = classify(exc)
         error = str(exc)
         if kind is ErrorKind.TOKEN_REFUSED:
-            # Not the batch's fault: it goes back untouched and every upload stops.
+            # Not the batch's fault: it goes back untouched and every upload pauses until the token is accepted.
             self.ledger.requeue(batch, at=now, error=error, ambiguous=False, count_failure=False)
+            if not self.token_refused:
+                bound.error("token_refused", error=error, action="uploads paused; rows stay pending")
+                self._pause(f"the API refused the token ({error}); renew it, it is checked every few minutes")
             self.token_refused = error
-            bound.error("token_refused", error=error)
+            self._next_token_check = now + TOKEN_RECHECK_SECONDS
             return
         if kind is ErrorKind.DEFECTIVE:
-            detail = f"refused by Scantrust: {error}"
-            self.ledger.fail_batch(batch, status=RowStatus.REJECTED, detail=detail)
-            bound.warning("batch_rejected", error=error)
+            self._refused(work, batch, exc, bound)
+            return
+        if isinstance(exc, Throttled):
+            self._throttled(exc, bound)
+        if self.breaker.failure(self.monotonic()):
+            reason = f"{self.breaker.failures} failed requests in a row"
+            bound.error("sending_paused", reason=reason, seconds=self.breaker.current_cooldown)
+            self._pause(f"{reason}: sending again after {self.breaker.current_cooldown:.0f} s; last error: {error}")
+        if timed_out(exc) and batch.failures + 1 >= SPLIT_AFTER_TIMEOUTS and len(work.lines) > 1:
+            self.ledger.split_batch(batch, halves(work.lines), rejected={}, ambiguous=exc.ambiguous)
+            bound.warning("batch_split", reason="timed out again", error=error, rows=len(work.lines))
             return
         decision = self.policy.decide(batch.failures + 1, exc, self.rand())
         if decision.retry:
@@ -141,3 +321,38 @@ class Uploader:
             detail = f"gave up after {batch.failures + 1} failed attempts: {error}"
             self.ledger.fail_batch(batch, status=RowStatus.FAILED, detail=detail)
             bound.error("batch_failed", error=error, kind=str(kind))
+
+    def _throttled(self, exc: Throttled, bound: Any) -> None:
+        """A 429 pauses every worker for the announced time, and repeated ones lower the pace for a while."""
+        if self.pacer is None or self.governor is None:
+            return
+        mono = self.monotonic()
+        wait = min(MAX_THROTTLE_PAUSE, exc.retry_after if exc.retry_after is not None else 1.0)
+        self.pacer.pause_until(mono + wait)
+        rate = self.governor.throttled(mono)
+        if rate < self.pacer.rate:
+            self.pacer.set_rate(rate)
+        bound.warning("throttled", pause_seconds=wait, requests_per_second=round(self.pacer.rate, 2))
+
+    def _refused(self, work: Work, batch: BatchInfo, exc: ApiError, bound: Any) -> None:
+        """A 400: reject the items the API named, or cut the batch in halves until the defective ones stand alone."""
+        detail = f"refused by Scantrust: {exc}"
+        named = exc.item_errors if isinstance(exc, Rejected) else None
+        # The API may have applied the items before the defective one (API.md): the resent ones are ambiguous.
+        if named:
+            rejected = {
+                work.lines[i]: f"refused by Scantrust: {message}"
+                for i, message in named.items()
+                if 0 <= i < len(work.lines)
+            }
+            rest = tuple(line for line in work.lines if line not in rejected)
+            self.ledger.split_batch(batch, [rest], rejected=rejected, ambiguous=True)
+            bound.warning("batch_items_rejected", rejected=len(rejected), resent=len(rest))
+        elif len(work.lines) > 1:
+            self.ledger.split_batch(batch, halves(work.lines), rejected={}, ambiguous=True)
+            bound.warning(
+                "batch_split", reason="refused without naming the items", error=str(exc), rows=len(work.lines)
+            )
+        else:
+            self.ledger.fail_batch(batch, status=RowStatus.REJECTED, detail=detail)
+            bound.warning("batch_rejected", error=str(exc))

@@ -26,7 +26,7 @@ def test_kill_9_mid_upload_then_restart_finishes_without_resending_confirmed_row
 ) -> None:
     n = 3000
     emulator.configure(latency=0.05)
-    project = make_project(tmp_path / "site", emulator.base_url, api={"max_in_flight": 2})
+    project = make_project(tmp_path / "site", emulator.base_url, api={"max_in_flight": 2}, upload={"mode": "sync"})
     project.drop("big.csv", csv_text(["extended_id", "batch"], [(code(i), f"L{i % 3}") for i in range(n)]))
 
     service = project.start()
@@ -58,7 +58,7 @@ def test_kill_9_mid_upload_then_restart_finishes_without_resending_confirmed_row
 def test_sigterm_mid_upload_exits_0_and_a_restart_completes(tmp_path: Path, emulator: Emulator) -> None:
     n = 2000
     emulator.configure(latency=0.05)
-    project = make_project(tmp_path / "site", emulator.base_url, api={"max_in_flight": 2})
+    project = make_project(tmp_path / "site", emulator.base_url, api={"max_in_flight": 2}, upload={"mode": "sync"})
     project.drop("orders.csv", csv_text(["extended_id", "batch"], [(code(i), "L1") for i in range(n)]))
 
     service = project.start()

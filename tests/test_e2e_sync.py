@@ -197,3 +197,29 @@ def test_a_name_already_in_the_archive_is_never_overwritten(project: Project, em
     assert (project.archive / "orders-2.csv").exists()
     assert (project.outbox / "orders.summary.json").read_text() == "{}"
     assert project.summary("orders-2")["rows"]["uploaded"] == 1
+
+
+def test_failed_rows_can_be_retried_and_get_new_reports(project: Project, emulator: Emulator) -> None:
+    emulator.configure(fail_rate=1.0)
+    project.drop("flaky.csv", csv_text(["extended_id", "intended_market"], [(code(i), "cn") for i in range(120)]))
+    done = project.cli("run", "--once", SCM_RETRY__MAX_ATTEMPTS="2")
+    assert done.returncode == 0, done.stderr
+    first = project.summary("flaky")
+    assert first["rows"]["failed"] == 120
+    assert first["status"] == "completed_with_errors"
+    assert len(project.report("flaky", "rejected")) == 120
+    assert "gave up after 2 failed attempts" in project.report("flaky", "rejected")[0]["error"]
+
+    emulator.configure(fail_rate=0.0)
+    retried = project.cli("retry", "flaky.csv")
+    assert retried.returncode == 0, retried.stderr
+    assert "120 failed row(s) back in the queue" in retried.stdout
+    done = project.cli("run", "--once")
+    assert done.returncode == 0, done.stderr
+
+    second = project.summary("flaky-2")
+    assert second["status"] == "completed"
+    assert second["rows"]["uploaded"] == 120
+    assert project.summary("flaky")["rows"]["failed"] == 120  # the first report stays as it was
+    assert all(emulator.data("extended_id", code(i)) == {"intended_market": "cn"} for i in range(120))
+    assert project.cli("retry").returncode == 2

@@ -2,6 +2,7 @@
 
 import json
 import sqlite3
+from array import array
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def test_repeats_within_a_file_are_skipped_and_conflicts_rejected(ledger: Ledger
     file_id = add_file(ledger)
     add_rows(ledger, file_id, [("A", "h1"), ("B", "h2"), ("A", "h1"), ("C", "h3"), ("C", "h4"), ("A", "h1")])
     assert ledger.resolve_in_file_duplicates(file_id) == (2, 2)
-    rows = {line: (status, detail) for line, _k, status, detail, _b in ledger.report_rows(file_id)}
+    rows = {line: (status, detail) for line, _k, status, detail, _b, _t in ledger.report_rows(file_id)}
     assert rows[2] == ("pending", "")
     assert rows[4] == ("skipped", "same data as row 2 of this file")
     assert rows[7] == ("skipped", "same data as row 2 of this file")
@@ -84,19 +85,22 @@ def test_repeats_within_a_file_are_skipped_and_conflicts_rejected(ledger: Ledger
     assert rows[6] == ("rejected", "C has different values in row 5 of this file; make them agree")
 
 
-def test_a_code_uploaded_before_is_seen_by_the_planner(ledger: Ledger) -> None:
+def test_a_code_uploaded_before_with_the_same_data_is_skipped(ledger: Ledger) -> None:
     first = add_file(ledger, "1" * 64)
     add_rows(ledger, first, [("A", "h1"), ("B", "h2")])
     ledger.transition_file(first, FileState.ACTIVE)
-    ledger.add_batches(first, "sync", [[2, 3]])
-    batch, rows = ledger.start_sending(ledger.due_batches(now=0, limit=10)[0])
+    ledger.add_batches(first, [("sync", [2, 3], None)])
+    batch, rows = ledger.start_sending(ledger.due_batches(now=0, limit=10)[0].id)
     assert [key for _, key, _ in rows] == ["A", "B"]
-    ledger.complete_sync(batch, "extended_id", changed={"A"})
+    ledger.complete_sync(batch, "extended_id", ["A", "B"], changed={"A"})
 
     second = add_file(ledger, "2" * 64)
-    add_rows(ledger, second, [("A", "h1"), ("B", "h2"), ("A2", "h1")])
-    plan_rows = {r.key: r.uploaded_hash for r in ledger.plannable_rows(second, "extended_id")}
-    assert plan_rows == {"A": "h1", "B": None, "A2": None}  # B was not affected, so not known as uploaded
+    add_rows(ledger, second, [("A", "h1"), ("B", "h2"), ("A2", "h1"), ("C", "h3")])
+    ledger.transition_file(second, FileState.ACTIVE)
+    assert ledger.skip_uploaded(second, "extended_id") == 1  # only A: B was not affected, so not known as uploaded
+    assert ledger.plannable_groups(second) == {"h2": array("q", [3]), "h1": array("q", [4]), "h3": array("q", [5])}
+    rows_ = {line: (status, detail) for line, _k, status, detail, _b, _t in ledger.report_rows(second)}
+    assert rows_[2] == ("skipped", "the same data was already uploaded for this code")
 
 
 def test_an_earlier_open_row_for_the_same_code_blocks_a_later_file(ledger: Ledger) -> None:
@@ -104,23 +108,25 @@ def test_an_earlier_open_row_for_the_same_code_blocks_a_later_file(ledger: Ledge
     add_rows(ledger, first, [("A", "h1")])
     ledger.transition_file(first, FileState.ACTIVE)
     second = add_file(ledger, "2" * 64)
-    add_rows(ledger, second, [("A", "h2"), ("B", "h2")])
+    add_rows(ledger, second, [("A", "h1"), ("B", "h2")])
     ledger.transition_file(second, FileState.ACTIVE)
 
-    assert [r.key for r in ledger.plannable_rows(second, "extended_id")] == ["B"]
-    ledger.add_batches(first, "sync", [[2]])
-    batch, _ = ledger.start_sending(ledger.due_batches(now=0, limit=1)[0])
-    assert [r.key for r in ledger.plannable_rows(second, "extended_id")] == ["B"]
-    ledger.complete_sync(batch, "extended_id", changed={"A"})
-    assert [r.key for r in ledger.plannable_rows(second, "extended_id")] == ["A", "B"]
+    assert ledger.plannable_groups(second) == {"h2": array("q", [3])}
+    ledger.add_batches(first, [("sync", [2], None)])
+    batch, _ = ledger.start_sending(ledger.due_batches(now=0, limit=1)[0].id)
+    assert ledger.skip_uploaded(second, "extended_id") == 0
+    assert ledger.plannable_groups(second) == {"h2": array("q", [3])}
+    ledger.complete_sync(batch, "extended_id", ["A"], changed={"A"})
+    assert ledger.skip_uploaded(second, "extended_id") == 1  # same data as the upload it waited for
+    assert ledger.plannable_groups(second) == {"h2": array("q", [3])}
 
 
 def test_sending_is_committed_before_the_request_and_recovered_as_ambiguous(ledger: Ledger, tmp_path: Path) -> None:
     file_id = add_file(ledger)
     add_rows(ledger, file_id, [("A", "h1"), ("B", "h2")])
     ledger.transition_file(file_id, FileState.ACTIVE)
-    ledger.add_batches(file_id, "sync", [[2, 3]])
-    batch_id = ledger.due_batches(now=0, limit=1)[0]
+    ledger.add_batches(file_id, [("sync", [2, 3], None)])
+    batch_id = ledger.due_batches(now=0, limit=1)[0].id
     ledger.start_sending(batch_id)
 
     # Another connection (another process after a crash) sees the committed state.
@@ -134,24 +140,24 @@ def test_sending_is_committed_before_the_request_and_recovered_as_ambiguous(ledg
     assert (batch.state, batch.ambiguous) == (BatchState.QUEUED, True)
 
     batch, _ = ledger.start_sending(batch_id)
-    ledger.complete_sync(batch, "extended_id", changed={"A"})
-    rows = {key: (status, detail) for _l, key, status, detail, _b in ledger.report_rows(file_id)}
+    ledger.complete_sync(batch, "extended_id", ["A", "B"], changed={"A"})
+    rows = {key: (status, detail) for _l, key, status, detail, _b, _t in ledger.report_rows(file_id)}
     assert rows["A"] == ("uploaded", "")
     assert rows["B"][0] == "uploaded"
     assert "earlier attempt" in rows["B"][1]
-    assert ledger.batch_totals(file_id) == (1, 2)
+    assert ledger.batch_totals(file_id) == (1, 2, 1)
 
 
 def test_a_failed_batch_fails_its_rows_with_the_reason(ledger: Ledger) -> None:
     file_id = add_file(ledger)
     add_rows(ledger, file_id, [("A", "h1"), ("B", "h2")])
     ledger.transition_file(file_id, FileState.ACTIVE)
-    ledger.add_batches(file_id, "sync", [[2, 3]])
-    batch, _ = ledger.start_sending(ledger.due_batches(now=0, limit=1)[0])
+    ledger.add_batches(file_id, [("sync", [2, 3], None)])
+    batch, _ = ledger.start_sending(ledger.due_batches(now=0, limit=1)[0].id)
     ledger.requeue(batch, at=100.0, error="503", ambiguous=False, count_failure=True)
     assert ledger.due_batches(now=99.0, limit=5) == []
     assert ledger.next_due() == 100.0
-    batch, _ = ledger.start_sending(ledger.due_batches(now=100.0, limit=5)[0])
+    batch, _ = ledger.start_sending(ledger.due_batches(now=100.0, limit=5)[0].id)
     assert batch.failures == 1
     ledger.fail_batch(batch, status=RowStatus.FAILED, detail="gave up: 503")
     assert ledger.row_counts(file_id) == {RowStatus.FAILED: 2}
@@ -187,3 +193,99 @@ def test_processed_content_ignores_failed_and_duplicate_files(ledger: Ledger) ->
     found = ledger.processed("f" * 64, other_than=third)
     assert found is not None
     assert found.name == "bad-fixed-config.csv"
+
+
+def test_the_migrations_build_exactly_the_schema_of_the_models(tmp_path: Path) -> None:
+    from sqlalchemy import create_engine, inspect
+    from sqlmodel import SQLModel
+
+    migrated = Ledger(tmp_path / "migrated.sqlite3")
+    modelled = create_engine(f"sqlite:///{tmp_path / 'modelled.sqlite3'}")
+    SQLModel.metadata.create_all(modelled)
+
+    def shape(engine: object) -> dict[str, object]:
+        insp = inspect(engine)
+        return {
+            table: (
+                sorted((c["name"], str(c["type"]), c["nullable"]) for c in insp.get_columns(table)),
+                sorted(i["name"] for i in insp.get_indexes(table)),
+                insp.get_pk_constraint(table)["constrained_columns"],
+            )
+            for table in sorted(insp.get_table_names())
+        }
+
+    assert shape(migrated.engine) == shape(modelled)
+    migrated.close()
+    modelled.dispose()
+
+
+def test_a_version_1_ledger_is_migrated_keeping_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:
+        for statement in schema._V1:
+            db.execute(statement)
+        db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+        db.execute(
+            "INSERT INTO files (sha256, name, path, size, state, data_key, mode, layout, received_at) "
+            "VALUES ('ab', 'old.csv', '/in/old.csv', 1, 'done', 'extended_id', 'sync', '{}', 'then')"
+        )
+    ledger = Ledger(path)
+    with ledger.engine.connect() as conn:
+        assert schema.schema_version(conn) == 2
+    assert [f.name for f in ledger.files([FileState.DONE])] == ["old.csv"]
+    ledger.close()
+
+
+def test_an_async_batch_keeps_its_task_and_is_polled_not_resent(ledger: Ledger) -> None:
+    file_id = add_file(ledger)
+    add_rows(ledger, file_id, [("A", "h1"), ("B", "h1")])
+    ledger.transition_file(file_id, FileState.ACTIVE)
+    ledger.add_batches(file_id, [("async", [2, 3], "h1")])
+    batch, _ = ledger.start_sending(ledger.due_batches(now=0, limit=1)[0].id)
+    assert batch.reference == "scm-daemon f.csv batch 1 sha256:aaaaaaaaaaaa"
+    ledger.submit_task(batch, task_id="T1", submitted_at=10.0, poll_at=15.0)
+
+    assert ledger.recover() == {"batches_requeued": 0}
+    assert ledger.due_batches(now=14.0, limit=5) == []
+    due = ledger.due_batches(now=15.0, limit=5)
+    assert [(b.state, b.task_id) for b in due] == [(BatchState.SUBMITTED, "T1")]
+    assert ledger.due_batches(now=15.0, limit=5, exclude={due[0].id}) == []
+    with pytest.raises(StateConflict):
+        ledger.start_sending(due[0].id)
+
+    ledger.reschedule_poll(due[0], at=20.0, task_state="in-progress", error=None)
+    polled = ledger.due_batches(now=20.0, limit=5)[0]
+    ledger.complete_task(polled, "extended_id", task_state="complete", codes_affected=2)
+    assert ledger.row_counts(file_id) == {RowStatus.UPLOADED: 2}
+    assert ledger.tasks(file_id) == [
+        {
+            "batch": 1,
+            "task_id": "T1",
+            "state": "complete",
+            "codes_affected": 2,
+            "codes_sent": 2,
+            "batch_state": "done",
+            "reference": "scm-daemon f.csv batch 1 sha256:aaaaaaaaaaaa",
+        }
+    ]
+    assert [t for *_, t in ledger.report_rows(file_id)] == ["T1", "T1"]
+
+
+def test_retry_puts_failed_rows_back_and_reopens_the_file(ledger: Ledger) -> None:
+    file_id = add_file(ledger)
+    add_rows(ledger, file_id, [("A", "h1"), ("B", "h2"), (None, None)])
+    ledger.transition_file(file_id, FileState.ACTIVE)
+    ledger.add_batches(file_id, [("sync", [2], None), ("sync", [3], None)])
+    first, _ = ledger.start_sending(ledger.due_batches(now=0, limit=2)[0].id)
+    ledger.complete_sync(first, "extended_id", ["A"], changed={"A"})
+    second, _ = ledger.start_sending(ledger.due_batches(now=0, limit=2)[0].id)
+    ledger.fail_batch(second, status=RowStatus.FAILED, detail="gave up")
+    ledger.transition_file(file_id, FileState.REPORTING, outcome="completed_with_errors")
+    ledger.set_file(file_id, report_base="f")
+    ledger.transition_file(file_id, FileState.DONE)
+
+    assert ledger.retry_failed(file_id) == 1
+    f = ledger.file(file_id)
+    assert (f.state, f.outcome, f.report_base) == (FileState.ACTIVE, None, None)
+    assert ledger.row_counts(file_id) == {RowStatus.UPLOADED: 1, RowStatus.PENDING: 1, RowStatus.REJECTED: 1}
+    assert ledger.retry_failed(file_id) == 0

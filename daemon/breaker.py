@@ -1,0 +1,96 @@
+"""Back-pressure: slow down after repeated 429s, and stop sending for a while after a run of failures."""
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ThrottleGovernor:
+    """Lowers the request rate while 429s keep coming, and gives the configured rate back after a quiet spell."""
+
+    configured: float  # requests per second from the configuration (after headroom)
+    factor: float = 0.75  # each 429 within `memory` seconds of the last one multiplies the rate by this
+    floor: float = 0.5  # never slower than this many requests per second
+    memory: float = 60.0  # seconds without a 429 after which the configured rate returns
+    rate: float = 0.0
+    last_429: float | None = None
+
+    def __post_init__(self) -> None:
+        self.rate = self.configured
+
+    def throttled(self, now: float) -> float:
+        """A 429 arrived at `now`: returns the rate to use from now on."""
+        if self.last_429 is not None and now - self.last_429 <= self.memory:
+            self.rate = max(self.floor, min(self.rate, self.configured) * self.factor)
+        self.last_429 = now
+        return self.rate
+
+    def tick(self, now: float) -> float | None:
+        """The rate to restore when the quiet spell is over, else None (nothing to change)."""
+        if self.last_429 is not None and now - self.last_429 > self.memory and self.rate != self.configured:
+            self.rate = self.configured
+            self.last_429 = None
+            return self.rate
+        return None
+
+    def reconfigure(self, configured: float) -> None:
+        """The configured rate changed (SIGHUP)."""
+        self.configured = configured
+        self.rate = min(self.rate, configured) if self.last_429 is not None else configured
+
+
+@dataclass
+class CircuitBreaker:
+    """After `threshold` transient failures in a row, no upload is sent for a cool-down that doubles while it lasts.
+
+    Closed: requests flow. Open: nothing is sent until `open_until`. Then half-open: one request is let through;
+    its success closes the breaker, its failure opens it again for twice as long (up to `max_cooldown`).
+    """
+
+    threshold: int = 10
+    cooldown: float = 30.0
+    max_cooldown: float = 600.0
+    failures: int = 0
+    open_until: float | None = None
+    current_cooldown: float = 0.0
+    trial_in_flight: bool = False
+
+    def allows(self, now: float) -> int | None:
+        """How many requests may start now: None for no limit, 0 while open, 1 for the half-open trial."""
+        if self.open_until is None:
+            return None
+        if now < self.open_until or self.trial_in_flight:
+            return 0
+        return 1
+
+    def started(self, now: float) -> None:
+        """A request was let through while half-open."""
+        if self.open_until is not None and now >= self.open_until:
+            self.trial_in_flight = True
+
+    def success(self) -> bool:
+        """A request succeeded; returns True when this closed an open breaker."""
+        was_open = self.open_until is not None
+        self.failures = 0
+        self.open_until = None
+        self.current_cooldown = 0.0
+        self.trial_in_flight = False
+        return was_open
+
+    def failure(self, now: float) -> bool:
+        """A transient failure; returns True when this opened the breaker (or opened it again)."""
+        self.failures += 1
+        if self.trial_in_flight:
+            self.trial_in_flight = False
+            self.current_cooldown = min(self.max_cooldown, self.current_cooldown * 2)
+            self.open_until = now + self.current_cooldown
+            return True
+        if self.open_until is None and self.failures >= self.threshold:
+            self.current_cooldown = self.cooldown
+            self.open_until = now + self.current_cooldown
+            return True
+        return False
+
+    @property
+    def is_open(self) -> bool:
+        """Whether sending is paused."""
+        return self.open_until is not None

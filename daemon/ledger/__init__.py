@@ -1,0 +1,13 @@
+"""The ledger, the only source of truth: files, rows and batches, each change a guarded UPDATE committed at once."""
+
+from daemon.ledger.base import BatchInfo, Clock, FileInfo, StateConflict, utcnow
+from daemon.ledger.batches import BatchStore
+from daemon.ledger.files import UPLOADS_PAUSED, FileStore
+from daemon.ledger.rows import ALREADY_UPLOADED, RowStore
+
+
+class Ledger(FileStore, RowStore, BatchStore):
+    """The SQLite ledger. One process writes it (the service's main thread); others may read."""
+
+
+__all__ = ["ALREADY_UPLOADED", "UPLOADS_PAUSED", "BatchInfo", "Clock", "FileInfo", "Ledger", "StateConflict", "utcnow"]

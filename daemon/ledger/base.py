@@ -1,0 +1,138 @@
+"""What every part of the ledger shares: the engine, the clock, the records, and the guarded transition."""
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection
+
+from daemon import schema
+from daemon.states import BatchState, FileState, Outcome
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    """The current time as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+class StateConflict(Exception):
+    """A guarded transition matched nothing: the record was not in a state that allows it."""
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """A file's ledger record."""
+
+    id: int
+    sha256: str
+    name: str
+    path: str
+    size: int
+    state: FileState
+    outcome: Outcome | None
+    data_key: str
+    mode: str
+    layout: dict[str, Any]
+    error: str | None
+    report_base: str | None
+    destination: str | None
+    received_at: str
+    finished_at: str | None
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    """A batch's ledger record."""
+
+    id: int
+    file_id: int
+    seq: int
+    kind: str
+    state: BatchState
+    size: int
+    attempts: int
+    failures: int
+    ambiguous: bool
+    last_error: str | None
+    data_hash: str | None
+    reference: str | None
+    task_id: str | None
+    task_state: str | None
+    submitted_at: float | None
+
+
+FILE_COLUMNS = (
+    "id, sha256, name, path, size, state, outcome, data_key, mode, layout, error, report_base, destination, "
+    "received_at, finished_at"
+)
+BATCH_COLUMNS = (
+    "id, file_id, seq, kind, state, size, attempts, failures, ambiguous, last_error, data_hash, reference, task_id, "
+    "task_state, submitted_at"
+)
+
+
+def file_info(row: Sequence[Any]) -> FileInfo:
+    """A FileInfo from a row of FILE_COLUMNS."""
+    values = list(row)
+    values[5] = FileState(values[5])
+    values[6] = Outcome(values[6]) if values[6] else None
+    values[9] = json.loads(values[9])
+    return FileInfo(*values)
+
+
+def batch_info(row: Sequence[Any]) -> BatchInfo:
+    """A BatchInfo from a row of BATCH_COLUMNS."""
+    values = list(row)
+    values[4] = BatchState(values[4])
+    values[8] = bool(values[8])
+    return BatchInfo(*values)
+
+
+def placeholders(n: int) -> str:
+    """`?,?,...` for n bound parameters."""
+    return ",".join("?" * n)
+
+
+class LedgerBase:
+    """The connection and the helpers that every part of the ledger uses."""
+
+    def __init__(self, path: Path, *, clock: Clock = utcnow) -> None:
+        self.path = path
+        self.clock = clock
+        self.engine = schema.connect(path)
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self.engine.dispose()
+
+    def now(self) -> str:
+        """The injected clock's time in ISO 8601."""
+        return self.clock().isoformat(timespec="milliseconds")
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        """Set (or, with None, remove) a fact about the service that other processes may read, e.g. a pause."""
+        with self.engine.begin() as conn:
+            if value is None:
+                conn.exec_driver_sql("DELETE FROM meta WHERE key=?", (key,))
+            else:
+                conn.exec_driver_sql(
+                    "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                    (key, value),
+                )
+
+    def get_meta(self, key: str) -> str | None:
+        """A fact set by set_meta, if any."""
+        with self.engine.connect() as conn:
+            row = conn.exec_driver_sql("SELECT value FROM meta WHERE key=?", (key,)).first()
+        return None if row is None else str(row[0])
+
+    def guard(self, conn: Connection, table: str, where: str, params: Sequence[Any], allowed: list[str]) -> None:
+        """Run an UPDATE that must match exactly one record in one of the `allowed` states, or raise."""
+        result = conn.exec_driver_sql(f"{where} AND state IN ({placeholders(len(allowed))})", (*params, *allowed))
+        if result.rowcount != 1:
+            raise StateConflict(f"{table}: transition matched {result.rowcount} records ({where}, {params})")

@@ -1,0 +1,275 @@
+"""The ledger's batches: queued, sent, confirmed or given up; async ones carry their task until it ends."""
+
+import json
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from sqlalchemy import Connection
+
+from daemon.ledger.base import BATCH_COLUMNS, BatchInfo, LedgerBase, batch_info, placeholders
+from daemon.states import BATCH_TRANSITIONS, BatchState, RowStatus, sources
+
+AMBIGUOUS_UPLOADED = (
+    "not listed in the answer, but an earlier attempt of this batch may have been applied; counted as uploaded"
+)
+NOT_AFFECTED = "not changed by Scantrust: unknown code, or the values were already set"
+
+PlannedRows = tuple[str, Sequence[int], str | None]  # kind, lines, data hash (async)
+SendRow = tuple[int, str, list[str]]  # line, key, cells
+
+
+class BatchStore(LedgerBase):
+    """Batches and the async tasks they become."""
+
+    def add_batches(self, file_id: int, planned: Sequence[PlannedRows]) -> None:
+        """Create batches of pending rows and queue those rows, in one transaction."""
+        now = self.now()
+        with self.engine.begin() as conn:
+            name, sha256 = conn.exec_driver_sql("SELECT name, sha256 FROM files WHERE id=?", (file_id,)).one()
+            start = conn.exec_driver_sql(
+                "SELECT coalesce(max(seq), 0) FROM batches WHERE file_id=?", (file_id,)
+            ).scalar_one()
+            for seq, (kind, lines, data_hash) in enumerate(planned, start=start + 1):
+                # Shown in the portal next to the job: enough to find the file and batch it came from.
+                reference = f"scm-daemon {name} batch {seq} sha256:{sha256[:12]}"
+                batch_id = conn.exec_driver_sql(
+                    "INSERT INTO batches (file_id, seq, kind, state, size, attempts, failures, next_attempt_at, "
+                    "ambiguous, created_at, data_hash, reference) VALUES (?, ?, ?, 'queued', ?, 0, 0, 0, 0, ?, ?, ?)",
+                    (file_id, seq, kind, len(lines), now, data_hash, reference),
+                ).lastrowid
+                updated = conn.exec_driver_sql(
+                    "UPDATE rows SET status='queued', batch_id=? WHERE file_id=? AND line=? AND status='pending'",
+                    [(batch_id, file_id, line) for line in lines],
+                )
+                if updated.rowcount != len(lines):
+                    raise RuntimeError(f"batch {seq} of file {file_id}: some rows were no longer pending")
+
+    def batch(self, batch_id: int) -> BatchInfo:
+        """One batch's record."""
+        with self.engine.connect() as conn:
+            row = conn.exec_driver_sql(f"SELECT {BATCH_COLUMNS} FROM batches WHERE id=?", (batch_id,)).one()
+        return batch_info(row)
+
+    def due_batches(self, now: float, limit: int, *, exclude: Collection[int] = ()) -> list[BatchInfo]:
+        """Batches to send (queued) or tasks to poll (submitted) that are due, oldest first."""
+        if limit <= 0:
+            return []
+        skip = f" AND id NOT IN ({placeholders(len(exclude))})" if exclude else ""
+        with self.engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                f"SELECT {BATCH_COLUMNS} FROM batches WHERE state IN ('queued', 'submitted') AND next_attempt_at<=?"
+                f"{skip} ORDER BY next_attempt_at, id LIMIT ?",
+                (now, *exclude, limit),
+            ).all()
+        return [batch_info(r) for r in rows]
+
+    def next_due(self) -> float | None:
+        """When the earliest queued batch or task poll is due (epoch seconds), if any."""
+        with self.engine.connect() as conn:
+            value = conn.exec_driver_sql(
+                "SELECT min(next_attempt_at) FROM batches WHERE state IN ('queued', 'submitted')"
+            ).scalar_one()
+        return float(value) if value is not None else None
+
+    def start_sending(self, batch_id: int) -> tuple[BatchInfo, list[SendRow]]:
+        """Mark a batch `sending` and count the request, committed before it goes out; returns its rows."""
+        with self.engine.begin() as conn:
+            self.guard(
+                conn,
+                "batches",
+                "UPDATE batches SET state='sending', attempts=attempts+1 WHERE id=?",
+                (batch_id,),
+                sources(BATCH_TRANSITIONS, BatchState.SENDING),
+            )
+            info = batch_info(
+                conn.exec_driver_sql(f"SELECT {BATCH_COLUMNS} FROM batches WHERE id=?", (batch_id,)).one()
+            )
+            rows = conn.exec_driver_sql(
+                "SELECT line, key, cells FROM rows WHERE batch_id=? ORDER BY line", (batch_id,)
+            ).all()
+        return info, [(line, key, json.loads(cells)) for line, key, cells in rows]
+
+    def _finish(self, conn: Connection, batch: BatchInfo, to: BatchState, **values: Any) -> None:
+        values["finished_at"] = self.now()
+        sets = ", ".join(f"{k}=?" for k in values)
+        self.guard(
+            conn,
+            "batches",
+            f"UPDATE batches SET state=?, {sets} WHERE id=?",
+            (str(to), *values.values(), batch.id),
+            sources(BATCH_TRANSITIONS, to),
+        )
+
+    def _confirm(self, conn: Connection, batch: BatchInfo, data_key: str, outcome: dict[str, tuple[str, str]]) -> None:
+        """Give each open row of a batch its status and detail (by key), and remember what was uploaded."""
+        rows = conn.exec_driver_sql(
+            "SELECT line, key, data_hash FROM rows WHERE batch_id=? AND status='queued'", (batch.id,)
+        ).all()
+        now = self.now()
+        updates = []
+        uploaded = []
+        for line, key, data_hash in rows:
+            status, detail = outcome[key]
+            updates.append((status, detail, batch.file_id, line))
+            if status == RowStatus.UPLOADED:
+                uploaded.append((data_key, key, data_hash, batch.file_id, line, now))
+        conn.exec_driver_sql("UPDATE rows SET status=?, detail=? WHERE file_id=? AND line=?", updates)
+        if uploaded:
+            conn.exec_driver_sql(
+                "INSERT INTO codes (data_key, key, data_hash, file_id, line, uploaded_at) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(data_key, key) DO UPDATE SET data_hash=excluded.data_hash, file_id=excluded.file_id, "
+                "line=excluded.line, uploaded_at=excluded.uploaded_at",
+                uploaded,
+            )
+
+    def complete_sync(self, batch: BatchInfo, data_key: str, keys: Sequence[str], changed: Collection[str]) -> None:
+        """Record a sync answer: listed codes are uploaded, the others not affected (or uploaded, if ambiguous)."""
+        outcome = {}
+        for key in keys:
+            if key in changed:
+                outcome[key] = (str(RowStatus.UPLOADED), "")
+            elif batch.ambiguous:
+                outcome[key] = (str(RowStatus.UPLOADED), AMBIGUOUS_UPLOADED)
+            else:
+                outcome[key] = (str(RowStatus.NOT_AFFECTED), NOT_AFFECTED)
+        with self.engine.begin() as conn:
+            self._finish(conn, batch, BatchState.DONE, failures=0)
+            self._confirm(conn, batch, data_key, outcome)
+
+    def submit_task(self, batch: BatchInfo, *, task_id: str, submitted_at: float, poll_at: float) -> None:
+        """Store the task id of an async job, committed at once: from now on it is polled, never sent again."""
+        with self.engine.begin() as conn:
+            self.guard(
+                conn,
+                "batches",
+                "UPDATE batches SET state='submitted', task_id=?, submitted_at=?, next_attempt_at=?, failures=0 "
+                "WHERE id=?",
+                (task_id, submitted_at, poll_at, batch.id),
+                sources(BATCH_TRANSITIONS, BatchState.SUBMITTED),
+            )
+
+    def reschedule_poll(self, batch: BatchInfo, *, at: float, task_state: str | None, error: str | None) -> None:
+        """Poll a task again at `at`; an error counts against the batch, an answer resets the count."""
+        with self.engine.begin() as conn:
+            self.guard(
+                conn,
+                "batches",
+                "UPDATE batches SET next_attempt_at=?, task_state=coalesce(?, task_state), last_error=coalesce(?, "
+                "last_error), failures=CASE WHEN ? IS NULL THEN 0 ELSE failures+1 END WHERE id=?",
+                (at, task_state, error, error, batch.id),
+                [str(BatchState.SUBMITTED)],
+            )
+
+    def complete_task(self, batch: BatchInfo, data_key: str, *, task_state: str, codes_affected: int | None) -> None:
+        """A task completed: every row of its job is uploaded."""
+        with self.engine.begin() as conn:
+            keys = [k for (k,) in conn.exec_driver_sql("SELECT key FROM rows WHERE batch_id=?", (batch.id,))]
+            self._finish(conn, batch, BatchState.DONE, task_state=task_state, codes_affected=codes_affected)
+            self._confirm(conn, batch, data_key, dict.fromkeys(keys, (str(RowStatus.UPLOADED), "")))
+
+    def requeue(self, batch: BatchInfo, *, at: float, error: str, ambiguous: bool, count_failure: bool) -> None:
+        """Put a batch back in the queue for another attempt at epoch time `at`."""
+        with self.engine.begin() as conn:
+            self.guard(
+                conn,
+                "batches",
+                "UPDATE batches SET state='queued', next_attempt_at=?, last_error=?, ambiguous=ambiguous OR ?, "
+                "failures=failures+? WHERE id=?",
+                (at, error, ambiguous, 1 if count_failure else 0, batch.id),
+                sources(BATCH_TRANSITIONS, BatchState.QUEUED),
+            )
+
+    def fail_batch(self, batch: BatchInfo, *, status: RowStatus, detail: str, task_state: str | None = None) -> None:
+        """Give a batch up: its open rows become `status` (failed or rejected) with the detail."""
+        with self.engine.begin() as conn:
+            self._finish(conn, batch, BatchState.FAILED, last_error=detail, task_state=task_state or batch.task_state)
+            conn.exec_driver_sql(
+                "UPDATE rows SET status=?, detail=? WHERE batch_id=? AND status='queued'",
+                (str(status), detail, batch.id),
+            )
+
+    def split_batch(
+        self, batch: BatchInfo, parts: Sequence[Sequence[int]], *, rejected: dict[int, str], ambiguous: bool
+    ) -> list[int]:
+        """Replace a sent batch by smaller ones (same kind and data), rejecting the rows in `rejected` (line: why).
+
+        The new batches are `ambiguous` when the refused request may have been applied in part.
+        """
+        now = self.now()
+        with self.engine.begin() as conn:
+            self._finish(conn, batch, BatchState.SPLIT)
+            if rejected:
+                conn.exec_driver_sql(
+                    "UPDATE rows SET status='rejected', detail=? WHERE file_id=? AND line=? AND status='queued'",
+                    [(detail, batch.file_id, line) for line, detail in rejected.items()],
+                )
+            start = conn.exec_driver_sql("SELECT max(seq) FROM batches WHERE file_id=?", (batch.file_id,)).scalar_one()
+            children = []
+            for seq, lines in enumerate((p for p in parts if p), start=start + 1):
+                child = conn.exec_driver_sql(
+                    "INSERT INTO batches (file_id, seq, kind, state, size, attempts, failures, next_attempt_at, "
+                    "ambiguous, created_at, data_hash, reference, parent_id) "
+                    "VALUES (?, ?, ?, 'queued', ?, 0, 0, 0, ?, ?, ?, ?, ?)",
+                    (
+                        batch.file_id,
+                        seq,
+                        batch.kind,
+                        len(lines),
+                        ambiguous or batch.ambiguous,
+                        now,
+                        batch.data_hash,
+                        f"{batch.reference} part {seq}" if batch.reference else None,
+                        batch.id,
+                    ),
+                ).lastrowid
+                conn.exec_driver_sql(
+                    "UPDATE rows SET batch_id=? WHERE file_id=? AND line=? AND status='queued'",
+                    [(child, batch.file_id, line) for line in lines],
+                )
+                children.append(int(child or 0))
+        return children
+
+    def batch_totals(self, file_id: int) -> tuple[int, int, int]:
+        """A file's planned batches, the upload calls made (task polls not counted), and the calls beyond the plan.
+
+        Extra calls come from retries and from splitting refused or timing-out batches.
+        """
+        with self.engine.connect() as conn:
+            planned, calls = conn.exec_driver_sql(
+                "SELECT coalesce(sum(parent_id IS NULL), 0), coalesce(sum(attempts), 0) FROM batches WHERE file_id=?",
+                (file_id,),
+            ).one()
+        return int(planned), int(calls), int(calls) - int(planned)
+
+    def tasks(self, file_id: int) -> list[dict[str, Any]]:
+        """The async tasks of a file with their last known state."""
+        with self.engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                "SELECT seq, task_id, task_state, codes_affected, size, state, reference FROM batches "
+                "WHERE file_id=? AND kind='async' ORDER BY seq",
+                (file_id,),
+            ).all()
+        return [
+            {
+                "batch": seq,
+                "task_id": task_id,
+                "state": task_state,
+                "codes_affected": affected,
+                "codes_sent": size,
+                "batch_state": state,
+                "reference": reference,
+            }
+            for seq, task_id, task_state, affected, size, state, reference in rows
+        ]
+
+    def recover(self) -> dict[str, int]:
+        """After a restart: batches caught `sending` go back to the queue, marked ambiguous (they may have landed).
+
+        Async batches with a stored task id are `submitted`, not `sending`: they are polled, never sent again.
+        """
+        with self.engine.begin() as conn:
+            resent = conn.exec_driver_sql(
+                "UPDATE batches SET state='queued', ambiguous=1, next_attempt_at=0 WHERE state='sending'"
+            ).rowcount
+            conn.exec_driver_sql("DELETE FROM meta WHERE key='uploads_paused'")  # a new process starts sending
+        return {"batches_requeued": resent}

@@ -1,0 +1,142 @@
+"""The ledger's files: claimed, read, reported, moved; and the overview that `status` prints."""
+
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from daemon.ledger.base import FILE_COLUMNS, FileInfo, LedgerBase, file_info, placeholders
+from daemon.states import FILE_TRANSITIONS, BatchState, FileState, Outcome, sources
+
+UPLOADS_PAUSED = "uploads_paused"  # meta key: why the running service sends nothing right now
+
+
+class FileStore(LedgerBase):
+    """Files and their life: received, active, reporting, done."""
+
+    def add_file(self, *, sha256: str, name: str, path: str, size: int, data_key: str, mode: str) -> int:
+        """Record a claimed file in state `received`."""
+        with self.engine.begin() as conn:
+            result = conn.exec_driver_sql(
+                "INSERT INTO files (sha256, name, path, size, state, data_key, mode, layout, received_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, '{}', ?)",
+                (sha256, name, path, size, FileState.RECEIVED, data_key, mode, self.now()),
+            )
+            file_id = result.lastrowid
+        assert file_id is not None
+        return int(file_id)
+
+    def file(self, file_id: int) -> FileInfo:
+        """One file's record."""
+        with self.engine.connect() as conn:
+            row = conn.exec_driver_sql(f"SELECT {FILE_COLUMNS} FROM files WHERE id=?", (file_id,)).one()
+        return file_info(row)
+
+    def files(self, states: Iterable[FileState]) -> list[FileInfo]:
+        """The files in any of these states, oldest first."""
+        wanted = [str(s) for s in states]
+        with self.engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                f"SELECT {FILE_COLUMNS} FROM files WHERE state IN ({placeholders(len(wanted))}) ORDER BY id",
+                tuple(wanted),
+            ).all()
+        return [file_info(r) for r in rows]
+
+    def find_files(self, name_or_sha: str) -> list[FileInfo]:
+        """Files whose name, or SHA-256 (or its prefix of 8+ characters), is this."""
+        with self.engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                f"SELECT {FILE_COLUMNS} FROM files WHERE name=? OR (length(?) >= 8 AND sha256 LIKE ? || '%') "
+                "ORDER BY id",
+                (name_or_sha, name_or_sha, name_or_sha.lower()),
+            ).all()
+        return [file_info(r) for r in rows]
+
+    def processed(self, sha256: str, *, other_than: int) -> FileInfo | None:
+        """An earlier file with the same bytes that was (or is being) processed, if any."""
+        refused = (str(Outcome.FAILED), str(Outcome.DUPLICATE))
+        with self.engine.connect() as conn:
+            row = conn.exec_driver_sql(
+                f"SELECT {FILE_COLUMNS} FROM files WHERE sha256=? AND id<>? "
+                "AND (outcome IS NULL OR outcome NOT IN (?, ?)) ORDER BY id LIMIT 1",
+                (sha256, other_than, *refused),
+            ).first()
+        return file_info(row) if row else None
+
+    def transition_file(self, file_id: int, to: FileState, **values: Any) -> None:
+        """Move a file to state `to` (guarded by FILE_TRANSITIONS), setting other columns with it."""
+        values = {k: json.dumps(v) if k == "layout" else v for k, v in values.items()}
+        if to is FileState.DONE:
+            values.setdefault("finished_at", self.now())
+        sets = ", ".join(f"{k}=?" for k in ("state", *values))
+        with self.engine.begin() as conn:
+            self.guard(
+                conn,
+                "files",
+                f"UPDATE files SET {sets} WHERE id=?",
+                (str(to), *values.values(), file_id),
+                sources(FILE_TRANSITIONS, to),
+            )
+
+    def set_file(self, file_id: int, **values: Any) -> None:
+        """Set columns of a file that carry no state (the report stem, the destination)."""
+        sets = ", ".join(f"{k}=?" for k in values)
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql(f"UPDATE files SET {sets} WHERE id=?", (*values.values(), file_id))
+
+    def discard_rows(self, file_id: int) -> None:
+        """Drop the rows recorded so far for a file that turned out unreadable."""
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql("DELETE FROM rows WHERE file_id=?", (file_id,))
+
+    def forget_file(self, file_id: int) -> None:
+        """Drop a file caught mid-intake, with its rows, so that the next scan takes it afresh."""
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql("DELETE FROM rows WHERE file_id=?", (file_id,))
+            conn.exec_driver_sql("DELETE FROM batches WHERE file_id=?", (file_id,))
+            conn.exec_driver_sql("DELETE FROM files WHERE id=? AND state=?", (file_id, str(FileState.RECEIVED)))
+
+    def overview(self, *, recent: int = 10) -> dict[str, Any]:
+        """What the ledger holds, for `scm-daemon status`."""
+        with self.engine.connect() as conn:
+
+            def counts(sql: str) -> dict[str, int]:
+                return {str(k): int(n) for k, n in conn.exec_driver_sql(sql).all()}
+
+            files = counts("SELECT coalesce(outcome, state), count(*) FROM files GROUP BY 1")
+            rows = counts("SELECT status, count(*) FROM rows GROUP BY status")
+            batches = counts("SELECT state, count(*) FROM batches GROUP BY state")
+            latest = conn.exec_driver_sql(
+                "SELECT id, name, state, outcome, received_at, finished_at, error FROM files ORDER BY id DESC LIMIT ?",
+                (recent,),
+            ).all()
+            errors = conn.exec_driver_sql(
+                "SELECT f.name, b.seq, b.state, b.attempts, b.last_error FROM batches b JOIN files f ON f.id=b.file_id "
+                "WHERE b.last_error IS NOT NULL ORDER BY b.id DESC LIMIT ?",
+                (recent,),
+            ).all()
+            tasks = conn.exec_driver_sql(
+                "SELECT f.name, b.seq, b.task_id, b.task_state FROM batches b JOIN files f ON f.id=b.file_id "
+                "WHERE b.state=? ORDER BY b.id",
+                (str(BatchState.SUBMITTED),),
+            ).all()
+            retry_at = conn.exec_driver_sql(
+                "SELECT min(next_attempt_at) FROM batches WHERE state='queued' AND failures > 0"
+            ).scalar_one()
+        return {
+            "ledger": str(self.path),
+            "uploads_paused": self.get_meta(UPLOADS_PAUSED),
+            "files": files,
+            "rows": rows,
+            "batches": batches,
+            "in_flight": batches.get(str(BatchState.SENDING), 0),
+            "tasks_in_flight": [{"file": n, "batch": s, "task_id": t, "state": st} for n, s, t, st in tasks],
+            "next_retry_at": datetime.fromtimestamp(retry_at, UTC).isoformat(timespec="seconds") if retry_at else None,
+            "recent_files": [
+                {"id": i, "name": n, "state": st, "status": o, "received_at": r, "finished_at": fin, "error": e}
+                for i, n, st, o, r, fin, e in latest
+            ],
+            "last_errors": [
+                {"file": n, "batch": seq, "state": st, "attempts": a, "error": e} for n, seq, st, a, e in errors
+            ],
+        }

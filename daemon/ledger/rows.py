@@ -1,0 +1,199 @@
+"""The ledger's rows: recorded in bulk, repeats resolved, handed to the planner, read back for the reports."""
+
+import json
+from array import array
+from collections.abc import Iterator, Sequence
+from contextlib import closing
+from itertools import islice
+from typing import Any
+
+from daemon.ledger.base import LedgerBase
+from daemon.states import FILE_TRANSITIONS, FileState, RowStatus, sources
+
+INSERT_CHUNK = 20_000  # rows per executemany; one commit per chunk keeps the WAL small during a large intake
+ALREADY_UPLOADED = "the same data was already uploaded for this code"
+
+RowRecord = tuple[int, str | None, str | None, str, str, str]  # line, key, data_hash, cells JSON, status, detail
+
+
+class RowStore(LedgerBase):
+    """Rows of files, from intake to their final status."""
+
+    def insert_rows(self, file_id: int, rows: Iterator[RowRecord]) -> int:
+        """Record rows in large transactions; returns the count."""
+        count = 0
+        sql = (
+            "INSERT INTO rows (file_id, line, key, data_hash, cells, status, detail) "
+            f"VALUES ({int(file_id)}, ?, ?, ?, ?, ?, ?)"
+        )
+        while chunk := list(islice(rows, INSERT_CHUNK)):
+            with self.engine.begin() as conn:
+                conn.exec_driver_sql(sql, chunk)
+            count += len(chunk)
+        return count
+
+    def resolve_in_file_duplicates(self, file_id: int) -> tuple[int, int]:
+        """Skip identical repeats of a code within the file; reject every row of a code given different data."""
+        with self.engine.begin() as conn:
+            rows = conn.exec_driver_sql(
+                "SELECT key, line, data_hash FROM rows WHERE file_id=? AND status=? AND key IN "
+                "(SELECT key FROM rows WHERE file_id=? AND status=? GROUP BY key HAVING count(*) > 1) "
+                "ORDER BY key, line",
+                (file_id, str(RowStatus.PENDING), file_id, str(RowStatus.PENDING)),
+            ).all()
+            updates: list[tuple[str, str, int, int]] = []
+            for key, group in _group_by_key(rows):
+                if len({h for _, h in group}) == 1:
+                    first = group[0][0]
+                    updates.extend(
+                        (str(RowStatus.SKIPPED), f"same data as row {first} of this file", file_id, line)
+                        for line, _ in group[1:]
+                    )
+                    continue
+                for line, _ in group:
+                    others = [str(other) for other, _ in group if other != line]
+                    shown = ", ".join(others[:10]) + (f" and {len(others) - 10} more" if len(others) > 10 else "")
+                    rows_word = "row" if len(others) == 1 else "rows"
+                    detail = f"{key} has different values in {rows_word} {shown} of this file; make them agree"
+                    updates.append((str(RowStatus.REJECTED), detail, file_id, line))
+            if updates:
+                conn.exec_driver_sql("UPDATE rows SET status=?, detail=? WHERE file_id=? AND line=?", updates)
+        skipped = sum(1 for u in updates if u[0] == RowStatus.SKIPPED)
+        return skipped, len(updates) - skipped
+
+    def _unblocked(self, file_id: int, alias: str) -> str:
+        """SQL that keeps rows whose code has no open row in an earlier file, so uploads keep drop order."""
+        earlier = [f for f in self.files_in_flight() if f < file_id]
+        if not earlier:
+            return ""
+        return (
+            f" AND NOT EXISTS (SELECT 1 FROM rows o WHERE o.file_id IN ({','.join(map(str, earlier))}) "
+            f"AND o.key={alias}.key AND o.status IN ('pending', 'queued'))"
+        )
+
+    def files_in_flight(self) -> list[int]:
+        """Ids of files whose rows may still be open."""
+        with self.engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                "SELECT id FROM files WHERE state IN (?, ?)", (str(FileState.RECEIVED), str(FileState.ACTIVE))
+            ).all()
+        return [r[0] for r in rows]
+
+    def skip_uploaded(self, file_id: int, data_key: str) -> int:
+        """Skip pending rows whose code already holds the same data from an earlier upload; returns how many."""
+        with self.engine.begin() as conn:
+            return conn.exec_driver_sql(
+                "UPDATE rows SET status='skipped', detail=? WHERE file_id=? AND status='pending' AND EXISTS "
+                "(SELECT 1 FROM codes c WHERE c.data_key=? AND c.key=rows.key AND c.data_hash=rows.data_hash)"
+                + self._unblocked(file_id, "rows"),
+                (ALREADY_UPLOADED, file_id, data_key),
+            ).rowcount
+
+    def plannable_groups(self, file_id: int) -> dict[str, Sequence[int]]:
+        """Pending, unblocked rows of a file as {data hash: lines in row order}, compact for a million rows."""
+        groups: dict[str, array[int]] = {}
+        with (
+            self.engine.connect() as conn,
+            closing(
+                conn.exec_driver_sql(
+                    "SELECT r.data_hash, r.line FROM rows r WHERE r.file_id=? AND r.status='pending'"
+                    + self._unblocked(file_id, "r")
+                    + " ORDER BY r.line",
+                    (file_id,),
+                )
+            ) as result,
+        ):
+            for data_hash, line in result:
+                lines = groups.get(data_hash)
+                if lines is None:
+                    lines = groups[data_hash] = array("q")
+                lines.append(line)
+        return dict(groups)
+
+    def has_open_rows(self, file_id: int) -> bool:
+        """Whether any row of the file still waits for an outcome."""
+        with self.engine.connect() as conn:
+            row = conn.exec_driver_sql(
+                "SELECT 1 FROM rows WHERE file_id=? AND status IN ('pending', 'queued') LIMIT 1", (file_id,)
+            ).first()
+        return row is not None
+
+    def has_pending_rows(self, file_id: int) -> bool:
+        """Whether any row of the file still waits to be planned."""
+        with self.engine.connect() as conn:
+            row = conn.exec_driver_sql(
+                "SELECT 1 FROM rows WHERE file_id=? AND status='pending' LIMIT 1", (file_id,)
+            ).first()
+        return row is not None
+
+    def row_counts(self, file_id: int) -> dict[RowStatus, int]:
+        """How many of the file's rows are in each status."""
+        with self.engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                "SELECT status, count(*) FROM rows WHERE file_id=? GROUP BY status", (file_id,)
+            ).all()
+        return {RowStatus(s): n for s, n in rows}
+
+    def report_rows(self, file_id: int) -> Iterator[tuple[int, str | None, str, str, int | None, str | None]]:
+        """Every row of a file in spreadsheet order: line, key, status, detail, batch number, task id."""
+        with (
+            self.engine.connect() as conn,
+            closing(
+                conn.exec_driver_sql(
+                    "SELECT r.line, r.key, r.status, r.detail, b.seq, b.task_id FROM rows r "
+                    "LEFT JOIN batches b ON b.id=r.batch_id WHERE r.file_id=? ORDER BY r.line",
+                    (file_id,),
+                )
+            ) as result,
+        ):
+            yield from result
+
+    def error_rows(self, file_id: int) -> Iterator[tuple[int, list[str], str, str]]:
+        """Rejected and failed rows of a file: line, cells, status, detail."""
+        with (
+            self.engine.connect() as conn,
+            closing(
+                conn.exec_driver_sql(
+                    "SELECT line, cells, status, detail FROM rows WHERE file_id=? AND status IN ('rejected', 'failed') "
+                    "ORDER BY line",
+                    (file_id,),
+                )
+            ) as result,
+        ):
+            for line, cells, status, detail in result:
+                yield line, json.loads(cells), status, detail
+
+    def retry_failed(self, file_id: int) -> int:
+        """Put a finished file's failed rows back in the queue and the file back to work; returns how many rows.
+
+        The reports of the retry get new names (report_base is cleared), so the first ones stay as they were.
+        """
+        with self.engine.begin() as conn:
+            moved = conn.exec_driver_sql(
+                "UPDATE rows SET status='pending', detail='', batch_id=NULL WHERE file_id=? AND status='failed'",
+                (file_id,),
+            ).rowcount
+            if moved:
+                self.guard(
+                    conn,
+                    "files",
+                    "UPDATE files SET state='active', outcome=NULL, report_base=NULL, finished_at=NULL WHERE id=?",
+                    (file_id,),
+                    sources(FILE_TRANSITIONS, FileState.ACTIVE),
+                )
+        return moved
+
+
+def _group_by_key(rows: Sequence[Any]) -> Iterator[tuple[str, list[tuple[int, str]]]]:
+    current: str | None = None
+    group: list[tuple[int, str]] = []
+    for key, line, data_hash in rows:
+        if key != current and group:
+            assert current is not None
+            yield current, group
+            group = []
+        current = key
+        group.append((line, data_hash))
+    if group:
+        assert current is not None
+        yield current, group

@@ -1,0 +1,53 @@
+"""The back-pressure policies, stepped with explicit times."""
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from daemon.breaker import CircuitBreaker, ThrottleGovernor
+
+
+def test_repeated_429s_lower_the_rate_and_a_quiet_minute_restores_it() -> None:
+    gov = ThrottleGovernor(configured=9.7)
+    assert gov.throttled(0.0) == 9.7  # one 429 alone: the pause does the work
+    assert gov.throttled(5.0) == 9.7 * 0.75
+    assert gov.throttled(6.0) == 9.7 * 0.75 * 0.75
+    assert gov.tick(30.0) is None
+    assert gov.tick(66.1) == 9.7
+    assert gov.throttled(70.0) == 9.7
+
+
+@given(st.lists(st.floats(min_value=0, max_value=5), min_size=1, max_size=50))
+def test_the_rate_never_goes_below_the_floor_or_above_the_configured_rate(gaps: list[float]) -> None:
+    gov = ThrottleGovernor(configured=10.0)
+    now = 0.0
+    for gap in gaps:
+        now += gap
+        rate = gov.throttled(now)
+        assert gov.floor <= rate <= 10.0
+
+
+def test_the_breaker_opens_after_a_run_of_failures_and_closes_after_a_good_trial() -> None:
+    breaker = CircuitBreaker(threshold=3, cooldown=10.0)
+    assert breaker.allows(0.0) is None
+    assert not breaker.failure(1.0)
+    assert not breaker.failure(2.0)
+    assert breaker.failure(3.0)  # the third in a row opens it
+    assert breaker.allows(12.9) == 0
+    assert breaker.allows(13.0) == 1
+    breaker.started(13.0)
+    assert breaker.allows(13.0) == 0  # one trial at a time
+    assert breaker.failure(14.0)  # the trial failed: open again, twice as long
+    assert breaker.open_until == 34.0
+    breaker.started(34.0)
+    assert breaker.success()
+    assert breaker.allows(35.0) is None
+    assert not breaker.is_open
+
+
+def test_a_success_resets_the_count() -> None:
+    breaker = CircuitBreaker(threshold=3)
+    breaker.failure(0.0)
+    breaker.failure(0.0)
+    assert not breaker.success()
+    assert not breaker.failure(0.0)
+    assert not breaker.is_open
