@@ -2,13 +2,31 @@
 
 import fnmatch
 import os
-from collections.abc import Collection, Sequence
+import threading
+import time
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
+from watchdog.events import (
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
 
 log = structlog.get_logger(__name__)
+
+# An empty file is usually a copy that has not started writing: it is looked at again this often (at least), so a
+# forgotten empty file costs one listing a second, not a busy loop.
+EMPTY_RECHECK_SECONDS = 1.0
+POLL_INTERVAL = 1.0  # seconds between two snapshots of the PollingObserver
+RESTART_DELAY = 5.0  # seconds before another attempt to start an observer that failed to start
 
 
 @dataclass(frozen=True)
@@ -33,14 +51,26 @@ class InboxScanner:
         self.settle_seconds = settle_seconds
         self.ignore = list(ignore)
         self._seen: dict[str, Sighting] = {}
+        self._last_scan = -float("inf")
 
     @property
     def waiting(self) -> int:
         """Files seen but not settled yet."""
         return len(self._seen)
 
+    def next_check(self) -> float | None:
+        """When (monotonic) a file waiting to settle should be looked at again; None when none waits."""
+        due = [
+            s.since + self.settle_seconds
+            if s.size > 0
+            else self._last_scan + max(self.settle_seconds, EMPTY_RECHECK_SECONDS)
+            for s in self._seen.values()
+        ]
+        return min(due, default=None)
+
     def scan(self, now: float, claimed: Collection[str]) -> list[Path]:
         """Settled files not yet claimed, oldest sighting first; `now` is monotonic time."""
+        self._last_scan = now
         present: set[str] = set()
         settled: list[tuple[float, Path]] = []
         try:
@@ -74,3 +104,128 @@ class InboxScanner:
     def taken(self, path: Path) -> None:
         """Forget a file's sighting once it is claimed (or must be looked at afresh)."""
         self._seen.pop(str(path), None)
+
+
+class _Wake(FileSystemEventHandler):
+    """Sets the loop's wake event for a file created, written or moved into the inbox's top level; nothing more."""
+
+    def __init__(self, inbox: str, wake: threading.Event, ignore: Sequence[str]) -> None:
+        self.inbox = inbox
+        self.wake = wake
+        self.ignore = list(ignore)
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        # Runs in watchdog's thread: no I/O and no ledger here; the scan that follows does the work.
+        if event.is_directory:
+            return
+        if isinstance(event, FileMovedEvent):
+            path = os.fsdecode(event.dest_path)
+        elif isinstance(event, FileCreatedEvent | FileModifiedEvent):
+            path = os.fsdecode(event.src_path)
+        else:
+            return
+        folder, name = os.path.split(path)
+        if folder == self.inbox and not ignored(name, self.ignore):
+            self.wake.set()
+
+
+class InboxEvents:
+    """Supervised watchdog observer whose events only wake the loop early; the periodic scan stays the truth.
+
+    inotify (`Observer`) sees only changes made through this host's kernel; on SMB/NFS shares written by other
+    hosts `polling = true` selects the `PollingObserver`. Either can die (the inbox deleted or remounted, a share
+    that went away), so `check()` restarts it, and says so in the log.
+    """
+
+    def __init__(
+        self,
+        inbox: Path,
+        wake: threading.Event,
+        *,
+        polling: bool,
+        ignore: Sequence[str],
+        poll_interval: float = POLL_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.inbox = inbox
+        self.wake = wake
+        self.polling = polling
+        self.poll_interval = poll_interval
+        self.clock = clock
+        self._handler = _Wake(str(inbox), wake, ignore)
+        self._observer: BaseObserver | None = None
+        self._identity: tuple[int, int] | None = None  # the inbox's (device, inode) when the observer started
+        self._retry_at = -float("inf")
+        self._started_once = False
+        self.restarts = 0  # how often a dead observer was replaced
+
+    @property
+    def kind(self) -> str:
+        """Which observer is used, for the log."""
+        return "polling" if self.polling else "inotify"
+
+    def set_ignore(self, ignore: Sequence[str]) -> None:
+        """Use new ignore patterns (after a configuration reload)."""
+        self._handler.ignore = list(ignore)
+
+    def alive(self) -> bool:
+        """Whether the observer and its emitter are running on the inbox that is there now."""
+        observer = self._observer
+        if observer is None or not observer.is_alive():
+            return False
+        emitters = list(observer.emitters)
+        if not emitters or not all(e.is_alive() for e in emitters):
+            return False
+        return self._identity == self._inbox_identity()
+
+    def start(self) -> bool:
+        """Start observing; returns whether it worked (if not, the periodic scan carries on alone)."""
+        self._identity = self._inbox_identity()
+        observer: BaseObserver = PollingObserver(timeout=self.poll_interval) if self.polling else Observer()
+        try:
+            observer.schedule(
+                self._handler,
+                str(self.inbox),
+                recursive=False,  # only the top level is the inbox; sub-folders are left alone
+                event_filter=[FileCreatedEvent, FileModifiedEvent, FileMovedEvent],
+            )
+            observer.start()
+        except OSError as exc:
+            # E.g. the inotify watch limit, or the share not mounted yet.
+            log.warning("watcher_unavailable", inbox=str(self.inbox), kind=self.kind, error=str(exc))
+            self._observer = None
+            self._retry_at = self.clock() + RESTART_DELAY
+            return False
+        self._observer = observer
+        return True
+
+    def check(self) -> None:
+        """Restart the observer if it died; cheap enough to call on every turn of the loop."""
+        if self.alive() or self.clock() < self._retry_at:
+            return
+        if self._observer is not None:
+            log.warning("watcher_died", inbox=str(self.inbox), kind=self.kind)
+        self.stop()
+        if self.start():
+            self.wake.set()  # whatever arrived while it was down is found by the scan this triggers
+            if self._started_once:
+                self.restarts += 1
+                log.warning("watcher_restarted", inbox=str(self.inbox), kind=self.kind, restarts=self.restarts)
+            else:
+                log.info("watcher_started", inbox=str(self.inbox), kind=self.kind)
+            self._started_once = True
+
+    def stop(self) -> None:
+        """Stop the observer and wait for its threads."""
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.stop()
+            if observer.is_alive():
+                observer.join(timeout=5)
+
+    def _inbox_identity(self) -> tuple[int, int] | None:
+        try:
+            st = self.inbox.stat()
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
