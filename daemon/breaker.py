@@ -8,14 +8,19 @@ class ThrottleGovernor:
     """Lowers the request rate while 429s keep coming, and gives the configured rate back after a quiet spell."""
 
     configured: float  # requests per second from the configuration (after headroom)
-    factor: float = 0.75  # each 429 within `memory` seconds of the last one multiplies the rate by this
-    floor: float = 0.5  # never slower than this many requests per second
-    memory: float = 60.0  # seconds without a 429 after which the configured rate returns
+    factor: float = 0.8  # each 429 within `memory` seconds of the last one multiplies the rate by this ...
+    floor_share: float = 0.5  # ... down to this share of the configured rate: others may be using the account
+    memory: float = 30.0  # seconds without a 429 after which the configured rate returns
     rate: float = 0.0
     last_429: float | None = None
 
     def __post_init__(self) -> None:
         self.rate = self.configured
+
+    @property
+    def floor(self) -> float:
+        """The slowest pace repeated 429s can bring."""
+        return self.configured * self.floor_share
 
     def throttled(self, now: float) -> float:
         """A 429 arrived at `now`: returns the rate to use from now on."""

@@ -181,6 +181,8 @@ class RetrySettings(BaseModel):
     max_attempts: int = Field(default=8, ge=1)
     base_delay_seconds: Seconds = 2.0
     max_delay_seconds: Seconds = 300.0
+    breaker_failures: int = Field(default=10, ge=1)  # failed requests in a row that pause all sending
+    breaker_cooldown_seconds: Seconds = 30.0  # the first pause; it doubles while the API keeps failing
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:

@@ -75,6 +75,24 @@ class Pacer:
                     return
             # A pause began while this caller waited for its slot: queue again behind the pause.
 
+    def try_acquire(self) -> bool:
+        """Take a slot if one is due now, without waiting; False when the next slot is still ahead (or closed).
+
+        The uploader uses this from its single thread, so a batch is marked `sending` only when its request can
+        leave at once: a crash can then hardly catch a batch whose request had not gone out yet.
+        """
+        with self._lock:
+            now = self._clock()
+            if self._closed.is_set() or max(self._last_slot + self._interval, self._paused_until) > now:
+                return False
+            self._last_slot = now
+            return True
+
+    def next_free(self) -> float:
+        """The clock time from which try_acquire() will succeed."""
+        with self._lock:
+            return max(self._last_slot + self._interval, self._paused_until)
+
     def _raise_if_closed(self) -> None:
         if self._closed.is_set():
             raise PacerClosed("the request pacer was closed")

@@ -78,6 +78,7 @@ class BatchRecord(SQLModel, table=True):
     finished_at: str | None = None
     # Schema 2. A batch split to isolate defective items names the batch it came from.
     parent_id: int | None = None
+    interrupted: int = 0  # restarts that caught this batch `sending`: its request had left, its answer was lost
     # Async jobs: the shared data's hash, the job's reference and task, followed to its end.
     data_hash: str | None = None
     reference: str | None = None
@@ -136,6 +137,7 @@ _V1 = [
 ]
 _V2 = [
     "ALTER TABLE batches ADD COLUMN parent_id INTEGER",
+    "ALTER TABLE batches ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE batches ADD COLUMN data_hash VARCHAR",
     "ALTER TABLE batches ADD COLUMN reference VARCHAR",
     "ALTER TABLE batches ADD COLUMN task_id VARCHAR",

@@ -1,5 +1,6 @@
 """Uploader: sends due batches and polls async tasks through a pool of HTTP workers, recording every outcome."""
 
+import math
 import random
 import time
 from collections.abc import Callable
@@ -78,6 +79,8 @@ class Uploader:
         *,
         workers: int,
         pacer: Pacer | None = None,
+        breaker_failures: int = 10,
+        breaker_cooldown: float = 30.0,
         monotonic: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -93,9 +96,17 @@ class Uploader:
         self.inflight: dict[Future[Any], Work] = {}
         self.token_refused: str | None = None  # the API's words when it refused the token
         self.governor = ThrottleGovernor(pacer.rate) if pacer is not None else None
-        self.breaker = CircuitBreaker()
+        self.breaker = CircuitBreaker(threshold=breaker_failures, cooldown=breaker_cooldown)
+        self.paced_until: float | None = None  # when the pacer's next slot is free, if a due upload waits for it
         self._next_token_check = 0.0
         self._files: dict[int, FileContext] = {}
+
+    def held_until(self) -> float | None:
+        """Monotonic time before which due uploads cannot start (pace, breaker); inf while the token is refused."""
+        if self.token_refused:
+            return math.inf
+        times = [t for t in (self.paced_until, self.breaker.open_until) if t is not None]
+        return max(times) if times else None
 
     @property
     def busy(self) -> bool:
@@ -114,6 +125,7 @@ class Uploader:
 
     def dispatch(self, now: float) -> int:
         """Start as many due uploads and task polls as there are free workers; returns how many started."""
+        self.paced_until = None
         if self.token_refused:
             return self._check_token(now)
         mono = self.monotonic()
@@ -128,12 +140,20 @@ class Uploader:
         due = self.ledger.due_batches(now, free, exclude=busy)
         if due:
             self.breaker.started(mono)
+        started = 0
         for queued in due:
             file = self._file(queued.file_id)
             if queued.state is BatchState.SUBMITTED:
                 assert queued.task_id is not None
-                self._submit(Work("poll", queued, file), self.client.task, queued.task_id)
+                self._submit(Work("poll", queued, file), self.client.task, queued.task_id)  # polls are not paced
+                started += 1
                 continue
+            # Paced here, not in the worker: `sending` is committed only when the request can leave at once, so a
+            # crash almost never catches a batch whose request had not gone out (it would be sent once more).
+            if self.pacer is not None and not self.pacer.try_acquire():
+                self.paced_until = self.pacer.next_free()
+                continue
+            started += 1
             batch, rows = self.ledger.start_sending(queued.id)  # committed before the request exists
             keys = tuple(key for _, key, _ in rows)
             lines = tuple(line for line, _, _ in rows)
@@ -154,7 +174,7 @@ class Uploader:
                     for _, key, cells in rows
                 ]
                 self._submit(Work("upload", batch, file, keys, lines), self.client.upload_sync, file.data_key, items)
-        return len(due)
+        return started
 
     def _check_token(self, now: float) -> int:
         """While the token is refused: ask GET /me/ every few minutes, one request at a time."""

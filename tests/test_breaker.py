@@ -9,11 +9,13 @@ from daemon.breaker import CircuitBreaker, ThrottleGovernor
 def test_repeated_429s_lower_the_rate_and_a_quiet_minute_restores_it() -> None:
     gov = ThrottleGovernor(configured=9.7)
     assert gov.throttled(0.0) == 9.7  # one 429 alone: the pause does the work
-    assert gov.throttled(5.0) == 9.7 * 0.75
-    assert gov.throttled(6.0) == 9.7 * 0.75 * 0.75
+    assert gov.throttled(5.0) == 9.7 * 0.8
+    assert gov.throttled(6.0) == 9.7 * 0.8 * 0.8
+    assert gov.throttled(7.0) == 9.7 * 0.8 * 0.8 * 0.8
+    assert gov.throttled(8.0) == 9.7 * 0.5  # the floor: half the configured pace
     assert gov.tick(30.0) is None
-    assert gov.tick(66.1) == 9.7
-    assert gov.throttled(70.0) == 9.7
+    assert gov.tick(38.1) == 9.7
+    assert gov.throttled(40.0) == 9.7
 
 
 @given(st.lists(st.floats(min_value=0, max_value=5), min_size=1, max_size=50))

@@ -16,7 +16,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
 from support import Project, csv_text, make_project, stop
 
 from daemon.sandbox import Emulator
@@ -137,11 +136,6 @@ def test_a_second_signal_exits_at_once(tmp_path: Path, emulator: Emulator) -> No
     assert time.monotonic() - started < 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ledger recovery re-queues a batch caught `sending` again after its re-send; needs a sent-marker "
-    "(the uploader marking `sending` only when the request leaves) and a recovery rule for it",
-)
 def test_a_batch_interrupted_twice_is_not_sent_a_third_time(tmp_path: Path, emulator: Emulator) -> None:
     project = make_project(tmp_path / "site", emulator.base_url, api={"max_in_flight": 1}, upload={"mode": "sync"})
     emulator.configure(latency=3.0)  # every request stays in flight long enough to be killed in the middle
@@ -159,3 +153,6 @@ def test_a_batch_interrupted_twice_is_not_sent_a_third_time(tmp_path: Path, emul
     assert done.returncode == 0, done.stderr
     assert emulator.all_data("extended_id") == {code(i): {"batch": f"B{i}"} for i in range(50)}
     assert max(emulator.transactions("extended_id", code(i)) for i in range(50)) <= 2
+    details = {r["detail"] for r in project.report("one")}
+    assert len(details) == 1
+    assert "sent twice, and both times a restart lost the answer" in details.pop()

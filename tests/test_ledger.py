@@ -135,7 +135,7 @@ def test_sending_is_committed_before_the_request_and_recovered_as_ambiguous(ledg
 
     with pytest.raises(StateConflict):
         ledger.start_sending(batch_id)  # never twice
-    assert ledger.recover() == {"batches_requeued": 1}
+    assert ledger.recover() == {"batches_requeued": 1, "batches_assumed_applied": 0}
     batch = ledger.batch(batch_id)
     assert (batch.state, batch.ambiguous) == (BatchState.QUEUED, True)
 
@@ -245,7 +245,7 @@ def test_an_async_batch_keeps_its_task_and_is_polled_not_resent(ledger: Ledger) 
     assert batch.reference == "scm-daemon f.csv batch 1 sha256:aaaaaaaaaaaa"
     ledger.submit_task(batch, task_id="T1", submitted_at=10.0, poll_at=15.0)
 
-    assert ledger.recover() == {"batches_requeued": 0}
+    assert ledger.recover() == {"batches_requeued": 0, "batches_assumed_applied": 0}
     assert ledger.due_batches(now=14.0, limit=5) == []
     due = ledger.due_batches(now=15.0, limit=5)
     assert [(b.state, b.task_id) for b in due] == [(BatchState.SUBMITTED, "T1")]

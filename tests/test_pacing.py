@@ -161,3 +161,22 @@ def test_real_threads_never_get_two_slots_closer_than_the_interval() -> None:
     # A late wake-up of one thread can shrink the gap to the next; it can never make slots come early overall.
     assert min(gaps) >= interval * 0.5
     assert times[-1] - times[0] >= 39 * interval - 0.005
+
+
+def test_try_acquire_takes_only_a_slot_that_is_due() -> None:
+    now = [100.0]
+    pacer = Pacer(4.0, clock=lambda: now[0])
+    assert pacer.try_acquire()
+    assert not pacer.try_acquire()
+    assert pacer.next_free() == 100.25
+    now[0] = 100.25
+    assert pacer.try_acquire()
+    pacer.pause_until(101.0)
+    now[0] = 100.9
+    assert not pacer.try_acquire()
+    assert pacer.next_free() == 101.0
+    now[0] = 101.0
+    assert pacer.try_acquire()
+    pacer.close()
+    now[0] = 200.0
+    assert not pacer.try_acquire()

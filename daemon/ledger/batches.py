@@ -13,6 +13,10 @@ AMBIGUOUS_UPLOADED = (
     "not listed in the answer, but an earlier attempt of this batch may have been applied; counted as uploaded"
 )
 NOT_AFFECTED = "not changed by Scantrust: unknown code, or the values were already set"
+INTERRUPTED_TWICE = (
+    "sent twice, and both times a restart lost the answer; counted as uploaded rather than sent a third time "
+    "(the portal's Code Transactions show it)"
+)
 
 PlannedRows = tuple[str, Sequence[int], str | None]  # kind, lines, data hash (async)
 SendRow = tuple[int, str, list[str]]  # line, key, cells
@@ -263,13 +267,25 @@ class BatchStore(LedgerBase):
         ]
 
     def recover(self) -> dict[str, int]:
-        """After a restart: batches caught `sending` go back to the queue, marked ambiguous (they may have landed).
+        """After a restart, settle the batches caught `sending` (their request had left; its answer was lost).
 
-        Async batches with a stored task id are `submitted`, not `sending`: they are polled, never sent again.
+        Caught once: queued again, marked ambiguous, so it is sent once more (the same values again: harmless).
+        Caught a second time: both requests left, so it is not sent a third time; its rows count as uploaded, with
+        a detail saying so. Async batches with a stored task id are `submitted`, not `sending`: they are polled.
         """
         with self.engine.begin() as conn:
+            twice = conn.exec_driver_sql(
+                f"SELECT {BATCH_COLUMNS}, (SELECT data_key FROM files f WHERE f.id=b.file_id) FROM batches b "
+                "WHERE state='sending' AND interrupted > 0"
+            ).all()
+            for row in twice:
+                batch = batch_info(row[:-1])
+                keys = [k for (k,) in conn.exec_driver_sql("SELECT key FROM rows WHERE batch_id=?", (batch.id,))]
+                self._finish(conn, batch, BatchState.DONE, last_error=INTERRUPTED_TWICE)
+                self._confirm(conn, batch, row[-1], dict.fromkeys(keys, (str(RowStatus.UPLOADED), INTERRUPTED_TWICE)))
             resent = conn.exec_driver_sql(
-                "UPDATE batches SET state='queued', ambiguous=1, next_attempt_at=0 WHERE state='sending'"
+                "UPDATE batches SET state='queued', ambiguous=1, interrupted=interrupted+1, next_attempt_at=0 "
+                "WHERE state='sending'"
             ).rowcount
             conn.exec_driver_sql("DELETE FROM meta WHERE key='uploads_paused'")  # a new process starts sending
-        return {"batches_requeued": resent}
+        return {"batches_requeued": resent, "batches_assumed_applied": len(twice)}
