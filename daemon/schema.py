@@ -33,6 +33,9 @@ class FileRecord(SQLModel, table=True):
     destination: str | None = None  # where the input is moved, fixed before it is moved
     received_at: str
     finished_at: str | None = None
+    # Schema 2: the row counts by status, fixed when the file is done, so that `status` need not count millions
+    # of rows and the counts outlive `prune`.
+    counts: str | None = None
 
 
 class RowRecord(SQLModel, table=True):
@@ -136,6 +139,7 @@ _V1 = [
     """CREATE TABLE meta ("key" VARCHAR NOT NULL, value VARCHAR NOT NULL, PRIMARY KEY ("key"))""",
 ]
 _V2 = [
+    "ALTER TABLE files ADD COLUMN counts VARCHAR",
     "ALTER TABLE batches ADD COLUMN parent_id INTEGER",
     "ALTER TABLE batches ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE batches ADD COLUMN data_hash VARCHAR",

@@ -289,3 +289,34 @@ def test_retry_puts_failed_rows_back_and_reopens_the_file(ledger: Ledger) -> Non
     assert (f.state, f.outcome, f.report_base) == (FileState.ACTIVE, None, None)
     assert ledger.row_counts(file_id) == {RowStatus.UPLOADED: 1, RowStatus.PENDING: 1, RowStatus.REJECTED: 1}
     assert ledger.retry_failed(file_id) == 0
+
+
+def test_prune_drops_old_rows_but_keeps_counts_hashes_and_uploaded_codes(tmp_path: Path) -> None:
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    ledger = Ledger(tmp_path / "ledger.sqlite3", clock=lambda: now[0])
+    old = add_file(ledger, "1" * 64, "old.csv")
+    add_rows(ledger, old, [("A", "h1"), (None, None)])
+    ledger.transition_file(old, FileState.ACTIVE)
+    ledger.add_batches(old, [("sync", [2], None)])
+    batch, _ = ledger.start_sending(ledger.due_batches(now=0, limit=1)[0].id)
+    ledger.complete_sync(batch, "extended_id", ["A"], changed={"A"})
+    ledger.transition_file(old, FileState.REPORTING, outcome="completed_with_errors")
+    ledger.transition_file(old, FileState.DONE)
+    now[0] = datetime(2026, 3, 1, tzinfo=UTC)
+    recent = add_file(ledger, "2" * 64, "recent.csv")
+    add_rows(ledger, recent, [("B", "h2")])
+    ledger.transition_file(recent, FileState.REPORTING, outcome="failed")
+    ledger.transition_file(recent, FileState.DONE)
+    before = ledger.overview()["rows"]
+
+    assert ledger.prune("2026-02-01T00:00:00") == (1, 2)
+    assert ledger.prune("2026-02-01T00:00:00") == (0, 0)
+    assert ledger.row_counts(old) == {}
+    assert ledger.row_counts(recent) == {RowStatus.PENDING: 1}
+    assert ledger.overview()["rows"] == before == {"uploaded": 1, "rejected": 1, "pending": 1}
+    assert ledger.processed("1" * 64, other_than=999) is not None  # the same bytes are still a duplicate
+    third = add_file(ledger, "3" * 64, "again.csv")
+    add_rows(ledger, third, [("A", "h1")])
+    ledger.transition_file(third, FileState.ACTIVE)
+    assert ledger.skip_uploaded(third, "extended_id") == 1  # and the same data for A is still skipped
+    ledger.close()

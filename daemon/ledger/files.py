@@ -66,10 +66,14 @@ class FileStore(LedgerBase):
     def transition_file(self, file_id: int, to: FileState, **values: Any) -> None:
         """Move a file to state `to` (guarded by FILE_TRANSITIONS), setting other columns with it."""
         values = {k: json.dumps(v) if k == "layout" else v for k, v in values.items()}
-        if to is FileState.DONE:
-            values.setdefault("finished_at", self.now())
-        sets = ", ".join(f"{k}=?" for k in ("state", *values))
         with self.engine.begin() as conn:
+            if to is FileState.DONE:
+                values.setdefault("finished_at", self.now())
+                counts = conn.exec_driver_sql(
+                    "SELECT status, count(*) FROM rows WHERE file_id=? GROUP BY status", (file_id,)
+                ).all()
+                values["counts"] = json.dumps(dict(counts), sort_keys=True)
+            sets = ", ".join(f"{k}=?" for k in ("state", *values))
             self.guard(
                 conn,
                 "files",
@@ -96,6 +100,29 @@ class FileStore(LedgerBase):
             conn.exec_driver_sql("DELETE FROM batches WHERE file_id=?", (file_id,))
             conn.exec_driver_sql("DELETE FROM files WHERE id=? AND state=?", (file_id, str(FileState.RECEIVED)))
 
+    def prune(self, finished_before: str) -> tuple[int, int]:
+        """Drop the rows and batches of files done before this ISO time; returns (files, rows) dropped.
+
+        What idempotency needs stays: every file's record (its SHA-256 and its counts) and, in `codes`, the last
+        data uploaded per code. One transaction per file, so a running service is held up only briefly.
+        """
+        with self.engine.connect() as conn:
+            ids = [
+                i
+                for (i,) in conn.exec_driver_sql(
+                    "SELECT id FROM files WHERE state='done' AND finished_at < ? AND counts IS NOT NULL "
+                    "AND (EXISTS (SELECT 1 FROM rows r WHERE r.file_id=files.id) "
+                    "OR EXISTS (SELECT 1 FROM batches b WHERE b.file_id=files.id)) ORDER BY id",
+                    (finished_before,),
+                )
+            ]
+        dropped = 0
+        for file_id in ids:
+            with self.engine.begin() as conn:
+                dropped += conn.exec_driver_sql("DELETE FROM rows WHERE file_id=?", (file_id,)).rowcount
+                conn.exec_driver_sql("DELETE FROM batches WHERE file_id=?", (file_id,))
+        return len(ids), dropped
+
     def overview(self, *, recent: int = 10) -> dict[str, Any]:
         """What the ledger holds, for `scm-daemon status`."""
         with self.engine.connect() as conn:
@@ -104,7 +131,17 @@ class FileStore(LedgerBase):
                 return {str(k): int(n) for k, n in conn.exec_driver_sql(sql).all()}
 
             files = counts("SELECT coalesce(outcome, state), count(*) FROM files GROUP BY 1")
-            rows = counts("SELECT status, count(*) FROM rows GROUP BY status")
+            # Done files carry their counts; only the rows of files still at work are counted here.
+            rows: dict[str, int] = {}
+            for (stored,) in conn.exec_driver_sql("SELECT counts FROM files WHERE state='done' AND counts IS NOT NULL"):
+                for status, n in json.loads(stored).items():
+                    rows[status] = rows.get(status, 0) + n
+            live = conn.exec_driver_sql(
+                "SELECT status, count(*) FROM rows WHERE file_id IN (SELECT id FROM files WHERE state<>'done') "
+                "GROUP BY status"
+            ).all()
+            for status, n in live:
+                rows[status] = rows.get(status, 0) + n
             batches = counts("SELECT state, count(*) FROM batches GROUP BY state")
             latest = conn.exec_driver_sql(
                 "SELECT id, name, state, outcome, received_at, finished_at, error FROM files ORDER BY id DESC LIMIT ?",

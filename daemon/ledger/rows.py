@@ -177,7 +177,8 @@ class RowStore(LedgerBase):
                 self.guard(
                     conn,
                     "files",
-                    "UPDATE files SET state='active', outcome=NULL, report_base=NULL, finished_at=NULL WHERE id=?",
+                    "UPDATE files SET state='active', outcome=NULL, report_base=NULL, finished_at=NULL, counts=NULL "
+                    "WHERE id=?",
                     (file_id,),
                     sources(FILE_TRANSITIONS, FileState.ACTIVE),
                 )
