@@ -47,8 +47,8 @@ def is_well_formed(data_key: str, code: str) -> bool:
     return 0 < len(code) <= MAX_KEY_LENGTH
 
 
-def parse_sync_body(raw: bytes) -> SyncRequest:
-    """Parse and validate a sync upload body the way the API's serializer would; raise ValidationFailed."""
+def json_object(raw: bytes) -> dict[str, object]:
+    """A request body that must be a JSON object, or ValidationFailed with the API's words."""
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -56,6 +56,12 @@ def parse_sync_body(raw: bytes) -> SyncRequest:
     if not isinstance(body, dict):
         got = type(body).__name__
         raise ValidationFailed({"non_field_errors": [f"Invalid data. Expected a dictionary, but got {got}."]})
+    return body
+
+
+def parse_sync_body(raw: bytes) -> SyncRequest:
+    """Parse and validate a sync upload body the way the API's serializer would; raise ValidationFailed."""
+    body = json_object(raw)
     # API.md: extended_id is the default key, so a body without data_key is read as extended_id.
     data_key = body.get("data_key", "extended_id")
     if data_key not in DATA_KEYS:

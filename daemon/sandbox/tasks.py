@@ -1,6 +1,5 @@
 """The emulator's async uploads: body validation, and tasks that go pending -> in-progress -> complete | failed."""
 
-import json
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -10,7 +9,7 @@ from enum import StrEnum
 from types import MappingProxyType
 
 from daemon.sandbox.config import TaskVocabulary
-from daemon.sandbox.store import ScmStore, ValidationFailed
+from daemon.sandbox.store import ScmStore, ValidationFailed, json_object
 
 MAX_CONSTRAINT_KEYS = 5
 MAX_CONSTRAINT_VALUES = 1000  # in all, over every key
@@ -55,13 +54,7 @@ class TaskSnapshot:
 
 def parse_async_body(raw: bytes) -> AsyncRequest:
     """Parse and validate an async upload body as the API's serializer would; raise ValidationFailed (400)."""
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValidationFailed({"detail": f"JSON parse error - {exc}"}) from None
-    if not isinstance(body, dict):
-        got = type(body).__name__
-        raise ValidationFailed({"non_field_errors": [f"Invalid data. Expected a dictionary, but got {got}."]})
+    body = json_object(raw)
     errors: dict[str, object] = {}
     constraints = _constraints(body.get("constraints"), errors)
     scm_data = _scm_data(body.get("scm_data"), errors)
