@@ -1,241 +1,40 @@
-"""Load and check the daemon's configuration: TOML file, SCM_ environment variables, token sources."""
+"""Load the configuration: TOML file, SCM_ environment variables, token sources, messages a person can act on."""
 
 import csv
 import difflib
-import ipaddress
 import json
 import os
 import tomllib
 from collections.abc import Mapping
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
-from urllib.parse import urlsplit
+from typing import Any
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
     SecretStr,
     ValidationError,
-    field_validator,
-    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
     PydanticBaseSettingsSource,
-    SettingsConfigDict,
     SettingsError,
     TomlConfigSettingsSource,
 )
 
+from daemon.config.models import (
+    CREDENTIAL_NAME,
+    KEY_COLUMNS,
+    SECTIONS,
+    SYSTEM_CONFIG,
+    ApiSettings,
+    ConfigError,
+    PathsSettings,
+    Settings,
+    UploadSettings,
+)
 from daemon.logs import register_secret
 
-SYSTEM_CONFIG = Path("/etc/scm-daemon/config.toml")
-CREDENTIAL_NAME = "scantrust-token"  # systemd LoadCredential=scantrust-token:/path/to/file
-_KEY_COLUMNS = frozenset({"extended_id", "serial_number"})
-
-
-class ConfigError(Exception):
-    """A configuration problem, worded for the person who has to fix it (never contains the token)."""
-
-
-_SECTION = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-Seconds = Annotated[float, Field(gt=0)]
-
-
-def _nonblank(value: str, what: str = "must not be empty") -> str:
-    if not value.strip():
-        raise ValueError(what)
-    return value.strip()
-
-
-def _at_least(model: BaseModel, low: str, high: str) -> None:
-    if getattr(model, high) < getattr(model, low):
-        raise ValueError(f"{high} ({getattr(model, high):g}) must be at least {low} ({getattr(model, low):g})")
-
-
-class ApiSettings(BaseModel):
-    """[api]: where the Scantrust API is and how hard to push it."""
-
-    model_config = _SECTION
-    base_url: str = "https://api.scantrust.com"
-    token: SecretStr | None = None  # only from SCM_API__TOKEN, token_file or the systemd credential
-    token_file: str = ""
-    connect_timeout: Seconds = 10.0
-    read_timeout: Seconds = 90.0
-    requests_per_second: float = Field(default=8.0, gt=0)
-    max_in_flight: int = Field(default=8, ge=1)
-
-    @field_validator("base_url")
-    @classmethod
-    def _check_url(cls, value: str) -> str:
-        parts = urlsplit(value.strip())
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http(s) URL such as https://api.scantrust.com")
-        if parts.query or parts.fragment:
-            raise ValueError("must not have a query or fragment")
-        if parts.scheme == "http" and not _is_loopback(parts.hostname):
-            # The token travels in every request's header; only the local emulator may go without TLS.
-            raise ValueError("must use https:// (plain http is only allowed to 127.0.0.1 or localhost)")
-        return value.strip().rstrip("/")
-
-    def require_token(self) -> str:
-        """The token's value, or a ConfigError that says how to provide one."""
-        if self.token is None:
-            raise ConfigError(
-                "no API token: set SCM_API__TOKEN, or api.token_file in the config file, "
-                f"or give the service the systemd credential {CREDENTIAL_NAME} (LoadCredential=)"
-            )
-        return self.token.get_secret_value()
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-class UploadSettings(BaseModel):
-    """[upload]: how rows become API calls."""
-
-    model_config = _SECTION
-    mode: Literal["sync", "async", "auto"] = "auto"
-    data_key: Literal["extended_id", "serial_number"] = "extended_id"
-    sync_batch_size: int = Field(default=100, ge=1, le=100)
-    async_batch_size: int = Field(default=1000, ge=1, le=1000)
-    empty_cells: Literal["skip", "clear"] = "skip"
-    fields: list[str] = Field(default_factory=list)
-    fields_template: str = ""  # path to the campaign's template.csv; absolute after loading, "" = none
-    strict_fields: bool = False
-
-    @field_validator("fields")
-    @classmethod
-    def _clean_fields(cls, value: list[str]) -> list[str]:
-        return list(dict.fromkeys(_nonblank(v, "entries must not be empty") for v in value))
-
-
-class IntakeSettings(BaseModel):
-    """[intake]: how spreadsheets are read."""
-
-    model_config = _SECTION
-    sheet: str = ""
-
-
-class PathsSettings(BaseModel):
-    """[paths]: the folders and the ledger (absolute after loading)."""
-
-    model_config = _SECTION
-    inbox: Path = Path("inbox")
-    outbox: Path = Path("outbox")
-    archive: Path = Path("archive")
-    failed: Path = Path("failed")
-    ledger: Path = Path("ledger.sqlite3")
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _not_empty(cls, value: Any) -> Any:
-        # Path("") is the current folder: an empty setting is a mistake, not a request for ".".
-        if isinstance(value, str):
-            return _nonblank(value)
-        return value
-
-
-class WatchSettings(BaseModel):
-    """[watch]: when a file in the inbox is ready to read."""
-
-    model_config = _SECTION
-    settle_seconds: float = Field(default=2.0, ge=0)
-    rescan_seconds: Seconds = 30.0
-    polling: bool = False
-    ignore: list[str] = Field(default_factory=lambda: [".*", "~$*", "*.tmp", "*.part", "*.crdownload"])
-
-    @field_validator("ignore")
-    @classmethod
-    def _clean_ignore(cls, value: list[str]) -> list[str]:
-        return [_nonblank(v, "entries must not be empty") for v in value]
-
-
-class PollSettings(BaseModel):
-    """[poll]: how async tasks are followed."""
-
-    model_config = _SECTION
-    interval_seconds: Seconds = 5.0
-    max_interval_seconds: Seconds = 60.0
-    timeout_seconds: Seconds = 86400.0
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Self:
-        _at_least(self, "interval_seconds", "max_interval_seconds")
-        return self
-
-
-class RetrySettings(BaseModel):
-    """[retry]: how transient errors are retried."""
-
-    model_config = _SECTION
-    max_attempts: int = Field(default=8, ge=1)
-    base_delay_seconds: Seconds = 2.0
-    max_delay_seconds: Seconds = 300.0
-    breaker_failures: int = Field(default=10, ge=1)  # failed requests in a row that pause all sending
-    breaker_cooldown_seconds: Seconds = 30.0  # the first pause; it doubles while the API keeps failing
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Self:
-        _at_least(self, "base_delay_seconds", "max_delay_seconds")
-        return self
-
-
-class Settings(BaseSettings):
-    """The whole configuration; build it with load_settings(), not directly."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="SCM_", env_nested_delimiter="__", extra="forbid", frozen=True, case_sensitive=False
-    )
-    api: ApiSettings = ApiSettings()
-    upload: UploadSettings = UploadSettings()
-    intake: IntakeSettings = IntakeSettings()
-    columns: dict[str, str] = Field(default_factory=dict)  # a file's heading -> the field key it means
-    paths: PathsSettings = PathsSettings()
-    watch: WatchSettings = WatchSettings()
-    poll: PollSettings = PollSettings()
-    retry: RetrySettings = RetrySettings()
-    source: Path | None = None  # the config file that was read; None when only defaults and env were used
-
-    @field_validator("columns")
-    @classmethod
-    def _clean_columns(cls, value: dict[str, str]) -> dict[str, str]:
-        blank = [heading for heading, key in value.items() if not heading.strip() or not key.strip()]
-        if blank:
-            raise ValueError(f"heading {blank[0]!r}: neither the heading nor the field key may be empty")
-        return {heading.strip(): key.strip() for heading, key in value.items()}
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # A bare Settings() is the defaults only; load_settings() passes its own file and env sources.
-        return (init_settings,)
-
-
-SECTIONS: dict[str, type[BaseModel]] = {
-    "api": ApiSettings,
-    "upload": UploadSettings,
-    "intake": IntakeSettings,
-    "paths": PathsSettings,
-    "watch": WatchSettings,
-    "poll": PollSettings,
-    "retry": RetrySettings,
-}
 _ALL_SECTIONS = [*SECTIONS, "columns"]
 _LIST_KEYS = {("upload", "fields"), ("watch", "ignore")}
 _EnvNames = dict[tuple[str, str | None], str]  # (section, key or None for the whole section) -> variable name
@@ -548,7 +347,7 @@ def _with_template(upload: UploadSettings, base: Path, origin: str) -> UploadSet
         raise ConfigError(f"{origin}: upload.fields_template: {template} is not UTF-8 text") from None
     delimiter = max(",;\t|", key=first.count)
     header = next(csv.reader([first], delimiter=delimiter), [])
-    keys = [cell.strip() for cell in header if cell.strip() and cell.strip().lower() not in _KEY_COLUMNS]
+    keys = [cell.strip() for cell in header if cell.strip() and cell.strip().lower() not in KEY_COLUMNS]
     if not keys:
         raise ConfigError(f"{origin}: upload.fields_template: {template} has no field keys in its first line")
     fields = list(dict.fromkeys([*upload.fields, *keys]))
@@ -559,7 +358,7 @@ def _check_fields(upload: UploadSettings, columns: Mapping[str, str], where: str
     if upload.strict_fields and not upload.fields:
         raise ConfigError(f"{where}: upload.strict_fields = true needs upload.fields or upload.fields_template")
     if upload.fields:
-        known = set(upload.fields) | _KEY_COLUMNS
+        known = set(upload.fields) | KEY_COLUMNS
         for heading, key in columns.items():
             if key not in known:
                 raise ConfigError(
