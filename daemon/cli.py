@@ -131,7 +131,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     settings = _settings(args)
     report = validate_file(args.file, settings)
     print(json.dumps(report, indent=2) if args.json else render_validation(report))
-    return EXIT_OK if report["readable"] else EXIT_UNEXPECTED
+    return EXIT_OK if report["ok"] else EXIT_UNEXPECTED  # 1 when unreadable or when any row would be rejected
 
 
 def cmd_status(args: argparse.Namespace) -> int:

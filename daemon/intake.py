@@ -10,18 +10,28 @@ import structlog
 
 from daemon.config import Settings
 from daemon.ledger import Ledger
-from daemon.normalize import Layout, LayoutError, cell_problem, key_problem, map_headers, row_hasher
+from daemon.normalize import (
+    KeyShapes,
+    Layout,
+    LayoutError,
+    cell_problem,
+    cell_reference,
+    json_encoder,
+    key_problem,
+    lost_zeros_problem,
+    map_headers,
+    row_hasher,
+)
 from daemon.readers import Table, UnreadableFile, open_table
 from daemon.states import FileState, Outcome, RowStatus
 
 log = structlog.get_logger(__name__)
 
 HASH_CHUNK = 1 << 20
-ESCAPED = frozenset("=+-@")
+ESCAPED = frozenset("=+-@")  # report CSVs prefix cells starting with these with "'"; reading them back undoes it
 TEXT_FORMATS = frozenset({"csv", "tsv", "txt"})
-_CELLS_JSON = json.JSONEncoder(
-    ensure_ascii=False, check_circular=False
-)  # report CSVs prefix cells starting with these with "'"; reading them back undoes it
+PROBLEM_COLUMNS_KEPT = 1000
+_CELLS_JSON = json_encoder()  # the ledger's cells column: json.dumps of the row's cells
 
 
 def fingerprint(path: Path) -> tuple[str, int, int]:
@@ -43,22 +53,50 @@ def unescape(cells: list[str]) -> list[str]:
 
 
 def _row_records(
-    table: Table, layout: Layout, data_key: str, clear_empty: bool
+    table: Table,
+    layout: Layout,
+    data_key: str,
+    clear_empty: bool,
+    *,
+    shapes: KeyShapes | None = None,
+    number_width: int = 0,
+    problem_columns: dict[int, int] | None = None,
 ) -> Iterator[tuple[int, str | None, str | None, str, str, str]]:
+    """Ledger records of a table's rows: valid ones pending, the others rejected with a detail naming the cell.
+
+    Workbook keys are noted in `shapes`; keys stored as numbers with fewer digits than `number_width` are
+    rejected (see KeyShapes). The first rejected rows' column indexes go to `problem_columns` (line -> index).
+    """
     # The hot loop of a million-row intake: checks that cannot apply to a row are not made for it.
     key_index = layout.key_index
     width = len(layout.headers)
-    typed_cells = table.info.format not in TEXT_FORMATS  # only spreadsheets have error cells
-    dumps = _CELLS_JSON.encode
+    typed_cells = table.info.format not in TEXT_FORMATS  # only workbooks have numbers and dates
+    offset = table.info.column_offset
+    dumps = _CELLS_JSON
     digest = row_hasher(layout, clear_empty=clear_empty)
+    see_key = shapes.see if shapes is not None else None
     for line, raw in table.rows():
-        cells = unescape(raw) if "'" in "".join(raw) else raw
+        joined = "".join(raw)
+        cells = unescape(raw) if "'" in joined else raw
         key = cells[key_index]
         problem = key_problem(key, data_key)
-        if problem is None and (typed_cells or len(cells) > width):
-            problem = cell_problem(cells, layout)
+        column = key_index
+        if typed_cells:
+            if see_key is not None:
+                see_key(key)
+            if problem is None and number_width:
+                problem = lost_zeros_problem(key, data_key, number_width)
+        # An error cell's text starts with "#" (a CSV holds them as typed: #N/A): a cheap test for any of them.
+        if problem is None and (len(cells) > width or "#" in joined):
+            found = cell_problem(cells, layout)
+            if found is not None:
+                column, problem = found
         if problem:
-            yield line, str(key) or None, None, dumps(cells), RowStatus.REJECTED, problem
+            if problem_columns is not None and len(problem_columns) < PROBLEM_COLUMNS_KEPT:
+                problem_columns[line] = column
+            # A missing key needs no cell name; anything else names the cell holding the wrong value.
+            detail = problem if not key else f"cell {cell_reference(offset + column, line)}: {problem}"
+            yield line, str(key) or None, None, dumps(cells), RowStatus.REJECTED, detail
             continue
         hashed = digest(cells)
         if hashed is None:
@@ -68,8 +106,13 @@ def _row_records(
         yield line, str(key), hashed, dumps(cells), RowStatus.PENDING, ""
 
 
-def take(path: Path, ledger: Ledger, settings: Settings) -> int | None:
-    """Claim a settled file: record it and all its rows; returns its ledger id, or None if it changed meanwhile."""
+def take(
+    path: Path, ledger: Ledger, settings: Settings, *, problem_columns: dict[int, int] | None = None
+) -> int | None:
+    """Claim a settled file: record it and all its rows; returns its ledger id, or None if it changed meanwhile.
+
+    `problem_columns`, when given, receives the column index of the first rejected rows (validate shows them).
+    """
     sha256, size, mtime_ns = fingerprint(path)
     upload = settings.upload
     file_id = ledger.add_file(
@@ -87,8 +130,10 @@ def take(path: Path, ledger: Ledger, settings: Settings) -> int | None:
         )
         return file_id
 
+    sheet = settings.intake.sheet or None
+    clear_empty = upload.empty_cells == "clear"
     try:
-        with open_table(path, sheet=settings.intake.sheet or None) as table:
+        with open_table(path, sheet=sheet) as table:
             layout = map_headers(
                 table.headers,
                 data_key=upload.data_key,
@@ -96,10 +141,31 @@ def take(path: Path, ledger: Ledger, settings: Settings) -> int | None:
                 fields=upload.fields,
                 strict_fields=upload.strict_fields,
             )
-            clear_empty = upload.empty_cells == "clear"
             info = {**asdict(table.info), **layout.to_record(), "clear_empty": clear_empty}
             ledger.set_file(file_id, layout=json.dumps(info))
-            count = ledger.insert_rows(file_id, _row_records(table, layout, upload.data_key, clear_empty))
+            shapes = KeyShapes() if table.info.format not in TEXT_FORMATS else None
+            records = _row_records(
+                table, layout, upload.data_key, clear_empty, shapes=shapes, problem_columns=problem_columns
+            )
+            count = ledger.insert_rows(file_id, records)
+        if shapes is not None and shapes.numbers_lost_zeros():
+            # Only the whole key column shows the codes' width: read the workbook again, now rejecting the
+            # number keys that are too short. Rare (a column mixing text and number keys), so a second pass
+            # costs less than holding rows back.
+            bound.info("number_keys_lost_zeros", width=shapes.width)
+            ledger.discard_rows(file_id)
+            if problem_columns is not None:
+                problem_columns.clear()
+            with open_table(path, sheet=sheet) as table:
+                records = _row_records(
+                    table,
+                    layout,
+                    upload.data_key,
+                    clear_empty,
+                    number_width=shapes.width,
+                    problem_columns=problem_columns,
+                )
+                count = ledger.insert_rows(file_id, records)
     except (UnreadableFile, LayoutError, UnicodeDecodeError, OSError) as exc:
         return _refuse(ledger, file_id, path, str(exc), bound)
 

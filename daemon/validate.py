@@ -1,12 +1,14 @@
 """`scm-daemon validate`: read and plan a file exactly as the service would, in a scratch ledger, uploading nothing."""
 
 import tempfile
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from daemon import intake
 from daemon.config import Settings
 from daemon.ledger import Ledger
+from daemon.normalize import cell_reference
 from daemon.planner import plan
 from daemon.states import RowStatus
 
@@ -16,29 +18,32 @@ MAX_PROBLEMS = 20
 def validate_file(path: Path, settings: Settings) -> dict[str, Any]:
     """What the service would do with a file: layout, rows by outcome, first problems, batches and calls."""
     if not path.is_file():
-        return {"file": str(path), "readable": False, "error": f"{path} does not exist or is not a file"}
+        return _unreadable(path, f"{path} does not exist or is not a file")
     with tempfile.TemporaryDirectory(prefix="scm-validate-") as scratch:
         ledger = Ledger(Path(scratch) / "validate.sqlite3")
         try:
-            file_id = intake.take(path, ledger, settings)
+            problem_columns: dict[int, int] = {}
+            file_id = intake.take(path, ledger, settings, problem_columns=problem_columns)
             if file_id is None:
-                return {"file": str(path), "readable": False, "error": "the file changed while it was read"}
+                return _unreadable(path, "the file changed while it was read")
             f = ledger.file(file_id)
             if f.error:
-                return {"file": str(path), "readable": False, "error": f.error}
+                return _unreadable(path, f.error)
             p = plan(ledger.plannable_rows(file_id, f.data_key), sync_batch_size=settings.upload.sync_batch_size)
             counts = ledger.row_counts(file_id)
             problems = [
-                {"row": line, "status": status, "detail": detail}
-                for line, _cells, status, detail in ledger.error_rows(file_id)
-            ][:MAX_PROBLEMS]
+                {"row": line, **_column(f.layout, line, problem_columns.get(line)), "status": status, "detail": detail}
+                for line, _cells, status, detail in islice(ledger.error_rows(file_id), MAX_PROBLEMS)
+            ]
             skipped_in_file = counts.get(RowStatus.SKIPPED, 0)
         finally:
             ledger.close()
     layout = f.layout
+    rejected = counts.get(RowStatus.REJECTED, 0)
     return {
         "file": str(path),
         "readable": True,
+        "ok": rejected == 0,  # the command exits 1 unless every row would be uploaded or skipped
         "error": None,
         "format": {k: layout.get(k) for k in ("format", "encoding", "delimiter", "sheet", "header_row")},
         "data_key": f.data_key,
@@ -49,13 +54,26 @@ def validate_file(path: Path, settings: Settings) -> dict[str, Any]:
             "total": sum(counts.values()),
             "to_upload": sum(len(b.lines) for b in p.batches),
             "skipped": skipped_in_file,
-            "rejected": counts.get(RowStatus.REJECTED, 0),
+            "rejected": rejected,
         },
         "problems": problems,
         "batches": {"sync": len(p.batches)},
         "api_calls": p.api_calls,
         "note": "codes already uploaded earlier are not looked up here; the service skips them",
     }
+
+
+def _unreadable(path: Path, error: str) -> dict[str, Any]:
+    return {"file": str(path), "readable": False, "ok": False, "error": error}
+
+
+def _column(layout: dict[str, Any], line: int, index: int | None) -> dict[str, str | None]:
+    """The heading and cell name of a rejected row's faulty cell; None for problems of the whole row."""
+    if index is None:
+        return {"column": None, "cell": None}
+    headers = layout.get("headers", [])
+    heading = headers[index] if index < len(headers) else None
+    return {"column": heading, "cell": cell_reference(layout.get("column_offset", 0) + index, line)}
 
 
 def render_validation(report: dict[str, Any]) -> str:
@@ -76,6 +94,8 @@ def render_validation(report: dict[str, Any]) -> str:
         f"{rows['rejected']} rejected"
     )
     lines.extend(f"  row {p['row']}: {p['detail']}" for p in report["problems"])
+    if rows["rejected"] > len(report["problems"]):
+        lines.append(f"  ... and {rows['rejected'] - len(report['problems'])} more rejected row(s)")
     lines.append(f"plan:     {report['batches']['sync']} sync call(s); {report['api_calls']} API call(s) in all")
     lines.append(f"note:     {report['note']}")
     return "\n".join(lines)

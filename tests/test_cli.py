@@ -95,7 +95,7 @@ def test_validate_shows_the_plan_without_uploading(project: Project, emulator: E
         check=False,
         env=project.env(),
     )
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 1, out.stderr  # a row would be rejected
     report = json.loads(out.stdout)
     assert report["format"]["delimiter"] == ";"
     assert report["rows"] == {"total": 251, "to_upload": 250, "skipped": 0, "rejected": 1}

@@ -28,6 +28,7 @@ from daemon.readers import (
     open_table,
     sniff_delimiter,
 )
+from daemon.readers.table import error_value
 
 Rows = list[tuple[int, list[str]]]
 
@@ -391,7 +392,7 @@ def test_xlsx_error_cells_become_cell_errors(tmp_path: Path) -> None:
         ws.write_formula(3, 3, "=NA()", None, "#N/A")
 
     table, headers, rows = read(xlsx(tmp_path / "e.xlsx", build))
-    assert (table.info.header_row, headers) == (2, ["id", "x", "y"])
+    assert (table.info.header_row, table.info.column_offset, headers) == (2, 1, ["id", "x", "y"])
     assert rows == [(3, ["A", "fine", "also fine"]), (4, ["B", "#DIV/0!", "#N/A"])]
     assert [type(cell) for cell in rows[1][1]] == [str, CellError, CellError]
 
@@ -439,6 +440,15 @@ def test_xlsx_error_cells_without_cell_references(tmp_path: Path) -> None:
     _, _, rows = read(path)
     assert rows == [(2, ["A", "#DIV/0!", "5"])]
     assert type(rows[0][1][1]) is CellError
+
+
+@pytest.mark.parametrize(
+    ("text", "error"), [("#n/a", "#N/A"), (" #DIV/0! ", "#DIV/0!"), ("#NEW!", "#NEW!"), ("odd", "#odd"), ("", "#ERROR")]
+)
+def test_error_values_always_start_with_a_hash(text: str, error: str) -> None:
+    # Intake looks for "#" in a row's text before it looks for error cells.
+    assert error_value(text) == error
+    assert type(error_value(text)) is CellError
 
 
 def test_openpyxl_error_values_and_durations(tmp_path: Path) -> None:

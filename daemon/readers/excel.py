@@ -145,7 +145,9 @@ def open_excel_table(path: Path, fmt: str, sheet: str | None) -> Table:
     except BaseException:
         workbook.close()
         raise
-    info = TableInfo(format=fmt, encoding=None, delimiter=None, sheet=name, header_row=header_row)
+    info = TableInfo(
+        format=fmt, encoding=None, delimiter=None, sheet=name, header_row=header_row, column_offset=start_col
+    )
     log.debug("table_opened", file=path.name, format=fmt, sheet=name, error_cells=len(errors))
     return Table(info, headers, _rows(records, len(headers)), workbook.close)
 

@@ -16,7 +16,7 @@ class Number(str):
 
 
 class CellError(str):
-    """An error cell such as '#N/A' or '#DIV/0!'; the str value is the error text."""
+    """An error cell such as '#N/A' or '#DIV/0!'; the str value is the error text, which always starts with "#"."""
 
     __slots__ = ()
 
@@ -34,6 +34,7 @@ class TableInfo:
     delimiter: str | None  # csv family
     sheet: str | None  # excel family: the sheet read
     header_row: int  # spreadsheet row number of the header (1 unless blank rows precede it)
+    column_offset: int = 0  # sheet columns left of the first cell of each row (workbooks start at the first used)
 
 
 # Excel shows these as error values, whether computed by a formula or typed (or read from a CSV) as text.
@@ -57,6 +58,12 @@ ERROR_TEXTS: dict[str, CellError] = {
         "#UNKNOWN!",
     )
 }
+
+
+def error_value(text: str) -> CellError:
+    """The CellError for an error cell's text, "#"-prefixed whatever a writer put there (callers test for "#")."""
+    text = text.strip()
+    return ERROR_TEXTS.get(text.upper()) or CellError(text if text.startswith("#") else f"#{text or 'ERROR'}")
 
 
 def mark_errors(cells: list[str]) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import structlog
 
-from daemon.readers.table import ERROR_TEXTS, CellError
+from daemon.readers.table import CellError, error_value
 
 log = structlog.get_logger(__name__)
 
@@ -75,8 +75,7 @@ def _error_cell(errors: ErrorCells, reference: str, text: str) -> None:
     text = text.strip()
     match = _REFERENCE.fullmatch(reference)
     if match:
-        error = ERROR_TEXTS.get(text.upper()) or CellError(text or "#ERROR")
-        errors.setdefault(int(match.group(2)) - 1, {})[_column(reference)] = error
+        errors.setdefault(int(match.group(2)) - 1, {})[_column(reference)] = error_value(text)
 
 
 def _scan(archive: zipfile.ZipFile, member: str) -> ErrorCells | None:
@@ -122,7 +121,7 @@ def _parse(archive: zipfile.ZipFile, member: str) -> ErrorCells:
                     col = _column(reference) if reference else col + 1
             elif tag == "c" and element.get("t") == "e":
                 text = next((child.text or "" for child in element if _local(child.tag) == "v"), "").strip()
-                errors.setdefault(row, {})[col] = ERROR_TEXTS.get(text.upper()) or CellError(text or "#ERROR")
+                errors.setdefault(row, {})[col] = error_value(text)
             elif tag == "row":
                 element.clear()
     return errors
