@@ -5,7 +5,9 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 
@@ -15,11 +17,14 @@ from pydantic import SecretStr
 from daemon import __version__
 from daemon.api import ApiError, ErrorKind, ScantrustClient, classify
 from daemon.config import ConfigError, Settings, find_config_file, load_settings, sandbox_settings
+from daemon.ledger import Ledger
 from daemon.logs import configure_logging
+from daemon.notify import Notifier
 from daemon.sandbox import Emulator, EmulatorConfig, serve_forever
 from daemon.schema import LedgerVersionError
 from daemon.service import FolderError, Service, TokenRefusedError, prepare_folders
-from daemon.status import overview, render_overview
+from daemon.states import FileState
+from daemon.status import render_overview
 from daemon.validate import render_validation, validate_file
 
 log = structlog.get_logger(__name__)
@@ -66,6 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     with_config(sub.add_parser("check", help="check configuration, folders, ledger, and the token against the API"))
 
+    retry = with_config(sub.add_parser("retry", help="put the failed rows of files back in the upload queue"))
+    retry.add_argument("files", nargs="*", metavar="NAME_OR_SHA", help="file name as dropped, or its SHA-256 (prefix)")
+    retry.add_argument("--all", action="store_true", help="every file that has failed rows")
+
+    prune = with_config(
+        sub.add_parser("prune", help="drop finished rows past retention, keeping what idempotency needs")
+    )
+    prune.add_argument(
+        "--older-than", type=float, required=True, metavar="DAYS", help="drop rows of files finished more than DAYS ago"
+    )
+
     sandbox = sub.add_parser("sandbox", help="serve the built-in API emulator on 127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8765, help="port to listen on (default: 8765; 0 = any free)")
     sandbox.add_argument(
@@ -80,35 +96,54 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _install_signals(service: Service) -> None:
+    # Handlers only set flags that the loop reads; it stops (or reloads) at its next turn, within 0.2 s.
     def handler(signum: int, _frame: FrameType | None) -> None:
         if service.stop_event.is_set():
             os._exit(EXIT_UNEXPECTED)  # a second signal: the operator wants out now; the ledger stays consistent
         service.stop()
 
+    def reload(signum: int, _frame: FrameType | None) -> None:
+        service.reload_requested = True
+
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGHUP, reload)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """The service."""
     emulator: Emulator | None = None
+    notifier = Notifier.from_env()
+    notifier.status("starting: checking the configuration, folders and ledger", force=True)
+    reload_settings: Callable[[], Settings]
     if args.sandbox:
         emulator = Emulator(EmulatorConfig(token=SANDBOX_TOKEN))
         base_url = emulator.start()
         # Only an explicit -c is read, and the ledger gets its own name: emulated uploads must never mark
         # rows as uploaded in a production ledger, where a real run would then skip them.
         config = Path(args.config) if args.config else None
-        settings = sandbox_settings(config, base_url=base_url, token=SANDBOX_TOKEN)
-        ledger = settings.paths.ledger
-        paths = settings.paths.model_copy(update={"ledger": ledger.with_name(f"{ledger.stem}.sandbox{ledger.suffix}")})
-        settings = settings.model_copy(update={"paths": paths})
+
+        def reload_settings() -> Settings:
+            settings = sandbox_settings(config, base_url=base_url, token=SANDBOX_TOKEN)
+            ledger = settings.paths.ledger
+            paths = settings.paths.model_copy(
+                update={"ledger": ledger.with_name(f"{ledger.stem}.sandbox{ledger.suffix}")}
+            )
+            return settings.model_copy(update={"paths": paths})
+
+        settings = reload_settings()
+        paths = settings.paths
         log.info("sandbox_started", base_url=base_url, ledger=str(paths.ledger))
     else:
         settings = _settings(args)
         settings.api.require_token()
+
+        def reload_settings() -> Settings:
+            return _settings(args)
+
     try:
         prepare_folders(settings, create_inbox=args.sandbox)
-        service = Service(settings)
+        service = Service(settings, notifier=notifier, reload_settings=reload_settings)
         _install_signals(service)
         log.info(
             "service_started",
@@ -134,12 +169,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK if report["ok"] else EXIT_UNEXPECTED  # 1 when unreadable or when any row would be rejected
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    """What the ledger holds."""
+@contextmanager
+def _existing_ledger(args: argparse.Namespace) -> Iterator[Ledger]:
+    """The configured ledger, which must exist already: these commands never create one."""
     settings = _settings(args)
     if not settings.paths.ledger.exists():
         raise UsageError(f"no ledger at {settings.paths.ledger} yet; start `scm-daemon run` or fix paths.ledger")
-    data = overview(settings.paths.ledger)
+    ledger = Ledger(settings.paths.ledger)
+    try:
+        yield ledger
+    finally:
+        ledger.close()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """What the ledger holds."""
+    with _existing_ledger(args) as ledger:
+        data = ledger.overview()
     print(json.dumps(data, indent=2) if args.json else render_overview(data))
     return EXIT_OK
 
@@ -150,8 +196,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"config: {settings.source or 'none found, defaults and environment'}")
     prepare_folders(settings)
     print(f"folders: inbox {settings.paths.inbox}, outbox {settings.paths.outbox}, archive {settings.paths.archive}")
-    from daemon.ledger import Ledger  # noqa: PLC0415 - only this command opens the ledger this way
-
     Ledger(settings.paths.ledger).close()
     print(f"ledger: {settings.paths.ledger}")
     client = ScantrustClient(
@@ -168,6 +212,47 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_retry(args: argparse.Namespace) -> int:
+    """Failed rows back to the queue; a running service (or the next run) uploads them."""
+    if bool(args.files) == bool(args.all):
+        raise UsageError("name the files to retry (by name or SHA-256), or give --all")
+    with _existing_ledger(args) as ledger:
+        if args.all:
+            files = ledger.files([FileState.DONE])
+        else:
+            files = []
+            for wanted in args.files:
+                found = ledger.find_files(wanted)
+                if not found:
+                    raise UsageError(f"no file {wanted!r} in the ledger; `scm-daemon status` lists recent files")
+                files.extend(found)
+        total = 0
+        for f in files:
+            if f.state is not FileState.DONE:
+                print(f"{f.name}: still being processed; its failed batches are retried by the service itself")
+                continue
+            moved = ledger.retry_failed(f.id)
+            total += moved
+            if moved or not args.all:
+                print(f"{f.name}: {moved} failed row(s) back in the queue")
+    print(f"{total} row(s) queued again; `scm-daemon run` uploads them and writes new reports")
+    return EXIT_OK
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Drop old rows; file records and the last data uploaded per code stay."""
+    if args.older_than < 0:
+        raise UsageError("--older-than takes a number of days, 0 or more")
+    with _existing_ledger(args) as ledger:
+        cutoff = (ledger.clock() - timedelta(days=args.older_than)).isoformat(timespec="milliseconds")
+        files, rows = ledger.prune(cutoff)
+    print(
+        f"dropped {rows} row(s) of {files} file(s) finished before {cutoff}; their file records, counts and the "
+        "last data uploaded per code stay, so duplicates and repeats are still recognised"
+    )
+    return EXIT_OK
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     """Serve the emulator until interrupted."""
     config = EmulatorConfig(token=SANDBOX_TOKEN, rate_limit=args.rate_limit or None, latency=args.latency)
@@ -180,6 +265,8 @@ COMMANDS = {
     "validate": cmd_validate,
     "status": cmd_status,
     "check": cmd_check,
+    "retry": cmd_retry,
+    "prune": cmd_prune,
     "sandbox": cmd_sandbox,
 }
 

@@ -1,18 +1,6 @@
-"""`scm-daemon status`: the ledger's contents, as text for a person or JSON for a script."""
+"""`scm-daemon status`: the ledger's overview as text for a person (`--json` prints it as it is)."""
 
-from pathlib import Path
 from typing import Any
-
-from daemon.ledger import Ledger
-
-
-def overview(ledger_path: Path) -> dict[str, Any]:
-    """Files, rows and batches by state, tasks in flight, and the last errors."""
-    ledger = Ledger(ledger_path)
-    try:
-        return ledger.overview()
-    finally:
-        ledger.close()
 
 
 def _counts(counts: dict[str, int]) -> str:
@@ -30,6 +18,12 @@ def render_overview(data: dict[str, Any]) -> str:
         f"in flight: {data['in_flight']} batch(es)"
         + (f"; next retry at {data['next_retry_at']}" if data["next_retry_at"] else ""),
     ]
+    if data["tasks_in_flight"]:
+        lines.append(f"async tasks being followed: {len(data['tasks_in_flight'])}")
+        lines.extend(
+            f"  {t['file']} batch {t['batch']}: task {t['task_id']} ({t['state'] or 'not asked yet'})"
+            for t in data["tasks_in_flight"][:10]
+        )
     if data["recent_files"]:
         lines.append("recent files:")
         for f in data["recent_files"]:

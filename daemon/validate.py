@@ -29,7 +29,13 @@ def validate_file(path: Path, settings: Settings) -> dict[str, Any]:
             f = ledger.file(file_id)
             if f.error:
                 return _unreadable(path, f.error)
-            p = plan(ledger.plannable_rows(file_id, f.data_key), sync_batch_size=settings.upload.sync_batch_size)
+            upload = settings.upload
+            p = plan(
+                ledger.plannable_groups(file_id),
+                mode=upload.mode,
+                sync_batch_size=upload.sync_batch_size,
+                async_batch_size=upload.async_batch_size,
+            )
             counts = ledger.row_counts(file_id)
             problems = [
                 {"row": line, **_column(f.layout, line, problem_columns.get(line)), "status": status, "detail": detail}
@@ -57,7 +63,13 @@ def validate_file(path: Path, settings: Settings) -> dict[str, Any]:
             "rejected": rejected,
         },
         "problems": problems,
-        "batches": {"sync": len(p.batches)},
+        "plan": {
+            "mode": settings.upload.mode,
+            "groups": p.groups,
+            "sync_calls": p.sync_calls,
+            "async_jobs": p.async_jobs,
+            "sync_only_calls": p.sync_only_calls,
+        },
         "api_calls": p.api_calls,
         "note": "codes already uploaded earlier are not looked up here; the service skips them",
     }
@@ -96,6 +108,11 @@ def render_validation(report: dict[str, Any]) -> str:
     lines.extend(f"  row {p['row']}: {p['detail']}" for p in report["problems"])
     if rows["rejected"] > len(report["problems"]):
         lines.append(f"  ... and {rows['rejected'] - len(report['problems'])} more rejected row(s)")
-    lines.append(f"plan:     {report['batches']['sync']} sync call(s); {report['api_calls']} API call(s) in all")
+    plan_ = report["plan"]
+    lines.append(
+        f"plan:     mode {plan_['mode']}: {plan_['groups']} group(s) of identical data; {plan_['async_jobs']} async "
+        f"job(s) + {plan_['sync_calls']} sync call(s) = {report['api_calls']} API call(s) "
+        f"(sync alone: {plan_['sync_only_calls']})"
+    )
     lines.append(f"note:     {report['note']}")
     return "\n".join(lines)

@@ -99,8 +99,28 @@ def test_validate_shows_the_plan_without_uploading(project: Project, emulator: E
     report = json.loads(out.stdout)
     assert report["format"]["delimiter"] == ";"
     assert report["rows"] == {"total": 251, "to_upload": 250, "skipped": 0, "rejected": 1}
-    assert report["api_calls"] == 3
+    # 250 rows with the same data: one async job instead of three sync calls.
+    assert report["api_calls"] == 1
+    assert report["plan"] == {"mode": "auto", "groups": 1, "sync_calls": 0, "async_jobs": 1, "sync_only_calls": 3}
     assert report["problems"][0]["row"] == 252
     assert "reformatted" in report["problems"][0]["detail"]
     assert emulator.stats().total_requests == 0
     assert not project.ledger.exists()
+
+
+def test_prune_keeps_status_counts_and_duplicate_detection(project: Project, emulator: Emulator) -> None:
+    text = csv_text(["extended_id", "batch"], [("CODE00000001", "x"), ("CODE00000002", "y")])
+    project.drop("a.csv", text)
+    assert project.cli("run", "--once").returncode == 0
+    before = json.loads(project.cli("status", "--json").stdout)
+
+    out = project.cli("prune", "--older-than", "0")
+    assert out.returncode == 0, out.stderr
+    assert "dropped 2 row(s) of 1 file(s)" in out.stdout
+    after = json.loads(project.cli("status", "--json").stdout)
+    assert after["rows"] == before["rows"] == {"uploaded": 2}
+
+    project.drop("a-again.csv", text)
+    assert project.cli("run", "--once").returncode == 0
+    assert project.summary("a-again")["status"] == "duplicate"
+    assert project.cli("prune", "--older-than", "-1").returncode == 2
