@@ -3,6 +3,7 @@
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 
@@ -96,3 +97,41 @@ class Pacer:
     def _raise_if_closed(self) -> None:
         if self._closed.is_set():
             raise PacerClosed("the request pacer was closed")
+
+
+class SendWindow:
+    """At most `limit` requests leave in any rolling `window` seconds, counted when they actually leave.
+
+    The pacer spaces slots evenly, but a slot is taken a few milliseconds before its request is sent (the ledger
+    commits `sending` in between), and that jitter can squeeze 11 requests into the API's rolling second. This
+    guard, checked in the worker just before the request, holds the rare one that would.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        window: float = 1.05,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if limit < 1 or not window > 0:
+            raise ValueError(f"a send window needs limit >= 1 and window > 0, got {limit} and {window}")
+        self.limit = limit
+        self.window = window
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._sent: deque[float] = deque(maxlen=limit)
+
+    def wait_turn(self) -> float:
+        """Block until a request may leave without breaking the window; returns the seconds waited."""
+        with self._lock:
+            now = self._clock()
+            at = now
+            if len(self._sent) == self.limit:
+                at = max(now, self._sent[0] + self.window)
+            self._sent.append(at)
+        if at > now:
+            self._sleep(at - now)
+        return at - now

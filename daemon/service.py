@@ -23,7 +23,7 @@ from daemon.reload import adopt, changes
 from daemon.reporter import choose_base, outcome_for, write_reports
 from daemon.retry import RetryPolicy
 from daemon.states import FileState, Outcome
-from daemon.uploader import Uploader
+from daemon.uploader import Uploader, send_window
 from daemon.watcher import InboxEvents, InboxScanner
 
 log = structlog.get_logger(__name__)
@@ -388,6 +388,7 @@ class Service:
             self.pacer.set_rate(self.settings.api.requests_per_second * PACE_HEADROOM)
             if self.uploader.governor is not None:
                 self.uploader.governor.reconfigure(self.pacer.rate)
+            self.uploader.window = send_window(self.pacer.rate)
         self.uploader.recheck_token_now()  # the token may have been renewed along with the configuration
         self._next_scan = 0.0  # new ignore patterns or settle time: look at the inbox again now
         log.info("config_reloaded", applied=list(diff.live))

@@ -16,7 +16,7 @@ from daemon.config import PollSettings
 from daemon.errors import HTTPStatusError, Rejected, Throttled, TransportError
 from daemon.ledger import UPLOADS_PAUSED, BatchInfo, Ledger
 from daemon.normalize import Layout, scm_data
-from daemon.pacing import Pacer, PacerClosed
+from daemon.pacing import Pacer, PacerClosed, SendWindow
 from daemon.retry import RetryPolicy
 from daemon.states import BatchState, RowStatus
 
@@ -26,6 +26,13 @@ MISSING_TASK_POLLS = 3  # a task that answers 404 this many times in a row is gi
 MAX_THROTTLE_PAUSE = 60.0  # seconds: a 429's announced wait is honoured up to this
 TOKEN_RECHECK_SECONDS = 180.0  # while the token is refused, ask GET /me/ this often
 SPLIT_AFTER_TIMEOUTS = 2  # a batch that timed out this many times in a row is cut in halves
+API_RATE_LIMIT = 10  # SCM updates per second per account (API.md)
+SEND_WINDOW = 1.02  # seconds: the rolling window in which at most max(API_RATE_LIMIT, pace) requests leave
+
+
+def send_window(rate: float) -> SendWindow:
+    """The guard on actual departures for a pace: the API's limit, or the pace itself when configured higher."""
+    return SendWindow(max(API_RATE_LIMIT, math.ceil(rate)), SEND_WINDOW)
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,7 @@ class Uploader:
         self.inflight: dict[Future[Any], Work] = {}
         self.token_refused: str | None = None  # the API's words when it refused the token
         self.governor = ThrottleGovernor(pacer.rate) if pacer is not None else None
+        self.window = send_window(pacer.rate) if pacer is not None else None
         self.breaker = CircuitBreaker(threshold=breaker_failures, cooldown=breaker_cooldown)
         self.paced_until: float | None = None  # when the pacer's next slot is free, if a due upload waits for it
         self._next_token_check = 0.0
@@ -162,6 +170,7 @@ class Uploader:
                 assert batch.reference is not None
                 self._submit(
                     Work("submit", batch, file, keys, lines),
+                    self._send,
                     self.client.upload_async,
                     file.data_key,
                     list(keys),
@@ -173,7 +182,9 @@ class Uploader:
                     {file.data_key: key, **scm_data(cells, file.layout, clear_empty=file.clear_empty)}
                     for _, key, cells in rows
                 ]
-                self._submit(Work("upload", batch, file, keys, lines), self.client.upload_sync, file.data_key, items)
+                self._submit(
+                    Work("upload", batch, file, keys, lines), self._send, self.client.upload_sync, file.data_key, items
+                )
         return started
 
     def _check_token(self, now: float) -> int:
@@ -191,6 +202,12 @@ class Uploader:
     def recheck_token_now(self) -> None:
         """Check a refused token at the next dispatch (after SIGHUP, when it may have been renewed)."""
         self._next_token_check = 0.0
+
+    def _send(self, call: Callable[..., Any], *args: Any) -> Any:
+        """In a worker: wait (rarely, briefly) for the rolling window, then make the upload call."""
+        if self.window is not None:
+            self.window.wait_turn()
+        return call(*args)
 
     def _submit(self, work: Work, call: Callable[..., Any], *args: Any) -> None:
         self.inflight[self.pool.submit(call, *args)] = work

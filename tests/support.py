@@ -7,7 +7,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,17 @@ class Project:
                 env=self.env(**env),
                 cwd=self.root,
             )
+
+    @contextmanager
+    def running(self, *args: str, **env: str) -> Iterator[subprocess.Popen[str]]:
+        """The service in the background for the block; killed at the end if the block left it running."""
+        process = self.start(*args, **env)
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=30)
 
     def drop(self, name: str, content: str | bytes) -> Path:
         """Write a file into the inbox the way a copy would: under a hidden name, then renamed."""

@@ -110,14 +110,14 @@ def test_kill_9_after_tasks_were_created_never_submits_them_again(tmp_path: Path
     rows = [(code(i), f"L{i // 1000}") for i in range(4000)]
     project.drop("lots.csv", csv_text(["extended_id", "batch"], rows))
 
-    service = project.start()
-    deadline = time.monotonic() + 60
-    while emulator.stats().async_jobs < 4:
-        assert time.monotonic() < deadline, (project.root / "service.log").read_text()[-3000:]
-        time.sleep(0.02)
-    time.sleep(0.3)  # let the task ids be committed
-    service.send_signal(signal.SIGKILL)
-    service.wait(timeout=10)
+    with project.running() as service:
+        deadline = time.monotonic() + 60
+        while emulator.stats().async_jobs < 4:
+            assert time.monotonic() < deadline, (project.root / "service.log").read_text()[-3000:]
+            time.sleep(0.02)
+        time.sleep(0.3)  # let the task ids be committed
+        service.send_signal(signal.SIGKILL)
+        service.wait(timeout=10)
     with sqlite3.connect(project.ledger) as db:
         submitted = db.execute("SELECT count(*) FROM batches WHERE task_id IS NOT NULL").fetchone()[0]
     assert submitted == 4

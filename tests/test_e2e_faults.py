@@ -100,11 +100,11 @@ def test_a_batch_that_keeps_timing_out_is_split(tmp_path: Path, emulator: Emulat
     )
     emulator.configure(hang_rate=1.0, hang_seconds=1.0)
     drop(project, 100)
-    service = project.start()
-    wait_until(lambda: emulator.stats().hangs >= 3, what="three timed-out calls")
-    emulator.configure(hang_rate=0.0)
-    project.wait_for(project.outbox / "lot.summary.json")
-    assert stop(service) == 0
+    with project.running() as service:
+        wait_until(lambda: emulator.stats().hangs >= 3, what="three timed-out calls")
+        emulator.configure(hang_rate=0.0)
+        project.wait_for(project.outbox / "lot.summary.json")
+        assert stop(service) == 0
 
     assert emulator.all_data("extended_id") == expected(100)
     summary = project.summary("lot")
@@ -122,11 +122,11 @@ def test_an_applied_then_500_is_reported_uploaded_with_a_detail(tmp_path: Path, 
     )
     emulator.configure(applied_then_500_rate=1.0)
     drop(project, 50)
-    service = project.start()
-    wait_until(lambda: emulator.stats().applied_then_500 >= 1, what="an applied-then-500 answer")
-    emulator.configure(applied_then_500_rate=0.0)
-    project.wait_for(project.outbox / "lot.summary.json")
-    assert stop(service) == 0
+    with project.running() as service:
+        wait_until(lambda: emulator.stats().applied_then_500 >= 1, what="an applied-then-500 answer")
+        emulator.configure(applied_then_500_rate=0.0)
+        project.wait_for(project.outbox / "lot.summary.json")
+        assert stop(service) == 0
 
     report = project.report("lot")
     assert all(r["status"] == "uploaded" for r in report)
@@ -137,22 +137,22 @@ def test_an_applied_then_500_is_reported_uploaded_with_a_detail(tmp_path: Path, 
 
 def test_a_refused_token_pauses_the_service_until_it_is_accepted_again(project: Project, emulator: Emulator) -> None:
     emulator.configure(revoked=True)
-    service = project.start()
-    drop(project, 120)
-    wait_until(lambda: emulator.stats().auth_failures >= 1, what="a refused upload")
-    time.sleep(0.5)
-    assert service.poll() is None  # still running
+    with project.running() as service:
+        drop(project, 120)
+        wait_until(lambda: emulator.stats().auth_failures >= 1, what="a refused upload")
+        time.sleep(0.5)
+        assert service.poll() is None  # still running
 
-    status = project.cli("status", "--json")
-    data = json.loads(status.stdout)
-    assert "refused the token" in data["uploads_paused"]
-    assert data["rows"] == {"queued": 120}
-    assert "UPLOADS PAUSED" in project.cli("status").stdout
+        status = project.cli("status", "--json")
+        data = json.loads(status.stdout)
+        assert "refused the token" in data["uploads_paused"]
+        assert data["rows"] == {"queued": 120}
+        assert "UPLOADS PAUSED" in project.cli("status").stdout
 
-    emulator.configure(revoked=False)
-    os.kill(service.pid, signal.SIGHUP)  # a renewed token is checked at once on reload
-    project.wait_for(project.outbox / "lot.summary.json")
-    assert stop(service) == 0
+        emulator.configure(revoked=False)
+        os.kill(service.pid, signal.SIGHUP)  # a renewed token is checked at once on reload
+        project.wait_for(project.outbox / "lot.summary.json")
+        assert stop(service) == 0
     assert project.summary("lot")["rows"]["uploaded"] == 120
     assert json.loads(project.cli("status", "--json").stdout)["uploads_paused"] is None
     log = (project.root / "service.log").read_text()
@@ -166,22 +166,22 @@ def test_the_breaker_pauses_sending_after_a_run_of_failures(tmp_path: Path, emul
         tmp_path / "site",
         emulator.base_url,
         upload=SYNC,
-        retry={"breaker_failures": 3, "breaker_cooldown_seconds": 1.0, "max_attempts": 50},
+        retry={"breaker_failures": 3, "breaker_cooldown_seconds": 3.0, "max_attempts": 50},
         api={"max_in_flight": 1},
     )
     emulator.configure(fail_rate=1.0)
     drop(project, 300)
-    service = project.start()
-    wait_until(lambda: '"sending_paused"' in (project.root / "service.log").read_text(), what="the breaker opening")
-    paused = json.loads(project.cli("status", "--json").stdout)["uploads_paused"]
-    assert "failed requests in a row" in paused
-    calls = emulator.stats().injected_failures
-    time.sleep(0.5)
-    assert emulator.stats().injected_failures == calls  # nothing sent while open
+    with project.running() as service:
+        wait_until(lambda: '"sending_paused"' in (project.root / "service.log").read_text(), what="the breaker opening")
+        calls = emulator.stats().injected_failures
+        time.sleep(0.5)
+        assert emulator.stats().injected_failures == calls == 3  # nothing sent while open
+        paused = json.loads(project.cli("status", "--json").stdout)["uploads_paused"]
+        assert "3 failed requests in a row" in paused
 
-    emulator.configure(fail_rate=0.0)
-    project.wait_for(project.outbox / "lot.summary.json")
-    assert stop(service) == 0
+        emulator.configure(fail_rate=0.0)
+        project.wait_for(project.outbox / "lot.summary.json")
+        assert stop(service) == 0
     assert emulator.all_data("extended_id") == expected(300)
     assert '"sending_resumed"' in (project.root / "service.log").read_text()
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.pacing import Pacer, PacerClosed
+from daemon.pacing import Pacer, PacerClosed, SendWindow
 
 
 class FakeClock:
@@ -180,3 +180,37 @@ def test_try_acquire_takes_only_a_slot_that_is_due() -> None:
     pacer.close()
     now[0] = 200.0
     assert not pacer.try_acquire()
+
+
+def test_the_send_window_holds_the_request_that_would_make_eleven_in_a_second() -> None:
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    window = SendWindow(10, 1.05, clock=lambda: now[0], sleep=sleep)
+    for i in range(10):
+        now[0] = i * 0.09  # ten requests squeezed into 0.81 s by jitter
+        assert window.wait_turn() == 0
+    now[0] = 0.95
+    assert window.wait_turn() == pytest.approx(0.10)  # the 11th waits until 1.05 s after the first
+    assert slept == [pytest.approx(0.10)]
+
+
+@given(st.lists(st.floats(min_value=0, max_value=0.3), min_size=1, max_size=60))
+def test_no_rolling_window_ever_holds_more_than_the_limit(gaps: list[float]) -> None:
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    window = SendWindow(5, 1.0, clock=lambda: now[0], sleep=sleep)
+    sent = []
+    for gap in gaps:
+        now[0] += gap
+        window.wait_turn()
+        sent.append(now[0])
+    for i in range(len(sent) - 5):
+        assert sent[i + 5] - sent[i] >= 1.0 - 1e-9
