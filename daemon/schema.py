@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, Index, create_engine, event, text
+from sqlalchemy import Connection, Engine, Index, create_engine, event
 from sqlmodel import Field, SQLModel
 
 log = structlog.get_logger(__name__)
@@ -45,10 +45,7 @@ class RowRecord(SQLModel, table=True):
     # Clustered by file and row number: every per-file query (plan, report, counts) is a range scan.
     # No index on key: with random codes it made inserts three times slower, while the two queries that match
     # keys (repeats within a file, open rows of earlier files) sort once instead (SQLite's automatic index).
-    __table_args__ = (
-        Index("rows_batch", "batch_id", sqlite_where=text("batch_id IS NOT NULL")),
-        {"sqlite_with_rowid": False},
-    )
+    __table_args__ = ({"sqlite_with_rowid": False},)
 
     file_id: int = Field(primary_key=True, foreign_key="files.id")
     line: int = Field(primary_key=True)
@@ -57,7 +54,21 @@ class RowRecord(SQLModel, table=True):
     cells: str  # JSON list of the row's cells in header order, as read
     status: str
     detail: str = ""
-    batch_id: int | None = None
+    batch_id: int | None = None  # the batch it is (or was last) in, for the reports
+
+
+class BatchRowRecord(SQLModel, table=True):
+    """Which rows a batch carries (schema 2), clustered by batch so that sending one reads one range.
+
+    Written in batch order when a file is planned: appending here and updating rows in row order keeps planning
+    a million rows sequential, where an index on rows.batch_id made every insert land at random.
+    """
+
+    __tablename__ = "batch_rows"
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    batch_id: int = Field(primary_key=True)
+    line: int = Field(primary_key=True)
 
 
 class BatchRecord(SQLModel, table=True):
@@ -139,6 +150,10 @@ _V1 = [
     """CREATE TABLE meta ("key" VARCHAR NOT NULL, value VARCHAR NOT NULL, PRIMARY KEY ("key"))""",
 ]
 _V2 = [
+    "CREATE TABLE batch_rows (batch_id INTEGER NOT NULL, line INTEGER NOT NULL, PRIMARY KEY (batch_id, line)) "
+    "WITHOUT ROWID",
+    "INSERT INTO batch_rows (batch_id, line) SELECT batch_id, line FROM rows WHERE batch_id IS NOT NULL",
+    "DROP INDEX rows_batch",
     "ALTER TABLE files ADD COLUMN counts VARCHAR",
     "ALTER TABLE batches ADD COLUMN parent_id INTEGER",
     "ALTER TABLE batches ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0",

@@ -19,6 +19,8 @@ INTERRUPTED_TWICE = (
 )
 
 PlannedRows = tuple[str, Sequence[int], str | None]  # kind, lines, data hash (async)
+# The rows of one batch: bind (file id, batch id).
+_MEMBERS = "FROM batch_rows br JOIN rows r ON r.file_id=? AND r.line=br.line WHERE br.batch_id=?"
 SendRow = tuple[int, str, list[str]]  # line, key, cells
 
 
@@ -33,6 +35,7 @@ class BatchStore(LedgerBase):
             start = conn.exec_driver_sql(
                 "SELECT coalesce(max(seq), 0) FROM batches WHERE file_id=?", (file_id,)
             ).scalar_one()
+            members: list[tuple[int, int]] = []  # (batch id, line), in batch order
             for seq, (kind, lines, data_hash) in enumerate(planned, start=start + 1):
                 # Shown in the portal next to the job: enough to find the file and batch it came from.
                 reference = f"scm-daemon {name} batch {seq} sha256:{sha256[:12]}"
@@ -41,12 +44,17 @@ class BatchStore(LedgerBase):
                     "ambiguous, created_at, data_hash, reference) VALUES (?, ?, ?, 'queued', ?, 0, 0, 0, 0, ?, ?, ?)",
                     (file_id, seq, kind, len(lines), now, data_hash, reference),
                 ).lastrowid
-                updated = conn.exec_driver_sql(
-                    "UPDATE rows SET status='queued', batch_id=? WHERE file_id=? AND line=? AND status='pending'",
-                    [(batch_id, file_id, line) for line in lines],
-                )
-                if updated.rowcount != len(lines):
-                    raise RuntimeError(f"batch {seq} of file {file_id}: some rows were no longer pending")
+                assert batch_id is not None
+                members.extend((batch_id, line) for line in lines)
+            # Both writes are sequential: batch_rows is clustered by batch, and rows are updated in row order.
+            conn.exec_driver_sql("INSERT INTO batch_rows (batch_id, line) VALUES (?, ?)", members)
+            members.sort(key=lambda member: member[1])
+            updated = conn.exec_driver_sql(
+                "UPDATE rows SET status='queued', batch_id=? WHERE file_id=? AND line=? AND status='pending'",
+                [(batch_id, file_id, line) for batch_id, line in members],
+            )
+            if updated.rowcount != len(members):
+                raise RuntimeError(f"file {file_id}: some rows planned into batches were no longer pending")
 
     def batch(self, batch_id: int) -> BatchInfo:
         """One batch's record."""
@@ -89,9 +97,13 @@ class BatchStore(LedgerBase):
                 conn.exec_driver_sql(f"SELECT {BATCH_COLUMNS} FROM batches WHERE id=?", (batch_id,)).one()
             )
             rows = conn.exec_driver_sql(
-                "SELECT line, key, cells FROM rows WHERE batch_id=? ORDER BY line", (batch_id,)
+                f"SELECT r.line, r.key, r.cells {_MEMBERS} ORDER BY br.line", (info.file_id, batch_id)
             ).all()
         return info, [(line, key, json.loads(cells)) for line, key, cells in rows]
+
+    @staticmethod
+    def _keys(conn: Connection, batch: BatchInfo) -> list[str]:
+        return [k for (k,) in conn.exec_driver_sql(f"SELECT r.key {_MEMBERS}", (batch.file_id, batch.id))]
 
     def _finish(self, conn: Connection, batch: BatchInfo, to: BatchState, **values: Any) -> None:
         values["finished_at"] = self.now()
@@ -107,7 +119,7 @@ class BatchStore(LedgerBase):
     def _confirm(self, conn: Connection, batch: BatchInfo, data_key: str, outcome: dict[str, tuple[str, str]]) -> None:
         """Give each open row of a batch its status and detail (by key), and remember what was uploaded."""
         rows = conn.exec_driver_sql(
-            "SELECT line, key, data_hash FROM rows WHERE batch_id=? AND status='queued'", (batch.id,)
+            f"SELECT r.line, r.key, r.data_hash {_MEMBERS} AND r.status='queued'", (batch.file_id, batch.id)
         ).all()
         now = self.now()
         updates = []
@@ -167,7 +179,7 @@ class BatchStore(LedgerBase):
     def complete_task(self, batch: BatchInfo, data_key: str, *, task_state: str, codes_affected: int | None) -> None:
         """A task completed: every row of its job is uploaded."""
         with self.engine.begin() as conn:
-            keys = [k for (k,) in conn.exec_driver_sql("SELECT key FROM rows WHERE batch_id=?", (batch.id,))]
+            keys = self._keys(conn, batch)
             self._finish(conn, batch, BatchState.DONE, task_state=task_state, codes_affected=codes_affected)
             self._confirm(conn, batch, data_key, dict.fromkeys(keys, (str(RowStatus.UPLOADED), "")))
 
@@ -188,8 +200,9 @@ class BatchStore(LedgerBase):
         with self.engine.begin() as conn:
             self._finish(conn, batch, BatchState.FAILED, last_error=detail, task_state=task_state or batch.task_state)
             conn.exec_driver_sql(
-                "UPDATE rows SET status=?, detail=? WHERE batch_id=? AND status='queued'",
-                (str(status), detail, batch.id),
+                "UPDATE rows SET status=?, detail=? WHERE file_id=? AND status='queued' AND line IN "
+                "(SELECT line FROM batch_rows WHERE batch_id=?)",
+                (str(status), detail, batch.file_id, batch.id),
             )
 
     def split_batch(
@@ -226,11 +239,15 @@ class BatchStore(LedgerBase):
                         batch.id,
                     ),
                 ).lastrowid
+                assert child is not None
+                conn.exec_driver_sql(
+                    "INSERT INTO batch_rows (batch_id, line) VALUES (?, ?)", [(child, x) for x in lines]
+                )
                 conn.exec_driver_sql(
                     "UPDATE rows SET batch_id=? WHERE file_id=? AND line=? AND status='queued'",
                     [(child, batch.file_id, line) for line in lines],
                 )
-                children.append(int(child or 0))
+                children.append(child)
         return children
 
     def batch_totals(self, file_id: int) -> tuple[int, int, int]:
@@ -280,7 +297,7 @@ class BatchStore(LedgerBase):
             ).all()
             for row in twice:
                 batch = batch_info(row[:-1])
-                keys = [k for (k,) in conn.exec_driver_sql("SELECT key FROM rows WHERE batch_id=?", (batch.id,))]
+                keys = self._keys(conn, batch)
                 self._finish(conn, batch, BatchState.DONE, last_error=INTERRUPTED_TWICE)
                 self._confirm(conn, batch, row[-1], dict.fromkeys(keys, (str(RowStatus.UPLOADED), INTERRUPTED_TWICE)))
             resent = conn.exec_driver_sql(

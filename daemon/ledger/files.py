@@ -5,6 +5,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import Connection
+
 from daemon.ledger.base import FILE_COLUMNS, FileInfo, LedgerBase, file_info, placeholders
 from daemon.states import FILE_TRANSITIONS, BatchState, FileState, Outcome, sources
 
@@ -97,7 +99,7 @@ class FileStore(LedgerBase):
         """Drop a file caught mid-intake, with its rows, so that the next scan takes it afresh."""
         with self.engine.begin() as conn:
             conn.exec_driver_sql("DELETE FROM rows WHERE file_id=?", (file_id,))
-            conn.exec_driver_sql("DELETE FROM batches WHERE file_id=?", (file_id,))
+            self._drop_batches(conn, file_id)
             conn.exec_driver_sql("DELETE FROM files WHERE id=? AND state=?", (file_id, str(FileState.RECEIVED)))
 
     def prune(self, finished_before: str) -> tuple[int, int]:
@@ -120,8 +122,15 @@ class FileStore(LedgerBase):
         for file_id in ids:
             with self.engine.begin() as conn:
                 dropped += conn.exec_driver_sql("DELETE FROM rows WHERE file_id=?", (file_id,)).rowcount
-                conn.exec_driver_sql("DELETE FROM batches WHERE file_id=?", (file_id,))
+                self._drop_batches(conn, file_id)
         return len(ids), dropped
+
+    @staticmethod
+    def _drop_batches(conn: Connection, file_id: int) -> None:
+        conn.exec_driver_sql(
+            "DELETE FROM batch_rows WHERE batch_id IN (SELECT id FROM batches WHERE file_id=?)", (file_id,)
+        )
+        conn.exec_driver_sql("DELETE FROM batches WHERE file_id=?", (file_id,))
 
     def overview(self, *, recent: int = 10) -> dict[str, Any]:
         """What the ledger holds, for `scm-daemon status`."""
