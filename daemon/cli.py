@@ -17,12 +17,13 @@ from pydantic import SecretStr
 from daemon import __version__
 from daemon.api import ApiError, ErrorKind, ScantrustClient, classify
 from daemon.config import ConfigError, Settings, find_config_file, load_settings, sandbox_settings
+from daemon.folders import FolderError, prepare_folders, refuse_network_ledger
 from daemon.ledger import Ledger
 from daemon.logs import configure_logging
 from daemon.notify import Notifier
 from daemon.sandbox import Emulator, EmulatorConfig, serve_forever
 from daemon.schema import LedgerVersionError
-from daemon.service import FolderError, Service, TokenRefusedError, prepare_folders
+from daemon.service import Service, TokenRefusedError
 from daemon.states import FileState
 from daemon.status import render_overview
 from daemon.validate import render_validation, validate_file
@@ -196,6 +197,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"config: {settings.source or 'none found, defaults and environment'}")
     prepare_folders(settings)
     print(f"folders: inbox {settings.paths.inbox}, outbox {settings.paths.outbox}, archive {settings.paths.archive}")
+    refuse_network_ledger(settings.paths.ledger)
     Ledger(settings.paths.ledger).close()
     print(f"ledger: {settings.paths.ledger}")
     client = ScantrustClient(

@@ -1,7 +1,6 @@
 """The service loop: scan, take, plan, upload, report; one step at a time, every step resumable after a crash."""
 
 import math
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -14,15 +13,16 @@ from pydantic import SecretStr
 from daemon import intake
 from daemon.api import ScantrustClient
 from daemon.config import ConfigError, Settings
+from daemon.folders import deliver, refuse_network_ledger
 from daemon.ledger import Clock, FileInfo, Ledger, utcnow
-from daemon.mounts import MOUNTINFO, filesystem_of
+from daemon.mounts import MOUNTINFO
 from daemon.notify import Notifier
 from daemon.pacing import Pacer
 from daemon.planner import plan
 from daemon.reload import adopt, changes
-from daemon.reporter import choose_base, outcome_for, write_reports
+from daemon.reporter import outcome_for
 from daemon.retry import RetryPolicy
-from daemon.states import FileState, Outcome
+from daemon.states import FileState
 from daemon.uploader import Uploader, send_window
 from daemon.watcher import InboxEvents, InboxScanner
 
@@ -41,10 +41,6 @@ class TokenRefusedError(Exception):
     """The API refused the token (401/403): uploads stopped, rows left pending."""
 
 
-class FolderError(Exception):
-    """A configured folder is missing or unusable."""
-
-
 @dataclass(frozen=True)
 class StepResult:
     """What one step of the loop did, for tests and for the idle wait."""
@@ -59,47 +55,6 @@ class StepResult:
     def busy(self) -> bool:
         """Whether the step did anything at all."""
         return any((self.taken, self.planned, self.sent, self.answered, self.finished))
-
-
-def unique_path(folder: Path, name: str) -> Path:
-    """`folder/name`, or `folder/stem-2.ext`, `-3`... : the first that does not exist, so nothing is overwritten."""
-    candidate = folder / name
-    stem, suffix = Path(name).stem, Path(name).suffix
-    n = 2
-    while candidate.exists():
-        candidate = folder / f"{stem}-{n}{suffix}"
-        n += 1
-    return candidate
-
-
-def prepare_folders(settings: Settings, *, create_inbox: bool = False) -> None:
-    """Check the inbox and create outbox, archive, failed and the ledger's folder when missing."""
-    paths = settings.paths
-    if create_inbox:
-        paths.inbox.mkdir(parents=True, exist_ok=True)
-    if not paths.inbox.is_dir():
-        raise FolderError(f"inbox {paths.inbox} does not exist; create it or set paths.inbox")
-    for what, folder in (
-        ("outbox", paths.outbox),
-        ("archive", paths.archive),
-        ("failed", paths.failed),
-        ("ledger", paths.ledger.parent),
-    ):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise FolderError(f"{what} folder {folder} cannot be created ({exc.strerror}); fix paths.{what}") from exc
-
-
-def refuse_network_ledger(ledger: Path, mountinfo: Path = MOUNTINFO) -> None:
-    """Raise FolderError when the ledger's folder is on a network filesystem (NFS, SMB/CIFS, ...)."""
-    mount = filesystem_of(ledger.parent, mountinfo=mountinfo)
-    if mount is not None and mount.network:
-        raise FolderError(
-            f"ledger {ledger} is on a network filesystem ({mount.fstype} {mount.source} at {mount.mount_point}); "
-            "SQLite cannot lock a database there reliably and the ledger could be corrupted. Keep it on a local "
-            "disk: set paths.ledger (under systemd, /var/lib/scm-daemon/ledger.sqlite3 from StateDirectory=)"
-        )
 
 
 class Service:
@@ -268,25 +223,19 @@ class Service:
         return finished
 
     def _report_and_move(self, f: FileInfo) -> None:
-        paths = self.settings.paths
-        bound = log.bind(file=f.name, file_id=f.id)
-        if f.report_base is None:
-            self.ledger.set_file(f.id, report_base=choose_base(paths.outbox, Path(f.name).stem))
-        folder = paths.failed if f.outcome is Outcome.FAILED else paths.archive
-        if f.destination is None:
-            self.ledger.set_file(f.id, destination=str(unique_path(folder, f.name)))
-        f = self.ledger.file(f.id)
-        assert f.destination is not None
-        names = write_reports(self.ledger, f, paths.outbox, self.ledger.now())
-        source, target = Path(f.path), Path(f.destination)
-        if source.exists() and not target.exists():
-            shutil.move(source, target)
-        elif not target.exists():
-            bound.warning("input_missing", path=str(source), note="the input vanished before it could be moved")
+        names, target = deliver(self.ledger, f, self.settings.paths)
         self.ledger.transition_file(f.id, FileState.DONE)
         self._active.discard(f.id)
         counts = {str(k): v for k, v in self.ledger.row_counts(f.id).items()}
-        bound.info("file_done", status=str(f.outcome), summary=names.summary, moved_to=str(target), **counts)
+        log.info(
+            "file_done",
+            file=f.name,
+            file_id=f.id,
+            status=str(f.outcome),
+            summary=names.summary,
+            moved_to=str(target),
+            **counts,
+        )
 
     # --- loops -----------------------------------------------------------------------------------------------
 

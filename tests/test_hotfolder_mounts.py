@@ -8,8 +8,9 @@ from hypothesis import strategies as st
 from support import make_project
 
 from daemon.config import load_settings
+from daemon.folders import FolderError
 from daemon.mounts import Mount, filesystem_of, mount_of, parse_mountinfo, unescape
-from daemon.service import FolderError, Service
+from daemon.service import Service
 
 MOUNTINFO = """\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw

@@ -1,0 +1,81 @@
+"""The folders: checked before the service starts, created when missing, and names that never overwrite a file."""
+
+import shutil
+from pathlib import Path
+
+import structlog
+
+from daemon.config import PathsSettings, Settings
+from daemon.ledger import FileInfo, Ledger
+from daemon.mounts import MOUNTINFO, filesystem_of
+from daemon.reporter import ReportNames, choose_base, write_reports
+from daemon.states import Outcome
+
+log = structlog.get_logger(__name__)
+
+
+class FolderError(Exception):
+    """A configured folder is missing or unusable."""
+
+
+def unique_path(folder: Path, name: str) -> Path:
+    """`folder/name`, or `folder/stem-2.ext`, `-3`... : the first that does not exist, so nothing is overwritten."""
+    candidate = folder / name
+    stem, suffix = Path(name).stem, Path(name).suffix
+    n = 2
+    while candidate.exists():
+        candidate = folder / f"{stem}-{n}{suffix}"
+        n += 1
+    return candidate
+
+
+def prepare_folders(settings: Settings, *, create_inbox: bool = False) -> None:
+    """Check the inbox and create outbox, archive, failed and the ledger's folder when missing."""
+    paths = settings.paths
+    if create_inbox:
+        paths.inbox.mkdir(parents=True, exist_ok=True)
+    if not paths.inbox.is_dir():
+        raise FolderError(f"inbox {paths.inbox} does not exist; create it or set paths.inbox")
+    for what, folder in (
+        ("outbox", paths.outbox),
+        ("archive", paths.archive),
+        ("failed", paths.failed),
+        ("ledger", paths.ledger.parent),
+    ):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FolderError(f"{what} folder {folder} cannot be created ({exc.strerror}); fix paths.{what}") from exc
+
+
+def refuse_network_ledger(ledger: Path, mountinfo: Path = MOUNTINFO) -> None:
+    """Raise FolderError when the ledger's folder is on a network filesystem (NFS, SMB/CIFS, ...)."""
+    mount = filesystem_of(ledger.parent, mountinfo=mountinfo)
+    if mount is not None and mount.network:
+        raise FolderError(
+            f"ledger {ledger} is on a network filesystem ({mount.fstype} {mount.source} at {mount.mount_point}); "
+            "SQLite cannot lock a database there reliably and the ledger could be corrupted. Keep it on a local "
+            "disk: set paths.ledger (under systemd, /var/lib/scm-daemon/ledger.sqlite3 from StateDirectory=)"
+        )
+
+
+def deliver(ledger: Ledger, f: FileInfo, paths: PathsSettings) -> tuple[ReportNames, Path]:
+    """Write a finished file's reports and move the input to archive/ (or failed/); safe to repeat after a crash.
+
+    The report stem and the destination are fixed in the ledger before anything is written, so a second pass
+    rewrites the same reports and finds the input already moved, instead of choosing new names.
+    """
+    if f.report_base is None:
+        ledger.set_file(f.id, report_base=choose_base(paths.outbox, Path(f.name).stem))
+    folder = paths.failed if f.outcome is Outcome.FAILED else paths.archive
+    if f.destination is None:
+        ledger.set_file(f.id, destination=str(unique_path(folder, f.name)))
+    f = ledger.file(f.id)
+    assert f.destination is not None
+    names = write_reports(ledger, f, paths.outbox, ledger.now())
+    source, target = Path(f.path), Path(f.destination)
+    if source.exists() and not target.exists():
+        shutil.move(source, target)
+    elif not target.exists():
+        log.warning("input_missing", file=f.name, path=str(source), note="the input vanished before it could be moved")
+    return names, target
