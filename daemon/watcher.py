@@ -181,8 +181,10 @@ class InboxEvents:
     def start(self) -> bool:
         """Start observing; returns whether it worked (if not, the periodic scan carries on alone)."""
         self._identity = self._inbox_identity()
-        observer: BaseObserver = PollingObserver(timeout=self.poll_interval) if self.polling else Observer()
+        observer: BaseObserver | None = None
         try:
+            # watchdog 7 opens the inotify instance when the observer is made: that can fail too (EMFILE).
+            observer = PollingObserver(timeout=self.poll_interval) if self.polling else Observer()
             observer.schedule(
                 self._handler,
                 str(self.inbox),
@@ -191,7 +193,9 @@ class InboxEvents:
             )
             observer.start()
         except OSError as exc:
-            # E.g. the inotify watch limit, or the share not mounted yet.
+            # E.g. the inotify instance or watch limit, or the share not mounted yet.
+            if observer is not None:
+                observer.stop()  # closes the inotify instance it opened
             log.warning("watcher_unavailable", inbox=str(self.inbox), kind=self.kind, error=str(exc))
             self._observer = None
             self._retry_at = self.clock() + RESTART_DELAY

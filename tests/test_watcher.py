@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+import daemon.watcher as daemon_watcher
 from daemon.watcher import EMPTY_RECHECK_SECONDS, InboxEvents, InboxScanner, ignored
 
 IGNORE = [".*", "~$*", "*.tmp", "*.part", "*.crdownload"]
@@ -215,4 +216,21 @@ def test_an_inbox_that_cannot_be_watched_leaves_the_scan_alone_and_is_retried(tm
     assert [e["event"] for e in logs] == ["watcher_started"]
     assert watcher.alive()
     watcher.stop()
+    assert not watcher.alive()
+
+
+def test_running_out_of_inotify_instances_leaves_the_scan_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another program on the machine may use up the user's inotify instances: the daemon must carry on scanning.
+    def no_inotify() -> object:
+        raise OSError(24, "inotify instance limit reached")
+
+    monkeypatch.setattr(daemon_watcher, "Observer", no_inotify)  # the fault, injected at watchdog's seam
+    watcher = InboxEvents(tmp_path, threading.Event(), polling=False, ignore=IGNORE, clock=lambda: 0.0)
+    with capture_logs() as logs:
+        watcher.check()
+    assert [(e["event"], e["error"]) for e in logs] == [
+        ("watcher_unavailable", "[Errno 24] inotify instance limit reached")
+    ]
     assert not watcher.alive()
