@@ -80,10 +80,10 @@ class _UatAuth(requests.auth.AuthBase):
     """Adds `Authorization: UAT <token>` to each request; its repr never shows the token."""
 
     def __init__(self, token: SecretStr) -> None:
-        self._token = token
+        self.token = token
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["Authorization"] = f"UAT {self._token.get_secret_value()}"
+        request.headers["Authorization"] = f"UAT {self.token.get_secret_value()}"
         return request
 
     def __repr__(self) -> str:
@@ -127,6 +127,11 @@ class ScantrustClient:
 
     def __repr__(self) -> str:
         return f"ScantrustClient(base_url={self.base_url!r}, token=SecretStr('**********'))"
+
+    def set_token(self, token: SecretStr) -> None:
+        """Use a renewed token from the next request on (every worker's session shares the one auth object)."""
+        self._token = token
+        self._auth.token = token
 
     def me(self) -> dict[str, Any]:
         """The user the token belongs to (GET /api/v2/me/): the connectivity and token check."""

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from daemon import __version__
 from daemon.api import ApiError, ErrorKind, ScantrustClient, classify
 from daemon.config import ConfigError, Settings, find_config_file, load_settings, sandbox_settings
-from daemon.folders import FolderError, prepare_folders, refuse_network_ledger
+from daemon.folders import FolderError, ledger_lock, prepare_folders, refuse_network_ledger
 from daemon.ledger import Ledger
 from daemon.logs import configure_logging
 from daemon.notify import Notifier
@@ -59,22 +59,34 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return p
 
+    def with_sandbox(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--sandbox", action="store_true", help="the ledger of `run --sandbox` (ledger.sandbox.sqlite3)")
+
     run = with_config(sub.add_parser("run", help="watch the inbox, upload, report, until SIGTERM/SIGINT"))
     run.add_argument("--once", action="store_true", help="process the files now in the inbox, wait until final, exit")
     run.add_argument("--sandbox", action="store_true", help="run against the built-in API emulator (no token needed)")
 
-    validate = with_config(sub.add_parser("validate", help="parse and plan a file without uploading anything"))
+    validate = with_config(
+        sub.add_parser(
+            "validate",
+            help="parse and plan a file without uploading anything",
+            description="Read and plan a file as the service would, uploading nothing. Exit code 0: every row "
+            "could be sent; 1: the file cannot be read, or some rows would be rejected (listed with row and cell).",
+        )
+    )
     validate.add_argument("file", type=Path, help="a CSV or Excel file")
     validate.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     status = with_config(sub.add_parser("status", help="what the ledger holds: files, rows and batches by state"))
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
+    with_sandbox(status)
 
     with_config(sub.add_parser("check", help="check configuration, folders, ledger, and the token against the API"))
 
     retry = with_config(sub.add_parser("retry", help="put the failed rows of files back in the upload queue"))
     retry.add_argument("files", nargs="*", metavar="NAME_OR_SHA", help="file name as dropped, or its SHA-256 (prefix)")
     retry.add_argument("--all", action="store_true", help="every file that has failed rows")
+    with_sandbox(retry)
 
     prune = with_config(
         sub.add_parser("prune", help="drop finished rows past retention, keeping what idempotency needs")
@@ -82,8 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument(
         "--older-than", type=float, required=True, metavar="DAYS", help="drop rows of files finished more than DAYS ago"
     )
+    with_sandbox(prune)
 
-    sandbox = sub.add_parser("sandbox", help="serve the built-in API emulator on 127.0.0.1")
+    sandbox = sub.add_parser(
+        "sandbox",
+        help="serve the built-in API emulator on 127.0.0.1",
+        description="Serve the built-in Scantrust API emulator on 127.0.0.1. It accepts the token "
+        f'{SANDBOX_TOKEN!r} (e.g. SCM_API__TOKEN={SANDBOX_TOKEN} with api.base_url = "http://127.0.0.1:PORT"), keeps '
+        "its data in memory until it stops, and answers like the API: 100 items per sync call, async tasks, 429 "
+        "beyond the rate limit.",
+    )
     sandbox.add_argument("--port", type=int, default=8765, help="port to listen on (default: 8765; 0 = any free)")
     sandbox.add_argument(
         "--rate-limit", type=float, default=10.0, help="SCM updates per second before 429 (default 10)"
@@ -92,7 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def with_sandbox_ledger(settings: Settings) -> Settings:
+    """The same settings with the sandbox's own ledger file, `<ledger>.sandbox.sqlite3` beside the real one."""
+    ledger = settings.paths.ledger
+    paths = settings.paths.model_copy(update={"ledger": ledger.with_name(f"{ledger.stem}.sandbox{ledger.suffix}")})
+    return settings.model_copy(update={"paths": paths})
+
+
 def _settings(args: argparse.Namespace) -> Settings:
+    if getattr(args, "sandbox", False) and args.command != "run":
+        # status, retry and prune --sandbox: the ledger `run --sandbox` keeps, read as that command reads it.
+        return with_sandbox_ledger(load_settings(Path(args.config) if args.config else None))
     return load_settings(find_config_file(args.config))
 
 
@@ -125,12 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = Path(args.config) if args.config else None
 
         def reload_settings() -> Settings:
-            settings = sandbox_settings(config, base_url=base_url, token=SANDBOX_TOKEN)
-            ledger = settings.paths.ledger
-            paths = settings.paths.model_copy(
-                update={"ledger": ledger.with_name(f"{ledger.stem}.sandbox{ledger.suffix}")}
-            )
-            return settings.model_copy(update={"paths": paths})
+            return with_sandbox_ledger(sandbox_settings(config, base_url=base_url, token=SANDBOX_TOKEN))
 
         settings = reload_settings()
         paths = settings.paths
@@ -144,17 +169,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         prepare_folders(settings, create_inbox=args.sandbox)
-        service = Service(settings, notifier=notifier, reload_settings=reload_settings)
-        _install_signals(service)
-        log.info(
-            "service_started",
-            inbox=str(settings.paths.inbox),
-            outbox=str(settings.paths.outbox),
-            ledger=str(settings.paths.ledger),
-            base_url=settings.api.base_url,
-            once=args.once,
-        )
-        service.run(once=args.once)
+        with ledger_lock(settings.paths.ledger):
+            service = Service(settings, notifier=notifier, reload_settings=reload_settings)
+            _install_signals(service)
+            log.info(
+                "service_started",
+                inbox=str(settings.paths.inbox),
+                outbox=str(settings.paths.outbox),
+                ledger=str(settings.paths.ledger),
+                base_url=settings.api.base_url,
+                once=args.once,
+            )
+            service.run(once=args.once)
     finally:
         if emulator is not None:
             emulator.stop()
@@ -286,18 +312,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"scm-daemon: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except TokenRefusedError as exc:
-        print(
-            f"scm-daemon: the API refused the token ({exc}); rows stay pending. Renew the token and restart.",
-            file=sys.stderr,
-        )
+        print(f"scm-daemon: {exc}; rows stay pending. Renew the token and run again.", file=sys.stderr)
         return EXIT_TOKEN
     except ApiError as exc:
         if classify(exc) is ErrorKind.TOKEN_REFUSED:
-            print(f"scm-daemon: the API refused the token ({exc}); renew it and try again", file=sys.stderr)
+            print(f"scm-daemon: {exc}; renew the token and try again", file=sys.stderr)
             return EXIT_TOKEN
         print(f"scm-daemon: the API could not be reached or answered badly: {exc}", file=sys.stderr)
         return EXIT_UNEXPECTED
     except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:
+        # `scm-daemon status | head`: the reader went away. Point stdout at /dev/null so that the flush at exit
+        # cannot fail again (the recipe in Python's signal module documentation).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except Exception:
         log.exception("unexpected_error")

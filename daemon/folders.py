@@ -1,6 +1,10 @@
 """The folders: checked before the service starts, created when missing, and names that never overwrite a file."""
 
+import fcntl
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import structlog
@@ -57,6 +61,31 @@ def refuse_network_ledger(ledger: Path, mountinfo: Path = MOUNTINFO) -> None:
             "SQLite cannot lock a database there reliably and the ledger could be corrupted. Keep it on a local "
             "disk: set paths.ledger (under systemd, /var/lib/scm-daemon/ledger.sqlite3 from StateDirectory=)"
         )
+
+
+@contextmanager
+def ledger_lock(ledger: Path) -> Iterator[None]:
+    """Hold an exclusive lock beside the ledger while a service uses it: a second one on the same ledger is refused.
+
+    Two services on one ledger would claim the same files and report them as duplicates of themselves. The lock
+    is flock(2) on `<ledger>.lock`: the kernel releases it when the process dies, even by kill -9.
+    """
+    lock_path = ledger.with_name(ledger.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            raise FolderError(
+                f"another scm-daemon (pid {holder}) is already running with the ledger {ledger}; stop it first "
+                "(systemctl stop scm-daemon), or give this one its own paths.ledger"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
 
 
 def deliver(ledger: Ledger, f: FileInfo, paths: PathsSettings) -> tuple[ReportNames, Path]:

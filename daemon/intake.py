@@ -186,7 +186,8 @@ def take(
 def _refuse(ledger: Ledger, file_id: int, path: Path, reason: str, bound: structlog.typing.FilteringBoundLogger) -> int:
     bound.warning("file_unreadable", reason=reason)
     ledger.discard_rows(file_id)
-    ledger.transition_file(file_id, FileState.REPORTING, outcome=Outcome.FAILED, error=f"{path.name}: {reason}")
+    # The reason names the file already where it matters; summary.json carries the name as `source`.
+    ledger.transition_file(file_id, FileState.REPORTING, outcome=Outcome.FAILED, error=reason)
     return file_id
 
 

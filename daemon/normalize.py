@@ -11,6 +11,7 @@ from typing import Any
 from daemon.readers import CellError, Number
 
 KEY_FIELDS = ("extended_id", "serial_number")
+REJECTED_ERROR_COLUMN = "error"  # the last column of every rejected.csv
 EXTENDED_ID = re.compile(r"[A-Za-z0-9_-]{8,100}")
 # What Excel shows for a long number it reformatted: 1.23457E+11, 1,23457E+11 in some locales.
 # Always with "E+": a key that passes the extended_id pattern can never look like this.
@@ -128,14 +129,7 @@ def map_headers(
             f"no {data_key!r} column (upload.data_key); columns found: {found}; expected: {expected}. "
             f"Name the key column {data_key!r} or map it in [columns]{hint}"
         )
-    data_fields: list[tuple[int, str]] = []
-    for index, target in mapped:
-        if target == data_key:
-            continue
-        if target in KEY_FIELDS:
-            warnings.append(f"column {target!r} is not uploaded: the key is {data_key!r} (upload.data_key)")
-            continue
-        data_fields.append((index, target))
+    data_fields = _data_fields(mapped, len(headers), data_key, fields, warnings)
     if fields:
         outside = [t for _, t in data_fields if t not in fields]
         if outside and strict_fields:
@@ -150,6 +144,25 @@ def map_headers(
     if not data_fields:
         raise LayoutError(f"no SCM field columns besides {data_key!r}; columns found: {found}; expected: {expected}")
     return Layout(tuple(headers), key_index, tuple(data_fields), tuple(warnings))
+
+
+def _data_fields(
+    mapped: Sequence[tuple[int, str]], width: int, data_key: str, fields: Collection[str], warnings: list[str]
+) -> list[tuple[int, str]]:
+    """The columns that carry SCM data: all but the key, the other key, and rejected.csv's own error column."""
+    data_fields: list[tuple[int, str]] = []
+    for index, target in mapped:
+        if target == data_key:
+            continue
+        if target in KEY_FIELDS:
+            warnings.append(f"column {target!r} is not uploaded: the key is {data_key!r} (upload.data_key)")
+            continue
+        if target == REJECTED_ERROR_COLUMN and index == width - 1 and REJECTED_ERROR_COLUMN not in fields:
+            # The column scm-daemon adds to rejected.csv: a corrected one dropped back must not upload it.
+            warnings.append(f"column {target!r} (added by scm-daemon to rejected.csv) is not uploaded")
+            continue
+        data_fields.append((index, target))
+    return data_fields
 
 
 def key_problem(value: str, data_key: str) -> str | None:

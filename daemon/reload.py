@@ -6,10 +6,11 @@ from typing import Any
 from daemon.config import Settings
 
 # Settings that only steer timing and discovery: changing them mid-run cannot split a file's treatment in two.
-# Everything else (folders, ledger, API endpoint and token, upload mode, columns, ...) is fixed for the life of
+# Everything else (folders, ledger, API endpoint, upload mode, columns, ...) is fixed for the life of
 # the process, because files already taken were recorded under the old values.
 LIVE_SECTIONS = frozenset({"watch", "retry"})
-LIVE_KEYS = frozenset({("api", "requests_per_second")})
+# The token is read again when a refused one is re-checked (every few minutes, and at once on SIGHUP).
+LIVE_KEYS = frozenset({("api", "requests_per_second"), ("api", "token"), ("api", "token_file")})
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,12 @@ def changes(old: Settings, new: Settings) -> Changes:
 
 
 def adopt(old: Settings, new: Settings) -> Settings:
-    """`old` with the live parts of `new`: [watch], [retry] and api.requests_per_second."""
-    api = old.api.model_copy(update={"requests_per_second": new.api.requests_per_second})
+    """`old` with the live parts of `new`: [watch], [retry], api.requests_per_second and the token."""
+    api = old.api.model_copy(
+        update={
+            "requests_per_second": new.api.requests_per_second,
+            "token": new.api.token,
+            "token_file": new.api.token_file,
+        }
+    )
     return old.model_copy(update={"watch": new.watch, "retry": new.retry, "api": api})

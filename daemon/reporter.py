@@ -7,6 +7,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import IO, Any
 
@@ -14,6 +15,14 @@ from daemon.ledger import FileInfo, Ledger
 from daemon.states import ERROR_ROW_STATUSES, Outcome, RowStatus
 
 EXCEL_TRIGGERS = ("=", "+", "-", "@")  # a cell starting with one of these is a formula to Excel
+
+
+@cache
+def _umask() -> int:
+    """The process's umask (read once: reading it means setting it, which is not thread-safe)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,8 @@ def atomic_write(path: Path, *, encoding: str = "utf-8-sig") -> Iterator[IO[str]
     """Write a file under a temporary name in the same folder, then rename it: a reader never sees half of it."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file 0600; reports are for the people on the share: the usual mode under the umask.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding=encoding, newline="") as f:
             yield f
             f.flush()

@@ -95,6 +95,7 @@ class Service:
             pacer=self.pacer,
             breaker_failures=retry.breaker_failures,
             breaker_cooldown=retry.breaker_cooldown_seconds,
+            token_source=self._current_token,
             monotonic=monotonic,
         )
         self.scanner = InboxScanner(
@@ -115,6 +116,16 @@ class Service:
         self._to_plan: set[int] = set()  # active files that may have rows to plan
         self._blocked: set[int] = set()  # files with rows waiting on an earlier file's open row for the same code
         self._active: set[int] = set()  # active files this process knows; others were reopened by `retry`
+
+    def _current_token(self) -> SecretStr | None:
+        """The token as the configuration gives it now (the credential file may have been renewed)."""
+        if self.reload_settings is None:
+            return self.settings.api.token
+        try:
+            return self.reload_settings().api.token
+        except (ConfigError, OSError, ValueError) as exc:
+            log.error("token_reread_failed", error=str(exc))
+            return None
 
     def epoch(self) -> float:
         """The injected clock as epoch seconds (the unit of batches' next_attempt_at)."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from pydantic import SecretStr
 
 from daemon.api import ApiError, ErrorKind, ScantrustClient, SyncResult, TaskState, TaskStatus, classify
 from daemon.breaker import CircuitBreaker, ThrottleGovernor
@@ -88,6 +89,7 @@ class Uploader:
         pacer: Pacer | None = None,
         breaker_failures: int = 10,
         breaker_cooldown: float = 30.0,
+        token_source: Callable[[], SecretStr | None] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -105,6 +107,7 @@ class Uploader:
         self.governor = ThrottleGovernor(pacer.rate) if pacer is not None else None
         self.window = send_window(pacer.rate) if pacer is not None else None
         self.breaker = CircuitBreaker(threshold=breaker_failures, cooldown=breaker_cooldown)
+        self.token_source = token_source  # the token as configured now: a renewed one is picked up at a re-check
         self.paced_until: float | None = None  # when the pacer's next slot is free, if a due upload waits for it
         self._next_token_check = 0.0
         self._files: dict[int, FileContext] = {}
@@ -192,6 +195,8 @@ class Uploader:
         if now < self._next_token_check or any(w.kind == "token" for w in self.inflight.values()):
             return 0
         self._next_token_check = now + TOKEN_RECHECK_SECONDS
+        if self.token_source is not None and (token := self.token_source()) is not None:
+            self.client.set_token(token)  # the credential file may hold a renewed one by now
         self._submit(Work("token", None, None), self.client.me)
         return 1
 

@@ -50,7 +50,7 @@ class Project:
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SCM_")}
         env.update({"SCM_API__TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}, **extra)
-        return env
+        return {k: v for k, v in env.items() if v or not k.startswith("SCM_")}  # SCM_X="" means: not set
 
     def cli(self, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
         """Run `scm-daemon ARGS -c config.toml` to its end."""

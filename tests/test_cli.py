@@ -1,12 +1,14 @@
 """The command line as a user meets it: help, exit codes, and the read-only commands."""
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from support import Project, csv_text, make_project
+from support import Project, csv_text, make_project, stop
 
 from daemon.cli import COMMANDS, build_parser
 from daemon.sandbox import Emulator
@@ -124,3 +126,48 @@ def test_prune_keeps_status_counts_and_duplicate_detection(project: Project, emu
     assert project.cli("run", "--once").returncode == 0
     assert project.summary("a-again")["status"] == "duplicate"
     assert project.cli("prune", "--older-than", "-1").returncode == 2
+
+
+def test_a_second_service_on_the_same_ledger_is_refused(project: Project, emulator: Emulator) -> None:
+    with project.running() as service:
+        project.wait_for(project.ledger.with_name("ledger.sqlite3.lock"))
+        deadline = time.monotonic() + 30
+        while str(service.pid) not in project.ledger.with_name("ledger.sqlite3.lock").read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        second = project.cli("run", "--once")
+        assert second.returncode == 2
+        assert f"another scm-daemon (pid {service.pid}) is already running with the ledger" in second.stderr
+        assert service.poll() is None
+        assert stop(service) == 0
+    assert project.cli("run", "--once").returncode == 0  # the lock went with the first service
+
+
+def test_status_retry_and_prune_read_the_sandbox_ledger_with_sandbox(tmp_path: Path) -> None:
+    folder = tmp_path / "try"
+    (folder / "inbox").mkdir(parents=True)
+    (folder / "inbox" / "a.csv").write_text(csv_text(["extended_id", "batch"], [("CODE00000001", "x")]))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCM_")} | {"SCM_WATCH__SETTLE_SECONDS": "0.1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "daemon", "run", "--sandbox", "--once"],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert (folder / "ledger.sandbox.sqlite3").exists()
+    assert not (folder / "ledger.sqlite3").exists()
+    status = subprocess.run(
+        [sys.executable, "-m", "daemon", "status", "--sandbox", "--json"],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["rows"] == {"uploaded": 1}

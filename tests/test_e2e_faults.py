@@ -194,10 +194,12 @@ def test_a_corrected_rejected_csv_dropped_back_goes_through(project: Project, em
     rejected = (project.outbox / "lot.rejected.csv").read_text(encoding="utf-8-sig")
     assert rejected.splitlines()[1] == ",de,no extended_id"
 
-    fixed = rejected.replace(",de,no extended_id", f"{code(3)},de,")
+    fixed = rejected.replace(",de,no extended_id", f"{code(3)},de,no extended_id")  # the key fixed, error left
     project.drop("lot-fixed.csv", fixed.encode("utf-8-sig"))
     assert project.cli("run", "--once").returncode == 0
-    assert project.summary("lot-fixed")["rows"]["uploaded"] == 1
+    summary = project.summary("lot-fixed")
+    assert summary["rows"]["uploaded"] == 1
+    assert "column 'error' (added by scm-daemon to rejected.csv) is not uploaded" in summary["warnings"]
     assert emulator.data("extended_id", code(3)) == {"intended_market": "de"}
     assert emulator.data("extended_id", code(1)) == {"intended_market": "=cn"}  # the escape was undone on the way
 
@@ -242,3 +244,21 @@ def test_soak_with_every_fault_at_once_ends_with_exact_data(tmp_path: Path, emul
         f"({summary['extra_calls']} extra); faults seen: 5xx {stats.injected_failures}, 429 {stats.throttled}, "
         f"resets {stats.resets}, hangs {stats.hangs}, applied-then-500 {stats.applied_then_500}"
     )
+
+
+def test_a_token_renewed_in_its_file_is_taken_on_sighup(tmp_path: Path, emulator: Emulator) -> None:
+    project = make_project(tmp_path / "site", emulator.base_url, upload=SYNC, api={"token_file": "token"})
+    token = project.root / "token"
+    token.write_text("expired-token-123\n")
+    with project.running(SCM_API__TOKEN="") as service:
+        drop(project, 30)
+        wait_until(lambda: emulator.stats().auth_failures >= 1, what="the old token refused")
+        token.write_text("sandbox-token\n")  # renewed, as an operator would
+        os.kill(service.pid, signal.SIGHUP)
+        project.wait_for(project.outbox / "lot.summary.json")
+        assert stop(service) == 0
+    assert project.summary("lot")["rows"]["uploaded"] == 30
+    log = (project.root / "service.log").read_text()
+    assert '"token_accepted"' in log
+    assert "expired-token-123" not in log
+    assert "config_change_needs_restart" not in log

@@ -121,3 +121,11 @@ def test_the_row_hasher_agrees_with_the_data_hash(cells: list[str], clear_empty:
     expected_data = scm_data(cells, lay, clear_empty=clear_empty)
     expected = data_hash(expected_data) if expected_data else None
     assert row_hasher(lay, clear_empty=clear_empty)(cells) == expected
+
+
+def test_the_error_column_of_a_rejected_csv_is_not_uploaded_again() -> None:
+    got = layout(["extended_id", "batch", "error"])
+    assert got.fields == ((1, "batch"),)
+    assert "added by scm-daemon to rejected.csv" in got.warnings[0]
+    assert layout(["extended_id", "error", "batch"]).fields == ((1, "error"), (2, "batch"))  # not ours: not last
+    assert layout(["extended_id", "batch", "error"], fields=["batch", "error"]).fields == ((1, "batch"), (2, "error"))

@@ -1,5 +1,6 @@
 """Report helpers: Excel safety, never-overwrite names, atomic writes."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,12 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
 def test_outcome_follows_the_rows() -> None:
     assert outcome_for({RowStatus.UPLOADED: 3, RowStatus.SKIPPED: 1}) is Outcome.COMPLETED
     assert outcome_for({RowStatus.UPLOADED: 3, RowStatus.FAILED: 1}) is Outcome.COMPLETED_WITH_ERRORS
+
+
+def test_reports_are_readable_as_the_umask_allows_not_private(tmp_path: Path) -> None:
+    target = tmp_path / "r.csv"
+    with atomic_write(target) as f:
+        f.write("x")
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
