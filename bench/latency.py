@@ -4,7 +4,7 @@ Usage: .venv/bin/python bench/latency.py [--drops 5] [--settle 2] [--rows 10] [-
 Starts `python -m daemon run -c CONFIG` (the long-running service, not --once), waits until it watches its inbox,
 then drops files one at a time the way a copy does (written under a hidden name, then renamed) and times each from
 the rename to the appearance of its `<stem>.summary.json` in the outbox. Ends the service with SIGTERM.
-Budget (DESIGN.md §3): drop-to-report for a 10-row file = settle time + under 2 s.
+Budget: drop-to-report for a 10-row file = settle time + under 2 s.
 """
 
 import argparse

@@ -1,7 +1,7 @@
 """Benchmark: plan 1,000,000 rows, in the pure planner and through the ledger (skip, group, create batches).
 
 Usage: .venv/bin/python bench/plan.py [--rows 1000000] [--groups 2000]
-Budget (DESIGN.md §3): planning 1,000,000 rows < 5 s.
+Budget: planning 1,000,000 rows < 5 s.
 """
 
 import argparse

@@ -5,7 +5,7 @@ Usage: .venv/bin/python bench/upload.py [--rows 20000] [--rate 10] [--latency 0.
        .venv/bin/python bench/upload.py --latency-sweep              (latencies 0.05, 0.3, 0.8, 1.5)
 The window runs from the first upload's arrival at the emulator to the last upload's answer (its arrival plus the
 emulator's latency), taken from stats() snapshots polled while the service runs.
-Budget (DESIGN.md §3): >= 90 % of the configured request rate at 300 ms latency, zero 429, and as many API calls as
+Budget: >= 90 % of the configured request rate at 300 ms latency, zero 429, and as many API calls as
 the planner's bound. In the sweep, each latency must reach 90 % of min(rate, max_in_flight / latency).
 """
 
