@@ -124,9 +124,6 @@ class MetaRecord(SQLModel, table=True):
     value: str
 
 
-TABLES = SQLModel.metadata.tables
-
-
 # Each migration is written out as the DDL of its day, so that a ledger of any age is brought forward the same way
 # as a new one; tests check that the result matches the models above.
 _V1 = [

@@ -42,8 +42,6 @@ class BatchState(StrEnum):
     SPLIT = "split"  # refused or timing out: its rows went into smaller batches (or were rejected one by one)
 
 
-OPEN_ROW_STATUSES = frozenset({RowStatus.PENDING, RowStatus.QUEUED})
-FINAL_ROW_STATUSES = frozenset(RowStatus) - OPEN_ROW_STATUSES
 ERROR_ROW_STATUSES = frozenset({RowStatus.REJECTED, RowStatus.FAILED})
 
 FILE_TRANSITIONS: dict[FileState, frozenset[FileState]] = {
