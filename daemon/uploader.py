@@ -28,7 +28,7 @@ MAX_THROTTLE_PAUSE = 60.0  # seconds: a 429's announced wait is honoured up to t
 TOKEN_RECHECK_SECONDS = 180.0  # while the token is refused, ask GET /me/ this often
 SPLIT_AFTER_TIMEOUTS = 2  # a batch that timed out this many times in a row is cut in halves
 API_RATE_LIMIT = 10  # SCM updates per second per account (API.md)
-SEND_WINDOW = 1.02  # seconds: the rolling window in which at most max(API_RATE_LIMIT, pace) requests leave
+SEND_WINDOW = 1.05  # seconds: the rolling window in which at most max(API_RATE_LIMIT, pace) requests leave
 
 
 def send_window(rate: float) -> SendWindow:
