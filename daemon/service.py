@@ -35,6 +35,7 @@ PACE_HEADROOM = 0.97
 # a copy that fires thousands of write events does not turn into a busy loop), and when a file is due to settle.
 EVENT_SCAN_GAP = 0.1
 IDLE_WAIT = 0.2  # longest pause of the loop when nothing is in flight
+UNREADABLE_RETRY = 60.0  # seconds before a file that could not be opened (permissions) is tried again
 
 
 class TokenRefusedError(Exception):
@@ -116,6 +117,7 @@ class Service:
         self._to_plan: set[int] = set()  # active files that may have rows to plan
         self._blocked: set[int] = set()  # files with rows waiting on an earlier file's open row for the same code
         self._active: set[int] = set()  # active files this process knows; others were reopened by `retry`
+        self._unreadable: dict[str, float] = {}  # inbox paths that could not be opened, and when to try again
 
     def _current_token(self) -> SecretStr | None:
         """The token as the configuration gives it now (the credential file may have been renewed)."""
@@ -166,13 +168,22 @@ class Service:
     def _take_settled(self, now: float) -> int:
         claimed = {f.path for f in self.ledger.files([FileState.RECEIVED, FileState.ACTIVE, FileState.REPORTING])}
         taken = 0
+        self._unreadable = {p: at for p, at in self._unreadable.items() if at > now}
         for path in self.scanner.scan(now, claimed):
+            if str(path) in self._unreadable:
+                continue
             self.scanner.taken(path)
             try:
                 file_id = intake.take(path, self.ledger, self.settings)
             except FileNotFoundError:
                 log.info("file_vanished", file=path.name)
                 continue
+            except OSError as exc:
+                # E.g. no read permission yet: not the file's content, so no report; looked at again later.
+                self._unreadable[str(path)] = now + UNREADABLE_RETRY
+                log.warning("file_not_readable", file=path.name, error=str(exc), retry_in=UNREADABLE_RETRY)
+                continue
+            self._unreadable.pop(str(path), None)
             if file_id is not None:
                 self._to_plan.add(file_id)
                 taken += 1

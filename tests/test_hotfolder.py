@@ -11,6 +11,7 @@ from pathlib import Path
 from subprocess import Popen
 
 import pytest
+from structlog.testing import capture_logs
 from support import Project, csv_text, make_project, stop
 
 from daemon import intake
@@ -215,3 +216,35 @@ def test_a_file_edited_in_place_while_it_is_read_is_taken_again_as_new_content(
         assert ledger.row_counts(file_id) == {"pending": 4}
     finally:
         ledger.close()
+
+
+def test_a_file_that_cannot_be_opened_is_left_alone_and_tried_again_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As root, a chmod cannot make a file unreadable here, so the refusal is injected where the file is opened.
+    project = make_project(tmp_path / "site", "http://127.0.0.1:9", watch={"rescan_seconds": 1, "settle_seconds": 1})
+    settings = load_settings(project.config, env={"SCM_API__TOKEN": "t" * 20})
+    project.ledger.parent.mkdir(parents=True)
+    now = [1000.0]
+    service = Service(settings, monotonic=lambda: now[0])
+    real_fingerprint = intake.fingerprint
+
+    def refused(path: Path) -> tuple[str, int, int]:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    try:
+        service.recover()
+        project.drop("locked.csv", csv_text(["extended_id", "batch"], [(code("LOCK", 1), "x")]))
+        monkeypatch.setattr(intake, "fingerprint", refused)
+        with capture_logs() as logs:
+            for _ in range(4):
+                now[0] += 1.0
+                assert service.step().taken == 0
+        assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["file_not_readable"]
+        assert (project.inbox / "locked.csv").exists()
+        monkeypatch.setattr(intake, "fingerprint", real_fingerprint)
+        now[0] += 60.0
+        assert service.step().taken == 1
+    finally:
+        service.uploader.close()
+        service.ledger.close()
