@@ -34,7 +34,7 @@ class Manager:
                 return self.messages
             self.messages.append(dict(line.split("=", 1) for line in data.decode().split("\n")))
 
-    def wait_for(self, key: str, value: str | None = None, timeout: float = 20) -> dict[str, str]:
+    def wait_for(self, key: str, value: str | None = None, timeout: float = 60) -> dict[str, str]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for message in self.receive():
