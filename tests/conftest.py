@@ -1,10 +1,13 @@
-"""Shared pytest fixtures: the API emulator on a free loopback port."""
+"""Shared pytest fixtures: the API emulator on a free loopback port, and an HTTP session holding its token."""
 
 from collections.abc import Iterator
 
 import pytest
+import requests
 
 from daemon.sandbox import Emulator, EmulatorConfig
+
+TOKEN = "sandbox-token"
 
 
 @pytest.fixture
@@ -16,3 +19,12 @@ def emulator() -> Iterator[Emulator]:
         yield emu
     finally:
         emu.stop()
+
+
+@pytest.fixture
+def http() -> Iterator[requests.Session]:
+    """A requests session that sends the emulator's token, as a client of the API would."""
+    session = requests.Session()
+    session.headers["Authorization"] = f"UAT {TOKEN}"
+    yield session
+    session.close()

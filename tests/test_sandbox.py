@@ -2,7 +2,6 @@
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,14 +12,6 @@ from daemon.sandbox import Emulator, EmulatorConfig, serve_forever
 
 TOKEN = "sandbox-token"
 UPLOAD = "/api/v2/scm/upload/"
-
-
-@pytest.fixture
-def http() -> Iterator[requests.Session]:
-    session = requests.Session()
-    session.headers["Authorization"] = f"UAT {TOKEN}"
-    yield session
-    session.close()
 
 
 def upload(

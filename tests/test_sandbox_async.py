@@ -1,7 +1,7 @@
 """The emulator's async uploads and task lifecycle, over real HTTP."""
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -13,14 +13,6 @@ TOKEN = "sandbox-token"
 ASYNC = "/api/v2/scm/upload/async/"
 SYNC = "/api/v2/scm/upload/"
 STEP = 0.05  # task_pending_seconds and task_running_seconds in these tests
-
-
-@pytest.fixture
-def http() -> Iterator[requests.Session]:
-    session = requests.Session()
-    session.headers["Authorization"] = f"UAT {TOKEN}"
-    yield session
-    session.close()
 
 
 @pytest.fixture

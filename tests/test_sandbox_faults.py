@@ -3,7 +3,6 @@ applied-then-500 and a token revoked at run time, each over real HTTP."""
 
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 import requests
@@ -13,14 +12,6 @@ from daemon.sandbox import Emulator
 TOKEN = "sandbox-token"
 SYNC = "/api/v2/scm/upload/"
 ASYNC = "/api/v2/scm/upload/async/"
-
-
-@pytest.fixture
-def http() -> Iterator[requests.Session]:
-    session = requests.Session()
-    session.headers["Authorization"] = f"UAT {TOKEN}"
-    yield session
-    session.close()
 
 
 def code(n: int) -> str:
