@@ -7,7 +7,7 @@ both are re-exported here, so `from daemon.api import Rejected, TaskStatus, clas
 import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import requests
@@ -46,9 +46,6 @@ from daemon.errors import (
     parse_retry_after,
     status_error,
 )
-
-if TYPE_CHECKING:
-    from daemon.pacing import Pacer
 
 __all__ = [
     "ApiError",
@@ -91,10 +88,10 @@ class _UatAuth(requests.auth.AuthBase):
 
 
 class ScantrustClient:
-    """A thread-safe client for the endpoints the daemon uses.
+    """A thread-safe client for the endpoints the daemon uses; every request waits for one of `pool_size` slots.
 
-    Uploads (sync and async: the API's scm_update throttle scope) wait for the pacer; task status requests do
-    not (another scope), but every request, of any kind, waits for one of `pool_size` slots.
+    Pacing is the caller's (the uploader's) job. `adapter` replaces the HTTP transport: the simulation passes one
+    that answers from the emulator in-process, so everything above the socket is the production code.
     """
 
     def __init__(
@@ -104,8 +101,8 @@ class ScantrustClient:
         *,
         connect_timeout: float,
         read_timeout: float,
-        pacer: "Pacer | None" = None,
         pool_size: int = 8,
+        adapter: requests.adapters.BaseAdapter | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -114,10 +111,9 @@ class ScantrustClient:
         self._token = token
         self._auth = _UatAuth(token)
         self._timeout = (connect_timeout, read_timeout)
-        self._pacer = pacer
         # A Session is not documented as thread-safe, so each worker thread gets its own; they share one
         # adapter, whose urllib3 pool is thread-safe, so any free thread reuses the keep-alive connections.
-        self._adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_size, max_retries=0)
+        self._adapter = adapter or HTTPAdapter(pool_connections=2, pool_maxsize=pool_size, max_retries=0)
         # urllib3 opens extra connections when its pool is exhausted; this bounds requests in flight instead.
         self._slots = threading.BoundedSemaphore(pool_size)
         self._local = threading.local()
@@ -141,9 +137,7 @@ class ScantrustClient:
         return body
 
     def upload_sync(self, data_key: str, items: list[dict[str, str]]) -> SyncResult:
-        """Send one synchronous SCM upload (at most 100 items); paced when the client has a pacer."""
-        if self._pacer is not None:
-            self._pacer.acquire()
+        """Send one synchronous SCM upload (at most 100 items)."""
         try:
             body = self._call("POST", SYNC_UPLOAD_PATH, {"data_key": data_key, "items": items})
         except Rejected as exc:
@@ -152,17 +146,12 @@ class ScantrustClient:
         return parse_sync_result(body, data_key)
 
     def upload_async(self, data_key: str, values: list[str], scm_data: dict[str, str], reference: str) -> str:
-        """Create an async job setting `scm_data` on the codes whose `data_key` is in `values`; the task id.
-
-        Paced like a sync upload: both count against the API's scm_update limit.
-        """
-        if self._pacer is not None:
-            self._pacer.acquire()
+        """Create an async job setting `scm_data` on the codes whose `data_key` is in `values`; the task id."""
         payload = {"constraints": {data_key: values}, "scm_data": scm_data, "reference": reference}
         return parse_task_id(self._call("POST", ASYNC_UPLOAD_PATH, payload))
 
     def task(self, task_id: str) -> TaskStatus:
-        """The status of an async task (not paced: task requests are outside the scm_update limit)."""
+        """The status of an async task."""
         path = TASK_PATH.format(task_id=quote(task_id, safe=""))
         return parse_task_status(self._call("GET", path), task_id, path)
 

@@ -83,7 +83,6 @@ class Service:
             SecretStr(api.require_token()),
             connect_timeout=api.connect_timeout,
             read_timeout=api.read_timeout,
-            pacer=None,  # the uploader paces, in its own thread (see Uploader.dispatch)
             pool_size=api.max_in_flight,
         )
         retry = settings.retry

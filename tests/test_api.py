@@ -27,7 +27,6 @@ from daemon.api import (
     classify,
     parse_retry_after,
 )
-from daemon.pacing import Pacer
 from daemon.sandbox import Emulator
 
 TOKEN = "sandbox-token"
@@ -37,16 +36,9 @@ def code(n: int) -> str:
     return f"CODE{n:08d}"
 
 
-def make_client(
-    base_url: str, token: str = TOKEN, read_timeout: float = 5.0, pacer: Pacer | None = None, pool_size: int = 8
-) -> ScantrustClient:
+def make_client(base_url: str, token: str = TOKEN, read_timeout: float = 5.0, pool_size: int = 8) -> ScantrustClient:
     return ScantrustClient(
-        base_url,
-        SecretStr(token),
-        connect_timeout=2.0,
-        read_timeout=read_timeout,
-        pacer=pacer,
-        pool_size=pool_size,
+        base_url, SecretStr(token), connect_timeout=2.0, read_timeout=read_timeout, pool_size=pool_size
     )
 
 
@@ -183,23 +175,6 @@ def test_the_client_is_safe_to_share_between_threads(emulator: Emulator) -> None
     assert errors == []
     assert len(emulator.all_data()) == 80
     assert emulator.stats().sync_calls == 80
-
-
-def test_uploads_are_paced_but_me_is_not(emulator: Emulator) -> None:
-    now = [100.0]
-
-    def sleep(seconds: float) -> None:
-        now[0] += seconds
-
-    pacer = Pacer(2.0, clock=lambda: now[0], sleep=sleep)
-    api = make_client(emulator.base_url, pacer=pacer)
-    for _ in range(3):
-        api.me()
-    assert now[0] == 100.0
-    for n in range(3):
-        api.upload_sync("extended_id", [{"extended_id": code(n)}])
-    api.close()
-    assert now[0] == pytest.approx(101.0)  # three slots half a second apart: the first at once
 
 
 def test_a_closed_client_refuses_calls(client: ScantrustClient) -> None:

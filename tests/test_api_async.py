@@ -24,7 +24,6 @@ from daemon.api import (
     classify,
     task_state,
 )
-from daemon.pacing import Pacer
 from daemon.sandbox import Emulator
 
 TOKEN = "sandbox-token"
@@ -35,10 +34,8 @@ def code(n: int) -> str:
     return f"CODE{n:08d}"
 
 
-def make_client(base_url: str, *, pacer: Pacer | None = None, pool_size: int = 8) -> ScantrustClient:
-    return ScantrustClient(
-        base_url, SecretStr(TOKEN), connect_timeout=2.0, read_timeout=5.0, pacer=pacer, pool_size=pool_size
-    )
+def make_client(base_url: str, *, pool_size: int = 8) -> ScantrustClient:
+    return ScantrustClient(base_url, SecretStr(TOKEN), connect_timeout=2.0, read_timeout=5.0, pool_size=pool_size)
 
 
 @pytest.fixture
@@ -126,22 +123,6 @@ def test_async_uploads_count_against_the_throttle(emu: Emulator, client: Scantru
     client.upload_sync("extended_id", [{"extended_id": code(1)}])
     with pytest.raises(Throttled):
         client.upload_async("extended_id", [code(2)], {"lot": "7"}, "r")
-
-
-def test_async_uploads_are_paced_but_task_requests_are_not(emu: Emulator) -> None:
-    now = [100.0]
-
-    def sleep(seconds: float) -> None:
-        now[0] += seconds
-
-    api = make_client(emu.base_url, pacer=Pacer(2.0, clock=lambda: now[0], sleep=sleep))
-    ids = [api.upload_async("extended_id", [code(n)], {"lot": "1"}, "r") for n in range(3)]
-    assert now[0] == pytest.approx(101.0)  # three slots half a second apart
-    for _ in range(5):
-        for task_id in ids:
-            api.task(task_id)
-    api.close()
-    assert now[0] == pytest.approx(101.0)
 
 
 def test_task_requests_are_bounded_by_the_pool(emu: Emulator) -> None:
