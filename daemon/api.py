@@ -37,6 +37,7 @@ from daemon.errors import (
     ProtocolError,
     Rejected,
     Throttled,
+    Timeout,
     TokenRefused,
     Transient,
     TransportError,
@@ -59,6 +60,7 @@ __all__ = [
     "TaskState",
     "TaskStatus",
     "Throttled",
+    "Timeout",
     "TokenRefused",
     "Transient",
     "TransportError",
@@ -198,7 +200,7 @@ def _transport_error(what: str, exc: requests.RequestException, token: SecretStr
     if isinstance(exc, requests.ConnectTimeout):
         return TransportError(f"{what}: could not connect in time ({cause})", ambiguous=False)
     if isinstance(exc, requests.ReadTimeout):
-        return TransportError(f"{what}: no answer within the read timeout ({cause})", ambiguous=True)
+        return Timeout(f"{what}: no answer within the read timeout ({cause})", ambiguous=True)
     if isinstance(exc, requests.exceptions.ChunkedEncodingError | requests.exceptions.ContentDecodingError):
         return TransportError(f"{what}: the answer broke off ({cause})", ambiguous=True)
     if isinstance(exc, requests.ConnectionError):

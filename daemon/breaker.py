@@ -45,10 +45,13 @@ class ThrottleGovernor:
 
 @dataclass
 class CircuitBreaker:
-    """After `threshold` transient failures in a row, no upload is sent for a cool-down that doubles while it lasts.
+    """After `threshold` transient failures in a row, nothing is sent for a cool-down that doubles while it lasts.
 
     Closed: requests flow. Open: nothing is sent until `open_until`. Then half-open: one request is let through;
     its success closes the breaker, its failure opens it again for twice as long (up to `max_cooldown`).
+    The trial begins only when a request really leaves (`started`), and every answer records exactly one
+    `success` or `failure`, so a trial cannot be lost: an answer that is neither (a request that never left)
+    calls `cancelled`.
     """
 
     threshold: int = 10
@@ -67,13 +70,20 @@ class CircuitBreaker:
             return 0
         return 1
 
-    def started(self, now: float) -> None:
-        """A request was let through while half-open."""
-        if self.open_until is not None and now >= self.open_until:
+    def started(self, now: float) -> bool:
+        """A request left; returns True when it is the half-open trial."""
+        if self.open_until is not None and now >= self.open_until and not self.trial_in_flight:
             self.trial_in_flight = True
+            return True
+        return False
+
+    def cancelled(self, trial: bool) -> None:
+        """A request that was counted as started never reached the API (e.g. shutdown): its trial is free again."""
+        if trial:
+            self.trial_in_flight = False
 
     def success(self) -> bool:
-        """A request succeeded; returns True when this closed an open breaker."""
+        """A request was answered (the API is up); returns True when this closed an open breaker."""
         was_open = self.open_until is not None
         self.failures = 0
         self.open_until = None
@@ -81,16 +91,20 @@ class CircuitBreaker:
         self.trial_in_flight = False
         return was_open
 
-    def failure(self, now: float) -> bool:
-        """A transient failure; returns True when this opened the breaker (or opened it again)."""
+    def failure(self, now: float, *, trial: bool = False) -> bool:
+        """A transient failure; returns True when this opened the breaker (or opened it again).
+
+        `trial`: the failed request was the half-open trial. A failure of a request that left before the
+        breaker opened does not re-open it for longer.
+        """
         self.failures += 1
-        if self.trial_in_flight:
+        if trial:
             self.trial_in_flight = False
-            self.current_cooldown = min(self.max_cooldown, self.current_cooldown * 2)
+            self.current_cooldown = min(self.max_cooldown, max(self.cooldown, self.current_cooldown * 2))
             self.open_until = now + self.current_cooldown
             return True
         if self.open_until is None and self.failures >= self.threshold:
-            self.current_cooldown = self.cooldown
+            self.current_cooldown = min(self.max_cooldown, self.cooldown)
             self.open_until = now + self.current_cooldown
             return True
         return False

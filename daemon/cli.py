@@ -23,7 +23,7 @@ from daemon.logs import configure_logging
 from daemon.notify import Notifier
 from daemon.sandbox import Emulator, EmulatorConfig, serve_forever
 from daemon.schema import LedgerVersionError
-from daemon.service import Service, TokenRefusedError
+from daemon.service import ConfigurationPausedError, Service, TokenRefusedError
 from daemon.states import FileState
 from daemon.status import render_overview
 from daemon.validate import render_validation, validate_file
@@ -168,9 +168,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             return _settings(args)
 
     try:
-        prepare_folders(settings, create_inbox=args.sandbox)
+        prepare_folders(settings, create_inbox=args.sandbox, strict=args.once)
         with ledger_lock(settings.paths.ledger):
-            service = Service(settings, notifier=notifier, reload_settings=reload_settings)
+            service = Service.from_settings(
+                settings,
+                once=args.once,
+                notifier=notifier,
+                reload_settings=reload_settings,
+                token_renewable=args.sandbox or not os.environ.get("SCM_API__TOKEN"),  # env: a restart
+            )
             _install_signals(service)
             log.info(
                 "service_started",
@@ -184,6 +190,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if emulator is not None:
             emulator.stop()
+    if args.once and service.uploader.gave_up_rows:
+        log.error(
+            "service_stopped",
+            reason=f"{service.uploader.gave_up_rows} row(s) failed: the API kept failing beyond retry.max_attempts",
+            action="see the reports; `scm-daemon retry` or run again once the API is reachable",
+        )
+        return EXIT_UNEXPECTED
     log.info("service_stopped")
     return EXIT_OK
 
@@ -314,6 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TokenRefusedError as exc:
         print(f"scm-daemon: {exc}; rows stay pending. Renew the token and run again.", file=sys.stderr)
         return EXIT_TOKEN
+    except ConfigurationPausedError as exc:
+        print(f"scm-daemon: {exc}; rows stay pending. Fix the configuration and run again.", file=sys.stderr)
+        return EXIT_USAGE
     except ApiError as exc:
         if classify(exc) is ErrorKind.TOKEN_REFUSED:
             print(f"scm-daemon: {exc}; renew the token and try again", file=sys.stderr)

@@ -3,7 +3,8 @@
 Every failure of a call raises one of these::
 
     ApiError                   .ambiguous: the request may have taken effect on the server
-     ├── TransportError        no usable answer: connection refused or reset, timeouts, a broken body
+     ├── TransportError        no usable answer: connection refused or reset, a broken body
+     │    └── Timeout          no answer within the read timeout (the request had left)
      ├── HTTPStatusError       a non-2xx answer: .status, .detail (the server's words), .retry_after (s)
      │    ├── TokenRefused     401, 403
      │    ├── Transient        408, 429, any 5xx
@@ -53,6 +54,10 @@ class ApiError(Exception):
 
 class TransportError(ApiError):
     """No usable HTTP answer: the connection failed, timed out, or broke."""
+
+
+class Timeout(TransportError):
+    """The request left, but no answer came within the read timeout."""
 
 
 class HTTPStatusError(ApiError):
@@ -110,47 +115,46 @@ class ProtocolError(ApiError):
 
 
 def classify(exc: BaseException) -> ErrorKind:
-    """The one place where a failure becomes a decision; anything not understood is not retried."""
-    if isinstance(exc, TransportError | Transient):
+    """What kind of failure an exception is; anything not understood is not retried."""
+    if isinstance(exc, HTTPStatusError):
+        exc_type: type[BaseException] = _class_for_status(exc.status)  # also for one constructed directly
+    else:
+        exc_type = type(exc)
+    if issubclass(exc_type, TransportError | Transient):
         return ErrorKind.TRANSIENT
-    if isinstance(exc, TokenRefused):
+    if issubclass(exc_type, TokenRefused):
         return ErrorKind.TOKEN_REFUSED
-    if isinstance(exc, Rejected):
+    if issubclass(exc_type, Rejected):
         return ErrorKind.DEFECTIVE
-    if isinstance(exc, HTTPStatusError):  # constructed directly rather than by the client
-        return kind_for_status(exc.status)
-    if isinstance(exc, ApiError):
+    if issubclass(exc_type, ApiError):
         return ErrorKind.PROTOCOL
-    if isinstance(exc, requests.RequestException | OSError):  # escaped the client, or a socket error
+    if issubclass(exc_type, requests.RequestException | OSError):  # escaped the client, or a socket error
         return ErrorKind.TRANSIENT
     return ErrorKind.PROTOCOL
 
 
-def kind_for_status(status: int) -> ErrorKind:
-    """The ErrorKind of an HTTP status that is not a success."""
+def _class_for_status(status: int) -> type[HTTPStatusError]:
+    """The one mapping of an HTTP error status to its exception class (the base class: not an error status)."""
+    if not 400 <= status <= 599:
+        return HTTPStatusError
     if status in (401, 403):
-        return ErrorKind.TOKEN_REFUSED
-    if status in (408, 429) or 500 <= status <= 599:
-        return ErrorKind.TRANSIENT
-    if 400 <= status <= 499:
-        return ErrorKind.DEFECTIVE
-    return ErrorKind.PROTOCOL
+        return TokenRefused
+    if status == 429:
+        return Throttled
+    if status == 408 or 500 <= status <= 599:
+        return Transient
+    if status == 404:
+        return NotFound
+    return Rejected
 
 
 def status_error(what: str, status: int, detail: str, retry_after: float | None, body: object) -> HTTPStatusError:
     """The exception for a 4xx or 5xx answer to `what` (e.g. "POST /api/v2/scm/upload/")."""
-    error_type: type[HTTPStatusError] = Rejected
+    error_type = _class_for_status(status)
     message = f"{what} answered {status}: {detail}"
-    if status in (401, 403):
-        error_type = TokenRefused
+    if error_type is TokenRefused:
         hint = "check the token (api.token_file or SCM_API__TOKEN) and its permissions"
         message = f"{what}: the API refused the token ({status}: {detail}); {hint}"
-    elif status == 429:
-        error_type = Throttled
-    elif status == 408 or status >= 500:
-        error_type = Transient
-    elif status == 404:
-        error_type = NotFound
     ambiguous = error_type is Transient and status not in (408, 501, 503, 504)
     return error_type(message, status=status, detail=detail, retry_after=retry_after, body=body, ambiguous=ambiguous)
 

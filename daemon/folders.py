@@ -12,6 +12,7 @@ import structlog
 from daemon.config import PathsSettings, Settings
 from daemon.ledger import FileInfo, Ledger
 from daemon.mounts import MOUNTINFO, filesystem_of
+from daemon.names import free_path
 from daemon.reporter import ReportNames, choose_base, write_reports
 from daemon.states import Outcome
 
@@ -22,34 +23,54 @@ class FolderError(Exception):
     """A configured folder is missing or unusable."""
 
 
-def unique_path(folder: Path, name: str) -> Path:
-    """`folder/name`, or `folder/stem-2.ext`, `-3`... : the first that does not exist, so nothing is overwritten."""
-    candidate = folder / name
-    stem, suffix = Path(name).stem, Path(name).suffix
-    n = 2
-    while candidate.exists():
-        candidate = folder / f"{stem}-{n}{suffix}"
-        n += 1
-    return candidate
+def prepare_folders(settings: Settings, *, create_inbox: bool = False, strict: bool = True) -> list[str]:
+    """Check the inbox and create outbox, archive, failed and the ledger's folder when missing.
 
-
-def prepare_folders(settings: Settings, *, create_inbox: bool = False) -> None:
-    """Check the inbox and create outbox, archive, failed and the ledger's folder when missing."""
+    With `strict` (run --once, check) a missing inbox or an outbox that cannot be made is an error; the service
+    instead logs the problem and carries on (a share mounted late, or unmounted for a while, heals by itself:
+    the scan and the delivery of reports are retried). The ledger's folder is always required. Returns the
+    problems that were tolerated.
+    """
     paths = settings.paths
+    problems: list[str] = []
     if create_inbox:
         paths.inbox.mkdir(parents=True, exist_ok=True)
+    try:
+        paths.ledger.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FolderError(
+            f"ledger folder {paths.ledger.parent} cannot be created ({exc.strerror}); fix paths.ledger"
+        ) from exc
     if not paths.inbox.is_dir():
-        raise FolderError(f"inbox {paths.inbox} does not exist; create it or set paths.inbox")
-    for what, folder in (
-        ("outbox", paths.outbox),
-        ("archive", paths.archive),
-        ("failed", paths.failed),
-        ("ledger", paths.ledger.parent),
-    ):
+        problems.append(f"inbox {paths.inbox} does not exist; create it or set paths.inbox")
+    for what, folder in (("outbox", paths.outbox), ("archive", paths.archive), ("failed", paths.failed)):
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise FolderError(f"{what} folder {folder} cannot be created ({exc.strerror}); fix paths.{what}") from exc
+            problems.append(f"{what} folder {folder} cannot be created ({exc.strerror}); fix paths.{what}")
+    if strict and problems:
+        raise FolderError(problems[0])
+    for problem in problems:
+        log.error("folder_unavailable", problem=problem, action="retried while the service runs")
+    return problems
+
+
+def remove_leftover_temps(outbox: Path) -> int:
+    """Remove the temporary files of reports a crash interrupted (`.<name>.XXXX.tmp`); returns how many."""
+    removed = 0
+    try:
+        entries = list(os.scandir(outbox))
+    except OSError:
+        return 0
+    for entry in entries:
+        if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file(follow_symlinks=False):
+            try:
+                os.unlink(entry.path)
+            except OSError as exc:
+                log.warning("temp_report_not_removed", path=entry.path, error=str(exc))
+                continue
+            removed += 1
+    return removed
 
 
 def refuse_network_ledger(ledger: Path, mountinfo: Path = MOUNTINFO) -> None:
@@ -98,12 +119,13 @@ def deliver(ledger: Ledger, f: FileInfo, paths: PathsSettings) -> tuple[ReportNa
         ledger.set_file(f.id, report_base=choose_base(paths.outbox, Path(f.name).stem))
     folder = paths.failed if f.outcome is Outcome.FAILED else paths.archive
     if f.destination is None:
-        ledger.set_file(f.id, destination=str(unique_path(folder, f.name)))
+        ledger.set_file(f.id, destination=str(free_path(folder, f.name)))
     f = ledger.file(f.id)
     assert f.destination is not None
     names = write_reports(ledger, f, paths.outbox, ledger.now())
     source, target = Path(f.path), Path(f.destination)
     if source.exists() and not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(source, target)
     elif not target.exists():
         log.warning("input_missing", file=f.name, path=str(source), note="the input vanished before it could be moved")

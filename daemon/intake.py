@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -10,6 +11,7 @@ import structlog
 
 from daemon.config import Settings
 from daemon.ledger import Ledger
+from daemon.names import fit_name, free_path
 from daemon.normalize import (
     KeyShapes,
     Layout,
@@ -106,19 +108,90 @@ def _row_records(
         yield line, str(key), hashed, dumps(cells), RowStatus.PENDING, ""
 
 
+PROCESSING = ".processing"  # inbox/.processing/<id>-<name>: files claimed by the service, out of the inbox's way
+
+
+class Vanished(Exception):
+    """The file disappeared before or while it was read: its claim is released, nothing is reported."""
+
+
+def processing_folder(inbox: Path) -> Path:
+    """Where claimed files wait while they are processed: hidden, inside the inbox, so a rename is atomic."""
+    return inbox / PROCESSING
+
+
 def take(
     path: Path, ledger: Ledger, settings: Settings, *, problem_columns: dict[int, int] | None = None
 ) -> int | None:
-    """Claim a settled file: record it and all its rows; returns its ledger id, or None if it changed meanwhile.
+    """Record a file where it lies and read all its rows; returns its ledger id, or None if it changed meanwhile.
 
+    `validate` and the benchmarks use this; the service claims a file first (`claim`) and then `read`s it.
     `problem_columns`, when given, receives the column index of the first rejected rows (validate shows them).
     """
-    sha256, size, mtime_ns = fingerprint(path)
     upload = settings.upload
+    size = path.stat().st_size
     file_id = ledger.add_file(
-        sha256=sha256, name=path.name, path=str(path), size=size, data_key=upload.data_key, mode=upload.mode
+        sha256="", name=path.name, path=str(path), size=size, data_key=upload.data_key, mode=upload.mode
     )
-    bound = log.bind(file=path.name, file_id=file_id, sha256=sha256[:12])
+    return read(file_id, path, ledger, settings, problem_columns=problem_columns)
+
+
+def claim(path: Path, ledger: Ledger, settings: Settings) -> tuple[int, Path]:
+    """Take a settled file out of the inbox by renaming it into the processing folder, recorded first.
+
+    The record (state `received`, with the claimed path) is committed before the rename: a crash in between
+    leaves a record whose claimed path does not exist, which recovery drops (the file is still in the inbox).
+    Once renamed, a new file dropped under the same name is simply a new file. Raises Vanished if the file is
+    gone, OSError if it cannot be renamed (the record is dropped again in both cases).
+    """
+    folder = processing_folder(settings.paths.inbox)
+    folder.mkdir(exist_ok=True)
+    upload = settings.upload
+    size = path.stat().st_size
+    file_id = ledger.add_file(
+        sha256="",
+        name=path.name,
+        path="",
+        size=size,
+        data_key=upload.data_key,
+        mode=upload.mode,
+        path_for=lambda new_id: str(folder / claimed_name(new_id, path.name)),
+    )
+    claimed = Path(ledger.file(file_id).path)
+    try:
+        os.rename(path, claimed)
+    except FileNotFoundError:
+        ledger.forget_file(file_id)
+        raise Vanished(f"{path.name} vanished before it could be claimed") from None
+    except OSError:
+        ledger.forget_file(file_id)
+        raise
+    return file_id, claimed
+
+
+def claimed_name(file_id: int, name: str) -> str:
+    """The name of a claimed file in the processing folder, within the file system's 255-byte limit."""
+    return fit_name(f"{file_id}-", name, "")
+
+
+def read(
+    file_id: int, path: Path, ledger: Ledger, settings: Settings, *, problem_columns: dict[int, int] | None = None
+) -> int | None:
+    """Read a recorded file and record every row; returns its id, or None if it changed while it was read.
+
+    Raises Vanished (after dropping the record) when the file disappears meanwhile.
+    """
+    name = ledger.file(file_id).name
+    try:
+        sha256, size, mtime_ns = fingerprint(path)
+    except FileNotFoundError:
+        ledger.forget_file(file_id)
+        raise Vanished(f"{name} vanished while it was read") from None
+    ledger.set_file(file_id, sha256=sha256, size=size)
+    upload = settings.upload
+    bound = log.bind(file=name, file_id=file_id, sha256=sha256[:12])
+    if size == 0:
+        return _refuse(ledger, file_id, path, "empty file: it has no bytes at all", bound)
     earlier = ledger.processed(sha256, other_than=file_id)
     if earlier is not None:
         bound.info("file_duplicate", same_as=earlier.name)
@@ -166,10 +239,13 @@ def take(
                     problem_columns=problem_columns,
                 )
                 count = ledger.insert_rows(file_id, records)
+        after = path.stat()
+    except FileNotFoundError:
+        ledger.forget_file(file_id)
+        raise Vanished(f"{name} vanished while it was read") from None
     except (UnreadableFile, LayoutError, UnicodeDecodeError, OSError) as exc:
         return _refuse(ledger, file_id, path, str(exc), bound)
 
-    after = path.stat()
     if (after.st_size, after.st_mtime_ns) != (size, mtime_ns):
         bound.warning("file_changed_while_read", action="taken again once it settles")
         ledger.forget_file(file_id)
@@ -191,10 +267,44 @@ def _refuse(ledger: Ledger, file_id: int, path: Path, reason: str, bound: struct
     return file_id
 
 
-def discard_partial(ledger: Ledger) -> int:
-    """Forget files caught mid-intake by a crash; the next scan takes them again from the inbox."""
-    stale = ledger.files([FileState.RECEIVED])
-    for f in stale:
-        ledger.forget_file(f.id)
-        log.info("intake_restarted", file=f.name, file_id=f.id)
-    return len(stale)
+def resume_claims(ledger: Ledger) -> list[tuple[int, Path]]:
+    """Files a crash caught mid-intake: those whose claimed copy exists are read again from the start (returned);
+    records whose rename never happened are dropped (the file is still in the inbox, the next scan takes it)."""
+    again: list[tuple[int, Path]] = []
+    for f in ledger.files([FileState.RECEIVED]):
+        claimed = Path(f.path)
+        if claimed.parent.name == PROCESSING and claimed.is_file():
+            ledger.discard_rows(f.id)
+            again.append((f.id, claimed))
+            log.info("intake_restarted", file=f.name, file_id=f.id)
+        else:
+            ledger.forget_file(f.id)
+            log.info("intake_dropped", file=f.name, file_id=f.id, note="never claimed; taken again from the inbox")
+    return again
+
+
+def return_orphans(inbox: Path, ledger: Ledger) -> int:
+    """Move files in the processing folder that no open ledger record names back into the inbox."""
+    folder = processing_folder(inbox)
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return 0
+    known = {f.path for f in ledger.files([FileState.RECEIVED, FileState.ACTIVE, FileState.REPORTING])}
+    returned = 0
+    for entry in entries:
+        if entry.path in known or not entry.is_file(follow_symlinks=False):
+            continue
+        original = entry.name.split("-", 1)[1] if "-" in entry.name else entry.name
+        target = free_path(inbox, original)
+        os.rename(entry.path, target)
+        log.warning("claim_orphan_returned", file=original, moved_to=str(target))
+        returned += 1
+    return returned
+
+
+def put_back(claimed: Path, inbox: Path, name: str) -> Path:
+    """Move a claimed file back into the inbox (it changed while read), under its name if that is free."""
+    target = free_path(inbox, name)
+    os.rename(claimed, target)
+    return target

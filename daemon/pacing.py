@@ -1,4 +1,4 @@
-"""One evenly spaced request pace shared by every upload worker, so the API's rate limit is never hit."""
+"""The request pace: evenly spaced slots, a rolling-window guard on departures, and the slowdown after 429s."""
 
 import math
 import threading
@@ -6,9 +6,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-
-class PacerClosed(Exception):
-    """acquire() gave up because the pacer was closed (the daemon is shutting down)."""
+from daemon.breaker import ThrottleGovernor
 
 
 class Pacer:
@@ -18,18 +16,9 @@ class Pacer:
     puts two requests into the API's window closer than 100 ms.
     """
 
-    def __init__(
-        self,
-        rate: float,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] | None = None,
-    ) -> None:
+    def __init__(self, rate: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._interval = self._interval_for(rate)
         self._clock = clock
-        self._closed = threading.Event()
-        # The default sleep wakes on close(), so a worker parked behind a long pause cannot delay shutdown.
-        self._sleep = sleep if sleep is not None else self._closed.wait
         self._lock = threading.Lock()
         self._last_slot = -math.inf
         self._paused_until = -math.inf
@@ -53,38 +42,19 @@ class Pacer:
             self._interval = interval
 
     def pause_until(self, monotonic_time: float) -> None:
-        """Hold every acquire, including those already waiting, until this clock time (e.g. after a 429)."""
+        """Give no slot before this clock time (e.g. after a 429)."""
         with self._lock:
             self._paused_until = max(self._paused_until, monotonic_time)
 
-    def close(self) -> None:
-        """Wake every waiting acquire with PacerClosed, and refuse further ones."""
-        self._closed.set()
-
-    def acquire(self) -> None:
-        """Block until the caller's slot; raise PacerClosed if the pacer is closed meanwhile."""
-        while True:
-            with self._lock:
-                self._raise_if_closed()
-                slot = max(self._last_slot + self._interval, self._clock(), self._paused_until)
-                self._last_slot = slot
-            while (remaining := slot - self._clock()) > 0:
-                self._sleep(remaining)
-                self._raise_if_closed()
-            with self._lock:
-                if self._paused_until <= slot:
-                    return
-            # A pause began while this caller waited for its slot: queue again behind the pause.
-
     def try_acquire(self) -> bool:
-        """Take a slot if one is due now, without waiting; False when the next slot is still ahead (or closed).
+        """Take a slot if one is due now, without waiting; False when the next slot is still ahead.
 
         The uploader uses this from its single thread, so a batch is marked `sending` only when its request can
         leave at once: a crash can then hardly catch a batch whose request had not gone out yet.
         """
         with self._lock:
             now = self._clock()
-            if self._closed.is_set() or max(self._last_slot + self._interval, self._paused_until) > now:
+            if max(self._last_slot + self._interval, self._paused_until) > now:
                 return False
             self._last_slot = now
             return True
@@ -93,10 +63,6 @@ class Pacer:
         """The clock time from which try_acquire() will succeed."""
         with self._lock:
             return max(self._last_slot + self._interval, self._paused_until)
-
-    def _raise_if_closed(self) -> None:
-        if self._closed.is_set():
-            raise PacerClosed("the request pacer was closed")
 
 
 class SendWindow:
@@ -124,6 +90,14 @@ class SendWindow:
         self._lock = threading.Lock()
         self._sent: deque[float] = deque(maxlen=limit)
 
+    def resize(self, limit: int) -> None:
+        """Allow `limit` requests per window from now on, keeping the departures already counted."""
+        if limit < 1:
+            raise ValueError(f"a send window needs limit >= 1, got {limit}")
+        with self._lock:
+            self.limit = limit
+            self._sent = deque(self._sent, maxlen=limit)
+
     def wait_turn(self) -> float:
         """Block until a request may leave without breaking the window; returns the seconds waited."""
         with self._lock:
@@ -135,3 +109,75 @@ class SendWindow:
         if at > now:
             self._sleep(at - now)
         return at - now
+
+
+# Requests are paced 3 % under the configured rate: the API counts arrivals in a rolling second, and the jitter
+# between our clock and its arrival times otherwise lets an 11th request into a second at exactly 10/s.
+PACE_HEADROOM = 0.97
+API_RATE_LIMIT = 10  # SCM updates per second per account (API.md)
+SEND_WINDOW = 1.05  # seconds: the rolling window in which at most max(API_RATE_LIMIT, pace) requests leave
+MAX_THROTTLE_PAUSE = 60.0  # seconds: a 429's announced wait pauses every request up to this
+
+
+class Pace:
+    """Everything that decides when an upload may leave: one object, owned by the uploader.
+
+    The pacer spaces slots evenly at the configured rate (less the headroom), the send window holds the rare
+    request that would still make the API's rolling second too full, and the governor lowers the rate while
+    429s keep coming and restores it after a quiet spell.
+    """
+
+    def __init__(
+        self,
+        requests_per_second: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        rate = requests_per_second * PACE_HEADROOM
+        self._clock = clock
+        self.pacer = Pacer(rate, clock=clock)
+        self.window = SendWindow(self._window_limit(rate), SEND_WINDOW, clock=clock, sleep=sleep)
+        self.governor = ThrottleGovernor(rate)
+
+    @staticmethod
+    def _window_limit(rate: float) -> int:
+        return max(API_RATE_LIMIT, math.ceil(rate))
+
+    @property
+    def rate(self) -> float:
+        """The pace now in force, in requests per second."""
+        return self.pacer.rate
+
+    def try_acquire(self) -> bool:
+        """Take a slot for a request that leaves at once; False when the next slot is still ahead."""
+        restored = self.governor.tick(self._clock())
+        if restored is not None:
+            self.pacer.set_rate(restored)
+        return self.pacer.try_acquire()
+
+    def next_free(self) -> float:
+        """The clock time from which try_acquire() will succeed."""
+        return self.pacer.next_free()
+
+    def wait_turn(self) -> float:
+        """In a worker, just before the request leaves: wait (rarely, briefly) for the rolling window."""
+        return self.window.wait_turn()
+
+    def throttled(self, retry_after: float | None) -> float:
+        """A 429: pause every request for the announced time (capped) and slow down; returns the pause."""
+        now = self._clock()
+        pause = min(MAX_THROTTLE_PAUSE, retry_after if retry_after is not None else 1.0)
+        self.pacer.pause_until(now + pause)
+        rate = self.governor.throttled(now)
+        if rate < self.pacer.rate:
+            self.pacer.set_rate(rate)
+        return pause
+
+    def reconfigure(self, requests_per_second: float) -> float:
+        """A new configured rate (SIGHUP); the window keeps its history. Returns the rate now in force."""
+        rate = requests_per_second * PACE_HEADROOM
+        self.governor.reconfigure(rate)
+        self.pacer.set_rate(self.governor.rate)
+        self.window.resize(self._window_limit(rate))
+        return self.pacer.rate

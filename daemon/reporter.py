@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from daemon.ledger import FileInfo, Ledger
+from daemon.names import NAME_MAX, first_free, fit_name
 from daemon.states import ERROR_ROW_STATUSES, Outcome, RowStatus
 
 EXCEL_TRIGGERS = ("=", "+", "-", "@")  # a cell starting with one of these is a formula to Excel
@@ -39,15 +40,21 @@ def names_for(base: str) -> ReportNames:
     return ReportNames(f"{base}.summary.json", f"{base}.report.csv", f"{base}.rejected.csv")
 
 
+LONGEST_REPORT_SUFFIX = "-9999999.rejected.csv"  # what a report stem must leave room for in a 255-byte name
+
+
 def choose_base(outbox: Path, stem: str) -> str:
-    """The first of `stem`, `stem-2`, `stem-3`... under which no report exists yet: nothing is ever overwritten."""
-    n = 1
-    while True:
-        base = stem if n == 1 else f"{stem}-{n}"
+    """The first of `stem`, `stem-2`, `stem-3`... under which no report exists yet: nothing is ever overwritten.
+
+    A stem too long to take the report suffixes within the file system's name limit is shortened.
+    """
+    short = fit_name("", stem, "", limit=NAME_MAX - len(LONGEST_REPORT_SUFFIX))
+
+    def taken(base: str) -> bool:
         names = names_for(base)
-        if not any((outbox / name).exists() for name in (names.summary, names.report, names.rejected)):
-            return base
-        n += 1
+        return any(os.path.lexists(outbox / name) for name in (names.summary, names.report, names.rejected))
+
+    return first_free(taken, short)
 
 
 def excel_safe(value: str) -> str:

@@ -10,7 +10,7 @@ from sqlmodel import Field, SQLModel
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class FileRecord(SQLModel, table=True):
@@ -21,7 +21,7 @@ class FileRecord(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     sha256: str = Field(index=True)
     name: str  # the file's name as dropped
-    path: str  # where it was claimed (in the inbox)
+    path: str  # where it was claimed: inbox/.processing/<id>-<name> (older ledgers: the inbox path itself)
     size: int
     state: str
     outcome: str | None = None  # summary.json's status, once known
@@ -36,6 +36,9 @@ class FileRecord(SQLModel, table=True):
     # Schema 2: the row counts by status, fixed when the file is done, so that `status` need not count millions
     # of rows and the counts outlive `prune`.
     counts: str | None = None
+    # Schema 3. Why its reports could not be written or its input moved (the outbox unmounted, a full disk):
+    # retried with backoff, shown by `status`; cleared once delivered.
+    delivery_error: str | None = None
 
 
 class RowRecord(SQLModel, table=True):
@@ -92,7 +95,7 @@ class BatchRecord(SQLModel, table=True):
     finished_at: str | None = None
     # Schema 2. A batch split to isolate defective items names the batch it came from.
     parent_id: int | None = None
-    interrupted: int = 0  # restarts that caught this batch `sending`: its request had left, its answer was lost
+    interrupted: int = 0  # restarts that caught this batch `sending` (its request may or may not have left)
     # Async jobs: the shared data's hash, the job's reference and task, followed to its end.
     data_hash: str | None = None
     reference: str | None = None
@@ -100,6 +103,8 @@ class BatchRecord(SQLModel, table=True):
     task_state: str | None = None  # the state as the API last named it
     codes_affected: int | None = None
     submitted_at: float | None = None  # epoch seconds; a task older than poll.timeout_seconds is failed
+    # Schema 3. When the task was last asked about: after a restart its age counts up to there, not the downtime.
+    polled_at: float | None = None
 
 
 class CodeRecord(SQLModel, table=True):
@@ -172,7 +177,11 @@ def _run(statements: list[str]) -> Callable[[Connection], None]:
 
 
 # Version N's entry brings a ledger from version N-1 to N; each runs in the same transaction as the version bump.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _run(_V1), 2: _run(_V2)}
+_V3 = [
+    "ALTER TABLE batches ADD COLUMN polled_at FLOAT",
+    "ALTER TABLE files ADD COLUMN delivery_error VARCHAR",
+]
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _run(_V1), 2: _run(_V2), 3: _run(_V3)}
 
 
 class LedgerVersionError(Exception):

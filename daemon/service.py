@@ -6,40 +6,91 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 from pydantic import SecretStr
 
 from daemon import intake
 from daemon.api import ScantrustClient
+from daemon.breaker import CircuitBreaker
 from daemon.config import ConfigError, Settings
-from daemon.folders import deliver, refuse_network_ledger
+from daemon.folders import deliver, refuse_network_ledger, remove_leftover_temps
 from daemon.ledger import Clock, FileInfo, Ledger, utcnow
 from daemon.mounts import MOUNTINFO
 from daemon.notify import Notifier
-from daemon.pacing import Pacer
+from daemon.pacing import Pace
 from daemon.planner import plan
 from daemon.reload import adopt, changes
 from daemon.reporter import outcome_for
-from daemon.retry import RetryPolicy
 from daemon.states import FileState
-from daemon.uploader import Uploader, send_window
-from daemon.watcher import InboxEvents, InboxScanner
+from daemon.uploader import Uploader, policy_from
+from daemon.watcher import EMPTY_GRACE_SECONDS, InboxEvents, InboxScanner
 
 log = structlog.get_logger(__name__)
 
-# Requests are paced 3 % under the configured rate: the API counts arrivals in a rolling second, and the jitter
-# between our clock and its arrival times otherwise lets an 11th request into a second at exactly 10/s.
-PACE_HEADROOM = 0.97
 # The inbox is scanned every watch.rescan_seconds, when a watcher event wakes the loop (at most this often, so
 # a copy that fires thousands of write events does not turn into a busy loop), and when a file is due to settle.
 EVENT_SCAN_GAP = 0.1
 IDLE_WAIT = 0.2  # longest pause of the loop when nothing is in flight
 UNREADABLE_RETRY = 60.0  # seconds before a file that could not be opened (permissions) is tried again
+DELIVERY_RETRY = (5.0, 300.0)  # first and longest wait before writing a file's reports again after a failure
+STEP_RETRY = (1.0, 60.0)  # first and longest wait before a part of the loop runs again after it failed
+STOP_DEADLINE = 120.0  # seconds a graceful stop waits for requests in flight (each is bounded by its timeouts)
 
 
 class TokenRefusedError(Exception):
     """The API refused the token (401/403): uploads stopped, rows left pending."""
+
+
+class ConfigurationPausedError(Exception):
+    """The API said the upload endpoint does not exist (404/405): api.base_url is wrong; rows left pending."""
+
+
+class ProcessClock:
+    """Epoch seconds that advance with the monotonic clock, so that a wall-clock jump inside a process changes
+    no wait, timeout or schedule; anchored to the wall clock when the process starts."""
+
+    def __init__(self, wall: Clock, monotonic: Callable[[], float]) -> None:
+        self._monotonic = monotonic
+        self._origin = wall().timestamp() - monotonic()
+
+    def __call__(self) -> float:
+        return float(self._origin + self._monotonic())
+
+
+@dataclass
+class Backoff:
+    """Retry timing of one thing that keeps failing (a file's delivery, a part of the loop)."""
+
+    first: float
+    longest: float
+    failures: int = 0
+    next_at: float = 0.0
+    error: str = ""
+
+    def failed(self, now: float, error: str) -> float:
+        """Count a failure at `now`; returns the wait before the next try."""
+        self.failures += 1
+        self.error = error
+        wait: float = min(self.longest, self.first * 2.0 ** min(self.failures - 1, 20))
+        self.next_at = now + wait
+        return wait
+
+
+class NullEvents:
+    """No watcher (the simulation, `run --once`): the periodic scan alone finds files."""
+
+    polling = False
+
+    def check(self) -> None:
+        """Nothing to supervise."""
+
+    def stop(self) -> None:
+        """Nothing to stop."""
+
+    def set_ignore(self, ignore: object) -> None:
+        """Nothing to configure."""
 
 
 @dataclass(frozen=True)
@@ -59,54 +110,40 @@ class StepResult:
 
 
 class Service:
-    """The daemon: owns the ledger, the scanner and the uploader, and steps them forward."""
+    """The daemon: owns the ledger, the scanner and the uploader, and steps them forward.
+
+    Built from its parts (`from_settings()` makes the production ones), so that a simulation can run the real
+    loop with a fake clock, an in-process API and a seeded schedule of faults.
+    """
 
     def __init__(
         self,
         settings: Settings,
         *,
+        ledger: Ledger,
+        uploader: Uploader,
+        scanner: InboxScanner,
+        events: InboxEvents | NullEvents | None = None,
         clock: Clock = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
+        idle_wait: Callable[[float], None] | None = None,
         notifier: Notifier | None = None,
         reload_settings: Callable[[], Settings] | None = None,
-        mountinfo: Path = MOUNTINFO,
+        wake: threading.Event | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
         self.monotonic = monotonic
-        refuse_network_ledger(settings.paths.ledger, mountinfo)
-        self.ledger = Ledger(settings.paths.ledger, clock=clock)
-        api = settings.api
-        self.pacer: Pacer | None = Pacer(api.requests_per_second * PACE_HEADROOM)  # SIGHUP may change its rate
-        client = ScantrustClient(
-            api.base_url,
-            SecretStr(api.require_token()),
-            connect_timeout=api.connect_timeout,
-            read_timeout=api.read_timeout,
-            pool_size=api.max_in_flight,
-        )
-        retry = settings.retry
-        self.uploader = Uploader(
-            self.ledger,
-            client,
-            RetryPolicy(retry.max_attempts, retry.base_delay_seconds, retry.max_delay_seconds),
-            settings.poll,
-            workers=api.max_in_flight,
-            pacer=self.pacer,
-            breaker_failures=retry.breaker_failures,
-            breaker_cooldown=retry.breaker_cooldown_seconds,
-            token_source=self._current_token,
-            monotonic=monotonic,
-        )
-        self.scanner = InboxScanner(
-            settings.paths.inbox, settle_seconds=settings.watch.settle_seconds, ignore=settings.watch.ignore
-        )
+        self.epoch_clock = ProcessClock(clock, monotonic)
+        self.ledger = ledger
+        self.uploader = uploader
+        self.scanner = scanner
         self.stop_event = threading.Event()
         # Set by watcher events (and by a file that must be looked at again); the idle loop waits on it. Signal
         # handlers never touch it: Event.set() from a handler can deadlock on the lock the main thread holds.
-        self.wake = threading.Event()
-        watch = settings.watch
-        self.events = InboxEvents(settings.paths.inbox, self.wake, polling=watch.polling, ignore=watch.ignore)
+        self.wake = wake or threading.Event()
+        self.events: InboxEvents | NullEvents = events or NullEvents()
+        self.idle_wait = idle_wait or self._wait_for_wake
         self.notifier = notifier or Notifier(None)
         self.reload_settings = reload_settings
         self.reload_requested = False  # set by SIGHUP's handler; the loop re-reads the configuration
@@ -117,6 +154,73 @@ class Service:
         self._blocked: set[int] = set()  # files with rows waiting on an earlier file's open row for the same code
         self._active: set[int] = set()  # active files this process knows; others were reopened by `retry`
         self._unreadable: dict[str, float] = {}  # inbox paths that could not be opened, and when to try again
+        self._delivery: dict[int, Backoff] = {}  # files whose reports could not be written or input not moved
+        self._parts: dict[str, Backoff] = {}  # parts of the loop that failed, and when they run again
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        once: bool = False,
+        notifier: Notifier | None = None,
+        reload_settings: Callable[[], Settings] | None = None,
+        mountinfo: Path = MOUNTINFO,
+        token_renewable: bool = True,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> "Service":
+        """The production service: SQLite ledger, HTTP client, worker threads, inotify or polling watcher."""
+        refuse_network_ledger(settings.paths.ledger, mountinfo)
+        ledger = Ledger(settings.paths.ledger)
+        api, retry = settings.api, settings.retry
+        client = ScantrustClient(
+            api.base_url,
+            SecretStr(api.require_token()),
+            connect_timeout=api.connect_timeout,
+            read_timeout=api.read_timeout,
+            pool_size=api.max_in_flight,
+        )
+        service: Service
+
+        def token_source() -> SecretStr | None:
+            return service._current_token()
+
+        uploader = Uploader(
+            ledger,
+            client,
+            policy_from(settings),
+            workers=api.max_in_flight,
+            pace=Pace(api.requests_per_second, clock=monotonic),
+            # run --once must end within its retry budget: no cool-downs on top of it.
+            breaker=CircuitBreaker(
+                threshold=retry.breaker_failures if not once else 2**31,
+                cooldown=retry.breaker_cooldown_seconds,
+            ),
+            token_source=token_source,
+            token_renewable=token_renewable,
+            monotonic=monotonic,
+        )
+        watch = settings.watch
+        scanner = InboxScanner(
+            settings.paths.inbox,
+            settle_seconds=watch.settle_seconds,
+            ignore=watch.ignore,
+            empty_grace=0.0 if once else EMPTY_GRACE_SECONDS,
+        )
+        wake = threading.Event()
+        events = None if once else InboxEvents(settings.paths.inbox, wake, polling=watch.polling, ignore=watch.ignore)
+        service = cls(
+            settings,
+            ledger=ledger,
+            uploader=uploader,
+            scanner=scanner,
+            events=events,
+            notifier=notifier,
+            reload_settings=reload_settings,
+            wake=wake,
+            monotonic=monotonic,
+        )
+        return service
 
     def _current_token(self) -> SecretStr | None:
         """The token as the configuration gives it now (the credential file may have been renewed)."""
@@ -129,40 +233,89 @@ class Service:
             return None
 
     def epoch(self) -> float:
-        """The injected clock as epoch seconds (the unit of batches' next_attempt_at)."""
-        return self.clock().timestamp()
+        """Epoch seconds on the process clock (the unit of batches' next_attempt_at); immune to wall-clock jumps."""
+        return self.epoch_clock()
+
+    def longest_wait(self) -> float:
+        """The longest wait any schedule in the ledger can legitimately hold (for clamping after a clock jump)."""
+        retry, poll = self.settings.retry, self.settings.poll
+        return max(retry.max_delay_seconds, retry.max_server_wait_seconds, poll.max_interval_seconds, 60.0)
 
     def recover(self) -> None:
-        """Make the ledger consistent after a crash: re-take half-read files, re-queue batches caught sending."""
-        restarted = intake.discard_partial(self.ledger)
-        counts = self.ledger.recover()
+        """Make the ledger consistent after a crash: re-read claimed files, re-queue batches caught sending."""
+        now = self.epoch()
+        counts = self.ledger.recover(now, longest_wait=self.longest_wait())
+        temps = remove_leftover_temps(self.settings.paths.outbox)
+        resumed = intake.resume_claims(self.ledger)
+        inbox = self.settings.paths.inbox
+        try:
+            orphans = intake.return_orphans(inbox, self.ledger)
+        except OSError as exc:
+            orphans = 0
+            log.error("processing_folder_unreadable", inbox=str(inbox), error=str(exc))
+        for file_id, claimed in resumed:
+            self._read(file_id, claimed)
         self._to_plan = {f.id for f in self.ledger.files([FileState.ACTIVE])}
-        log.info("ledger_recovered", files_retaken=restarted, **counts, active_files=len(self._to_plan))
+        log.info(
+            "ledger_recovered",
+            files_reread=len(resumed),
+            orphans_returned=orphans,
+            temp_reports_removed=temps,
+            **counts,
+            active_files=len(self._to_plan),
+        )
 
     # --- one step --------------------------------------------------------------------------------------------
 
     def step(self, *, wait: float = 0.0) -> StepResult:
-        """One pass: scan when due, take settled files, plan, send due batches, record answers, finish files."""
+        """One pass: scan when due, take settled files, plan, send due batches, record answers, finish files.
+
+        Each part runs inside its own error boundary: a part that fails (a full disk under the ledger, a folder
+        gone) is logged, shown in `status`, and tried again after a backoff while the other parts go on.
+        """
         now = self.monotonic()
-        taken = 0
-        if self._scan_due(now) and not self.stop_event.is_set():
-            self.wake.clear()
-            self._last_scan = now
-            taken = self._take_settled(now)
-            settling = self.scanner.next_check()
-            self._next_scan = min(now + self.settings.watch.rescan_seconds, math.inf if settling is None else settling)
-        planned = self._plan()
-        sent = 0 if self.stop_event.is_set() else self.uploader.dispatch(self.epoch())
+        taken = self._guarded("take", self._take_if_due, now, default=0)
+        planned = self._guarded("plan", self._plan, default=0)
+        sent = 0 if self.stop_event.is_set() else self._guarded("send", self.uploader.dispatch, self.epoch(), default=0)
         timeout = wait if self.uploader.busy else 0.0
         if self.uploader.paced_until is not None:  # answers may wait; the next paced slot may not
             timeout = min(timeout, max(0.0, self.uploader.paced_until - self.monotonic()))
-        answered = self.uploader.collect(timeout, self.epoch)
-        finished = self._finish_files()
+        answered = self._guarded("record", self.uploader.collect, timeout, self.epoch, default=0)
+        finished = self._guarded("finish", self._finish_files, default=0)
         if self._blocked and (answered or planned or finished):
             # Progress elsewhere may have closed the earlier row that a blocked row was waiting on.
             self._to_plan |= self._blocked
             self._blocked.clear()
         return StepResult(taken, planned, sent, answered, finished)
+
+    def _guarded(self, part: str, fn: Callable[..., int], *args: Any, default: int) -> int:
+        """Run one part of the step unless it is backing off after a failure; a failure never ends the loop."""
+        backoff = self._parts.get(part)
+        now = self.monotonic()
+        if backoff is not None and now < backoff.next_at:
+            return default
+        try:
+            result = fn(*args)
+        except Exception as exc:
+            backoff = self._parts.setdefault(part, Backoff(*STEP_RETRY))
+            error = f"{type(exc).__name__}: {exc}"
+            wait = backoff.failed(now, error)
+            log.error("step_failed", part=part, error=error, retry_in=wait, failures=backoff.failures)
+            return default
+        if backoff is not None:
+            log.info("step_recovered", part=part, after_failures=backoff.failures)
+            del self._parts[part]
+        return result
+
+    def _take_if_due(self, now: float) -> int:
+        if not self._scan_due(now) or self.stop_event.is_set():
+            return 0
+        self.wake.clear()
+        self._last_scan = now
+        taken = self._take_settled(now)
+        settling = self.scanner.next_check()
+        self._next_scan = min(now + self.settings.watch.rescan_seconds, math.inf if settling is None else settling)
+        return taken
 
     def _take_settled(self, now: float) -> int:
         claimed = {f.path for f in self.ledger.files([FileState.RECEIVED, FileState.ACTIVE, FileState.REPORTING])}
@@ -173,22 +326,50 @@ class Service:
                 continue
             self.scanner.taken(path)
             try:
-                file_id = intake.take(path, self.ledger, self.settings)
-            except FileNotFoundError:
-                log.info("file_vanished", file=path.name)
+                file_id, claimed_path = intake.claim(path, self.ledger, self.settings)
+            except intake.Vanished:
+                log.info("file_vanished", file=path.name, note="taken afresh if it comes back")
                 continue
             except OSError as exc:
-                # E.g. no read permission yet: not the file's content, so no report; looked at again later.
+                # E.g. no permission to rename it: not the file's content, so no report; looked at again later.
                 self._unreadable[str(path)] = now + UNREADABLE_RETRY
-                log.warning("file_not_readable", file=path.name, error=str(exc), retry_in=UNREADABLE_RETRY)
+                log.warning("file_not_claimable", file=path.name, error=str(exc), retry_in=UNREADABLE_RETRY)
                 continue
-            self._unreadable.pop(str(path), None)
-            if file_id is not None:
-                self._to_plan.add(file_id)
+            if self._read(file_id, claimed_path):
                 taken += 1
-            else:
-                self.wake.set()  # it changed while being read: look again soon, so it settles anew
         return taken
+
+    def _read(self, file_id: int, claimed: Path) -> bool:
+        """Read a claimed file into the ledger; False when it vanished or changed meanwhile (claim released)."""
+        name = self.ledger.file(file_id).name
+        try:
+            done = intake.read(file_id, claimed, self.ledger, self.settings)
+        except intake.Vanished:
+            log.warning("file_vanished", file=name, file_id=file_id, note="claim released; taken afresh if it returns")
+            return False
+        except OSError as exc:
+            # E.g. no read permission yet: not the file's content, so no report; back to the inbox, tried later.
+            self.ledger.forget_file(file_id)
+            back = self._put_back(claimed, name)
+            if back is not None:
+                self._unreadable[str(back)] = self.monotonic() + UNREADABLE_RETRY
+            log.warning("file_not_readable", file=name, error=str(exc), retry_in=UNREADABLE_RETRY)
+            return False
+        if done is None:  # it changed while being read: back into the inbox, to settle anew
+            self._put_back(claimed, name)
+            self.wake.set()
+            return False
+        self._to_plan.add(file_id)
+        return True
+
+    def _put_back(self, claimed: Path, name: str) -> Path | None:
+        try:
+            back = intake.put_back(claimed, self.settings.paths.inbox, name)
+        except OSError as exc:
+            log.error("file_not_returned", file=name, path=str(claimed), error=str(exc))
+            return None
+        log.info("file_returned", file=name, moved_to=str(back))
+        return back
 
     def _scan_due(self, now: float) -> bool:
         return now >= self._next_scan or (self.wake.is_set() and now >= self._last_scan + EVENT_SCAN_GAP)
@@ -228,6 +409,7 @@ class Service:
 
     def _finish_files(self) -> int:
         finished = 0
+        now = self.monotonic()
         for f in self.ledger.files([FileState.ACTIVE, FileState.REPORTING]):
             if f.state is FileState.ACTIVE:
                 if f.id not in self._active:
@@ -236,16 +418,28 @@ class Service:
                     continue
                 if f.id in self._to_plan or f.id in self._blocked or self.ledger.has_open_rows(f.id):
                     continue
-                self.ledger.transition_file(
-                    f.id, FileState.REPORTING, outcome=outcome_for(self.ledger.row_counts(f.id))
-                )
-            self._report_and_move(self.ledger.file(f.id))
-            finished += 1
+                counts = self.ledger.row_counts(f.id)
+                self.ledger.transition_file(f.id, FileState.REPORTING, outcome=outcome_for(counts))
+            backoff = self._delivery.get(f.id)
+            if backoff is not None and now < backoff.next_at:
+                continue
+            if self._report_and_move(self.ledger.file(f.id), now):
+                finished += 1
         return finished
 
-    def _report_and_move(self, f: FileInfo) -> None:
-        names, target = deliver(self.ledger, f, self.settings.paths)
-        self.ledger.transition_file(f.id, FileState.DONE)
+    def _report_and_move(self, f: FileInfo, now: float) -> bool:
+        """Deliver one file; on a file-system error it stays `reporting` and is tried again with backoff."""
+        try:
+            names, target = deliver(self.ledger, f, self.settings.paths)
+        except OSError as exc:
+            backoff = self._delivery.setdefault(f.id, Backoff(*DELIVERY_RETRY))
+            error = f"reports of {f.name} not delivered: {exc.strerror or exc} ({exc.filename or ''})"
+            wait = backoff.failed(now, error)
+            self.ledger.set_file(f.id, delivery_error=error)
+            log.error("delivery_failed", file=f.name, file_id=f.id, error=error, retry_in=wait)
+            return False
+        self.ledger.transition_file(f.id, FileState.DONE, delivery_error=None)
+        self._delivery.pop(f.id, None)
         self._active.discard(f.id)
         counts = {str(k): v for k, v in self.ledger.row_counts(f.id).items()}
         log.info(
@@ -257,6 +451,7 @@ class Service:
             moved_to=str(target),
             **counts,
         )
+        return True
 
     # --- loops -----------------------------------------------------------------------------------------------
 
@@ -265,52 +460,74 @@ class Service:
         open_files = self.ledger.files([FileState.RECEIVED, FileState.ACTIVE, FileState.REPORTING])
         return not open_files and not self.uploader.busy and self.scanner.waiting == 0
 
+    def turn(self, *, once: bool = False) -> bool:
+        """One turn of the service loop; False when the loop should end (`once` and nothing left to do).
+
+        Raises TokenRefusedError or ConfigurationPausedError in `once` mode, after recording what was in flight.
+        """
+        if self.reload_requested:
+            self.reload()
+        result = self.step(wait=IDLE_WAIT)
+        pause = self.uploader.pause
+        if pause is not None and once:
+            self.uploader.drain(self.epoch, deadline=self.monotonic() + STOP_DEADLINE)
+            self._guarded("finish", self._finish_files, default=0)
+            if pause.cause == "token":
+                raise TokenRefusedError(pause.reason)  # the service waits instead; --once cannot
+            raise ConfigurationPausedError(pause.reason)
+        self.notifier.alive()  # only a loop that turns pings the watchdog
+        self._report_status()
+        if once and not result.busy and self.idle():
+            return False
+        self.events.check()
+        if not result.busy and not self.uploader.busy:
+            self.idle_wait(self._idle_wait())
+        return True
+
     def run(self, *, once: bool = False) -> None:
         """Step until stopped (or, with once, until the inbox and the ledger hold no unfinished work)."""
         self.recover()
         try:
-            if not once:
-                self.events.check()  # starts the observer
+            self.events.check()  # starts the observer
             self.notifier.ready(f"ready: watching {self.settings.paths.inbox}")
-            while not self.stop_event.is_set():
-                if self.reload_requested:
-                    self.reload()
-                result = self.step(wait=IDLE_WAIT)
-                if self.uploader.token_refused and once:
-                    raise TokenRefusedError(self.uploader.token_refused)  # the service waits instead; --once cannot
-                self.notifier.alive()  # only a loop that turns pings the watchdog
-                self._report_status()
-                if once and not result.busy and self.idle():
-                    break
-                if not once:
-                    self.events.check()
-                if not result.busy and not self.uploader.busy:
-                    self._idle()
-            in_flight = len(self.uploader.inflight)
-            self.notifier.stopping(f"stopping: waiting for {in_flight} request(s) in flight")
-            log.info("stopping", in_flight=in_flight)
-            self.uploader.drain(self.epoch)
-            self._finish_files()
+            while not self.stop_event.is_set() and self.turn(once=once):
+                pass
+            self.shutdown()
         finally:
             self.events.stop()
             self.uploader.close()
             self.ledger.close()
 
-    def _idle(self) -> None:
-        timeout = self._idle_wait()
+    def shutdown(self) -> None:
+        """Record every answer in flight and deliver what is final (a graceful stop, or the end of --once)."""
+        in_flight = len(self.uploader.inflight)
+        self.notifier.stopping(f"stopping: waiting for {in_flight} request(s) in flight")
+        log.info("stopping", in_flight=in_flight)
+        self.uploader.drain(self.epoch, deadline=self.monotonic() + STOP_DEADLINE)
+        self._guarded("finish", self._finish_files, default=0)
+
+    def _wait_for_wake(self, timeout: float) -> None:
         if self.wake.is_set():
             time.sleep(timeout)  # an event came too soon after the last scan: wait out the gap, do not spin
         else:
             self.wake.wait(timeout)
 
     def _idle_wait(self) -> float:
+        return min(IDLE_WAIT, self.next_wake())
+
+    def next_wake(self) -> float:
+        """Seconds until the loop has something to do (a due batch, a scan, a retry), if nothing wakes it before."""
         due = self.ledger.next_due()
-        until_due = max(0.0, due - self.epoch()) if due is not None else IDLE_WAIT
+        until_due = max(0.0, due - self.epoch()) if due is not None else math.inf
         held = self.uploader.held_until()  # due batches that cannot go yet must not make the loop spin
         if held is not None:
             until_due = max(until_due, held - self.monotonic())
         next_scan = min(self._next_scan, self._last_scan + EVENT_SCAN_GAP if self.wake.is_set() else math.inf)
-        return min(IDLE_WAIT, until_due, max(0.0, next_scan - self.monotonic()))
+        waits = [until_due, max(0.0, next_scan - self.monotonic())]
+        waits += [max(0.0, b.next_at - self.monotonic()) for b in (*self._delivery.values(), *self._parts.values())]
+        if self.uploader.pause is not None and self.uploader.pause.cause == "token":
+            waits.append(max(0.0, self.uploader.next_token_check - self.epoch()))
+        return min(waits)
 
     def _report_status(self) -> None:
         now = self.monotonic()
@@ -324,11 +541,14 @@ class Service:
             text = f"idle: watching {self.settings.paths.inbox}"
         if self.scanner.waiting:
             text += f", {self.scanner.waiting} file(s) settling"
-        if self.uploader.token_refused:
-            text = (
-                "uploads paused: the API refused the token; renew it (checked every few minutes, and on SIGHUP). "
-                + text
-            )
+        problems = [b.error for b in self._delivery.values()] + [f"{p}: {b.error}" for p, b in self._parts.items()]
+        if problems:
+            text = f"PROBLEM: {problems[0]} (retried). " + text
+        pause = self.uploader.pause
+        if pause is not None and pause.cause == "token":
+            text = "uploads paused: the API refused the token; renew it. " + text
+        elif pause is not None:
+            text = f"uploads paused: configuration problem ({pause.reason}). " + text
         elif self.uploader.breaker.is_open:
             text = "uploads paused for a while after repeated API failures. " + text
         self.notifier.status(text)
@@ -347,19 +567,14 @@ class Service:
             return
         diff = changes(self.settings, new)
         self.settings = adopt(self.settings, new)
-        watch, retry = self.settings.watch, self.settings.retry
+        watch = self.settings.watch
         self.scanner.settle_seconds, self.scanner.ignore = watch.settle_seconds, list(watch.ignore)
         self.events.set_ignore(watch.ignore)
-        if watch.polling != self.events.polling:
+        if isinstance(self.events, InboxEvents) and watch.polling != self.events.polling:
             self.events.stop()
-            self.events.polling = watch.polling  # check() below starts the other kind
-        self.uploader.policy = RetryPolicy(retry.max_attempts, retry.base_delay_seconds, retry.max_delay_seconds)
-        if self.pacer is not None:
-            self.pacer.set_rate(self.settings.api.requests_per_second * PACE_HEADROOM)
-            if self.uploader.governor is not None:
-                self.uploader.governor.reconfigure(self.pacer.rate)
-            self.uploader.window = send_window(self.pacer.rate)
-        self.uploader.recheck_token_now()  # the token may have been renewed along with the configuration
+            self.events.polling = watch.polling  # check() starts the other kind
+        self.uploader.reconfigure(self.settings)  # the pace keeps its window's history
+        self._parts.clear()  # a fixed configuration may have cured a failing part: try everything again now
         self._next_scan = 0.0  # new ignore patterns or settle time: look at the inbox again now
         log.info("config_reloaded", applied=list(diff.live))
         if diff.need_restart:

@@ -1,39 +1,93 @@
-"""Uploader: sends due batches and polls async tasks through a pool of HTTP workers, recording every outcome."""
+"""Uploader: sends due batches and polls async tasks through a pool of HTTP workers, and applies every decision."""
 
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from pydantic import SecretStr
 
-from daemon.api import ApiError, ErrorKind, ScantrustClient, SyncResult, TaskState, TaskStatus, classify
-from daemon.breaker import CircuitBreaker, ThrottleGovernor
-from daemon.config import PollSettings
-from daemon.errors import HTTPStatusError, Rejected, Throttled, TransportError
+from daemon.api import ScantrustClient
+from daemon.breaker import CircuitBreaker
+from daemon.config import Settings
+from daemon.decide import (
+    Attempt,
+    Decision,
+    FailRows,
+    Health,
+    PauseForConfiguration,
+    PauseForToken,
+    Policy,
+    PollAgain,
+    RequestKind,
+    Requeue,
+    Split,
+    SyncDone,
+    TaskComplete,
+    TaskCreated,
+    TokenAccepted,
+    TokenStillRefused,
+    decide,
+)
+from daemon.errors import ApiError, ProtocolError
 from daemon.ledger import UPLOADS_PAUSED, BatchInfo, Ledger
 from daemon.normalize import Layout, scm_data
-from daemon.pacing import Pacer, PacerClosed, SendWindow
+from daemon.pacing import Pace
 from daemon.retry import RetryPolicy
-from daemon.states import BatchState, RowStatus
+from daemon.states import BatchState
 
 log = structlog.get_logger(__name__)
 
-MISSING_TASK_POLLS = 3  # a task that answers 404 this many times in a row is given up
-MAX_THROTTLE_PAUSE = 60.0  # seconds: a 429's announced wait is honoured up to this
 TOKEN_RECHECK_SECONDS = 180.0  # while the token is refused, ask GET /me/ this often
-SPLIT_AFTER_TIMEOUTS = 2  # a batch that timed out this many times in a row is cut in halves
-API_RATE_LIMIT = 10  # SCM updates per second per account (API.md)
-SEND_WINDOW = 1.05  # seconds: the rolling window in which at most max(API_RATE_LIMIT, pace) requests leave
 
 
-def send_window(rate: float) -> SendWindow:
-    """The guard on actual departures for a pace: the API's limit, or the pace itself when configured higher."""
-    return SendWindow(max(API_RATE_LIMIT, math.ceil(rate)), SEND_WINDOW)
+class Runner(Protocol):
+    """Where requests run: worker threads in production, the simulation's clock in tests."""
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        """Start fn(*args); its future completes with the answer."""
+
+    def wait(self, futures: Collection[Future[Any]], timeout: float) -> set[Future[Any]]:
+        """Wait up to `timeout` seconds for at least one of `futures`; the done ones."""
+
+    def shutdown(self) -> None:
+        """Wait for what runs and stop."""
+
+
+class ThreadRunner:
+    """A pool of worker threads (HTTP is blocking I/O; the ledger is written only from the caller's thread)."""
+
+    def __init__(self, workers: int) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload")
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        """Start fn(*args) in a worker."""
+        return self.pool.submit(fn, *args)
+
+    def wait(self, futures: Collection[Future[Any]], timeout: float) -> set[Future[Any]]:
+        """Wait for the first answer, up to `timeout` seconds."""
+        done, _ = wait(futures, timeout=timeout, return_when=FIRST_COMPLETED)
+        return done
+
+    def shutdown(self) -> None:
+        """Wait for the workers."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def policy_from(settings: Settings) -> Policy:
+    """The decision policy the settings give."""
+    retry, poll = settings.retry, settings.poll
+    return Policy(
+        retry=RetryPolicy(retry.max_attempts, retry.base_delay_seconds, retry.max_delay_seconds),
+        poll_interval=poll.interval_seconds,
+        poll_max_interval=poll.max_interval_seconds,
+        poll_timeout=poll.timeout_seconds,
+        max_server_wait=retry.max_server_wait_seconds,
+    )
 
 
 @dataclass(frozen=True)
@@ -48,31 +102,23 @@ class FileContext:
 
 @dataclass(frozen=True)
 class Work:
-    """A request in a worker's hands: a sync upload, an async submission, or a task poll."""
+    """A request in a worker's hands."""
 
-    kind: str  # upload | submit | poll | token
+    kind: RequestKind
     batch: BatchInfo | None
     file: FileContext | None
     keys: tuple[str, ...] = ()
     lines: tuple[int, ...] = ()
+    trial: bool = False  # the circuit breaker's half-open trial
+    task_age: float = 0.0  # polls: seconds since the task was created, at the time of the request
 
 
-def timed_out(exc: ApiError) -> bool:
-    """Whether a failure was a timeout: no answer within the read timeout, or the API's own 504."""
-    if isinstance(exc, HTTPStatusError):
-        return exc.status == 504
-    return isinstance(exc, TransportError) and "timeout" in str(exc).lower()
+@dataclass(frozen=True)
+class Pause:
+    """Why nothing is uploaded right now, until the cause is fixed."""
 
-
-def halves(lines: tuple[int, ...]) -> list[tuple[int, ...]]:
-    """A batch's rows in two halves, in row order."""
-    middle = len(lines) // 2
-    return [lines[:middle], lines[middle:]]
-
-
-def next_poll_delay(elapsed: float, poll: PollSettings) -> float:
-    """Wait about half the task's age before asking again: quick at first, backing off to max_interval_seconds."""
-    return min(poll.max_interval_seconds, max(poll.interval_seconds, elapsed / 2))
+    cause: str  # token | configuration
+    reason: str
 
 
 class Uploader:
@@ -82,47 +128,76 @@ class Uploader:
         self,
         ledger: Ledger,
         client: ScantrustClient,
-        policy: RetryPolicy,
-        poll: PollSettings,
+        policy: Policy,
         *,
         workers: int,
-        pacer: Pacer | None = None,
-        breaker_failures: int = 10,
-        breaker_cooldown: float = 30.0,
+        pace: Pace,
+        breaker: CircuitBreaker,
+        runner: Runner | None = None,
         token_source: Callable[[], SecretStr | None] | None = None,
+        token_renewable: bool = True,
         monotonic: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.ledger = ledger
         self.client = client
         self.policy = policy
-        self.poll = poll
         self.workers = workers
-        self.pacer = pacer
+        self.pace = pace
+        self.breaker = breaker
+        self.runner: Runner = runner or ThreadRunner(workers)
         self.monotonic = monotonic
         self.rand = rand
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload")
         self.inflight: dict[Future[Any], Work] = {}
-        self.token_refused: str | None = None  # the API's words when it refused the token
-        self.governor = ThrottleGovernor(pacer.rate) if pacer is not None else None
-        self.window = send_window(pacer.rate) if pacer is not None else None
-        self.breaker = CircuitBreaker(threshold=breaker_failures, cooldown=breaker_cooldown)
+        self.pause: Pause | None = None
         self.token_source = token_source  # the token as configured now: a renewed one is picked up at a re-check
-        self.paced_until: float | None = None  # when the pacer's next slot is free, if a due upload waits for it
+        self.token_renewable = token_renewable  # False when it came from the environment (needs a restart)
+        self.paced_until: float | None = None  # when the pace's next slot is free, if a due upload waits for it
         self._next_token_check = 0.0
         self._files: dict[int, FileContext] = {}
+        self._unrecorded: list[tuple[Future[Any], Work]] = []  # answers whose recording failed: tried again
+        self._unknown_states: set[str] = set()
+        self.gave_up_rows = 0  # rows failed because the API kept failing beyond the retry budget
+
+    @property
+    def token_refused(self) -> str | None:
+        """The API's words when it refused the token, if it did."""
+        return self.pause.reason if self.pause is not None and self.pause.cause == "token" else None
 
     def held_until(self) -> float | None:
-        """Monotonic time before which due uploads cannot start (pace, breaker); inf while the token is refused."""
-        if self.token_refused:
+        """Monotonic time before which due uploads cannot start (pace, breaker); inf while paused."""
+        if self.pause is not None:
             return math.inf
         times = [t for t in (self.paced_until, self.breaker.open_until) if t is not None]
         return max(times) if times else None
 
     @property
+    def next_token_check(self) -> float:
+        """Epoch time of the next GET /me/ while the token is refused."""
+        return self._next_token_check
+
+    @property
     def busy(self) -> bool:
-        """Whether any request is in flight."""
-        return bool(self.inflight)
+        """Whether any request is in flight (or an answer waits to be recorded)."""
+        return bool(self.inflight or self._unrecorded)
+
+    def reconfigure(self, settings: Settings) -> list[str]:
+        """Take over what SIGHUP may change (rate, retry and poll policy, breaker); the names applied."""
+        self.policy = policy_from(settings)
+        rate = self.pace.reconfigure(settings.api.requests_per_second)
+        self.breaker.threshold = settings.retry.breaker_failures
+        self.breaker.cooldown = settings.retry.breaker_cooldown_seconds
+        if self.pause is not None:
+            # The token or the base URL may have been fixed with the configuration: ask again now.
+            self._next_token_check = 0.0
+            if self.pause.cause == "configuration":
+                self._set_pause(None)
+        log.info("pace_set", requests_per_second=round(rate, 2))
+        return ["api.requests_per_second", "retry", "poll"]
+
+    def recheck_token_now(self) -> None:
+        """Check a refused token at the next dispatch (after SIGHUP, when it may have been renewed)."""
+        self._next_token_check = 0.0
 
     def _file(self, file_id: int) -> FileContext:
         if file_id not in self._files:
@@ -137,264 +212,219 @@ class Uploader:
     def dispatch(self, now: float) -> int:
         """Start as many due uploads and task polls as there are free workers; returns how many started."""
         self.paced_until = None
-        if self.token_refused:
-            return self._check_token(now)
+        if self.pause is not None:
+            return self._check_token(now) if self.pause.cause == "token" else 0
         mono = self.monotonic()
-        if self.governor is not None and self.pacer is not None and (rate := self.governor.tick(mono)) is not None:
-            self.pacer.set_rate(rate)
-            log.info("pace_restored", requests_per_second=round(rate, 2))
         free = self.workers - len(self.inflight)
         allowed = self.breaker.allows(mono)
         if allowed is not None:
             free = min(free, allowed)
         busy = {w.batch.id for w in self.inflight.values() if w.batch is not None}
-        due = self.ledger.due_batches(now, free, exclude=busy)
-        if due:
-            self.breaker.started(mono)
         started = 0
-        for queued in due:
+        for queued in self.ledger.due_batches(now, free, exclude=busy):
             file = self._file(queued.file_id)
             if queued.state is BatchState.SUBMITTED:
                 assert queued.task_id is not None
-                self._submit(Work("poll", queued, file), self.client.task, queued.task_id)  # polls are not paced
+                age = max(0.0, now - (queued.submitted_at if queued.submitted_at is not None else now))
+                work = Work(RequestKind.TASK_POLL, queued, file, trial=self.breaker.started(mono), task_age=age)
+                self._submit(work, self.client.task, queued.task_id)  # polls are not paced (another scope)
                 started += 1
                 continue
             # Paced here, not in the worker: `sending` is committed only when the request can leave at once, so a
             # crash almost never catches a batch whose request had not gone out (it would be sent once more).
-            if self.pacer is not None and not self.pacer.try_acquire():
-                self.paced_until = self.pacer.next_free()
+            if not self.pace.try_acquire():
+                self.paced_until = self.pace.next_free()
                 continue
             started += 1
             batch, rows = self.ledger.start_sending(queued.id)  # committed before the request exists
             keys = tuple(key for _, key, _ in rows)
             lines = tuple(line for line, _, _ in rows)
+            trial = self.breaker.started(mono)
             if batch.kind == "async":
                 data = scm_data(rows[0][2], file.layout, clear_empty=file.clear_empty)
                 assert batch.reference is not None
+                work = Work(RequestKind.ASYNC_SUBMIT, batch, file, keys, lines, trial=trial)
                 self._submit(
-                    Work("submit", batch, file, keys, lines),
-                    self._send,
-                    self.client.upload_async,
-                    file.data_key,
-                    list(keys),
-                    data,
-                    batch.reference,
+                    work, self._send, self.client.upload_async, file.data_key, list(keys), data, batch.reference
                 )
             else:
                 items = [
                     {file.data_key: key, **scm_data(cells, file.layout, clear_empty=file.clear_empty)}
                     for _, key, cells in rows
                 ]
-                self._submit(
-                    Work("upload", batch, file, keys, lines), self._send, self.client.upload_sync, file.data_key, items
-                )
+                work = Work(RequestKind.SYNC_UPLOAD, batch, file, keys, lines, trial=trial)
+                self._submit(work, self._send, self.client.upload_sync, file.data_key, items)
         return started
 
     def _check_token(self, now: float) -> int:
         """While the token is refused: ask GET /me/ every few minutes, one request at a time."""
-        if now < self._next_token_check or any(w.kind == "token" for w in self.inflight.values()):
+        if now < self._next_token_check or any(w.kind is RequestKind.TOKEN_CHECK for w in self.inflight.values()):
             return 0
         self._next_token_check = now + TOKEN_RECHECK_SECONDS
         if self.token_source is not None and (token := self.token_source()) is not None:
             self.client.set_token(token)  # the credential file may hold a renewed one by now
-        self._submit(Work("token", None, None), self.client.me)
+        self._submit(Work(RequestKind.TOKEN_CHECK, None, None), self.client.me)
         return 1
-
-    def _pause(self, reason: str | None) -> None:
-        """Say in the ledger (for `scm-daemon status`) why uploads are paused, or that they are not."""
-        self.ledger.set_meta(UPLOADS_PAUSED, reason)
-
-    def recheck_token_now(self) -> None:
-        """Check a refused token at the next dispatch (after SIGHUP, when it may have been renewed)."""
-        self._next_token_check = 0.0
 
     def _send(self, call: Callable[..., Any], *args: Any) -> Any:
         """In a worker: wait (rarely, briefly) for the rolling window, then make the upload call."""
-        if self.window is not None:
-            self.window.wait_turn()
+        self.pace.wait_turn()
         return call(*args)
 
     def _submit(self, work: Work, call: Callable[..., Any], *args: Any) -> None:
-        self.inflight[self.pool.submit(call, *args)] = work
+        self.inflight[self.runner.submit(call, *args)] = work
 
     def collect(self, timeout: float, now: Callable[[], float]) -> int:
-        """Wait up to `timeout` for answers and record them; returns how many came."""
+        """Wait up to `timeout` for answers and record them; returns how many were recorded."""
+        recorded = 0
+        retry, self._unrecorded = self._unrecorded, []
+        for future, work in retry:
+            recorded += self._record_safely(future, work, now())
         if not self.inflight:
-            return 0
-        done, _ = wait(list(self.inflight), timeout=timeout, return_when=FIRST_COMPLETED)
-        for future in done:
-            self._record(self.inflight.pop(future), future, now())
-        return len(done)
+            return recorded
+        done = self.runner.wait(list(self.inflight), 0.0 if retry else timeout)
+        for future in sorted(done, key=lambda f: _order(self.inflight[f])):
+            recorded += self._record_safely(future, self.inflight.pop(future), now())
+        return recorded
 
-    def drain(self, now: Callable[[], float]) -> None:
+    def _record_safely(self, future: Future[Any], work: Work, now: float) -> int:
+        """Record an answer; if the ledger cannot take it now (disk full, locked), keep it and try again."""
+        try:
+            self._record(work, future, now)
+        except Exception as exc:
+            self._unrecorded.append((future, work))
+            log.error("answer_not_recorded", error=f"{type(exc).__name__}: {exc}", action="tried again shortly")
+            return 0
+        return 1
+
+    def drain(self, now: Callable[[], float], *, deadline: float = math.inf) -> None:
         """Wait for every request in flight (each is bounded by its timeouts) and record the answers."""
-        while self.inflight:
+        while self.busy and self.monotonic() < deadline:
             self.collect(1.0, now)
 
     def close(self) -> None:
-        """Stop the worker threads (after drain)."""
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        """Stop the workers (after drain)."""
+        self.runner.shutdown()
         self.client.close()
 
     # --- answers ---------------------------------------------------------------------------------------------
 
     def _record(self, work: Work, future: Future[Any], now: float) -> None:
-        if work.kind == "token":
-            self._token_checked(future)
+        try:
+            outcome: object = future.result()
+        except ApiError as exc:
+            outcome = exc
+        except Exception as exc:
+            log.error("request_crashed", kind=str(work.kind), error=f"{type(exc).__name__}: {exc}")
+            outcome = ProtocolError(f"the request failed unexpectedly ({type(exc).__name__}: {exc})")
+        batch = work.batch
+        attempt = Attempt(
+            work.kind,
+            lines=work.lines,
+            failures=batch.failures if batch is not None else 0,
+            task_id=batch.task_id if batch is not None else None,
+            task_age=work.task_age,
+        )
+        self.apply(work, decide(attempt, outcome, self.policy, self.rand()), now)
+
+    def apply(self, work: Work, decision: Decision, now: float) -> None:
+        """The one place where a decision changes the ledger, the breaker, the pace and the pause."""
+        self._health(work, decision)
+        bound = log.bind(kind=str(work.kind))
+        if work.file is not None and work.batch is not None:
+            bound = bound.bind(file=work.file.name, batch=work.batch.seq, batch_id=work.batch.id)
+        if decision.throttled is not None:
+            pause = self.pace.throttled(decision.throttled)
+            bound.warning("throttled", pause_seconds=pause, requests_per_second=round(self.pace.rate, 2))
+        if isinstance(decision, TokenAccepted):
+            bound.info("token_accepted", action="uploads resume")
+            self._set_pause(None)
+            return
+        if isinstance(decision, TokenStillRefused):
+            bound.error("token_still_refused", error=decision.reason, next_check_in=TOKEN_RECHECK_SECONDS)
             return
         batch, file = work.batch, work.file
         assert batch is not None
         assert file is not None
-        bound = log.bind(file=file.name, batch=batch.seq, batch_id=batch.id)
-        try:
-            result = future.result()
-        except PacerClosed:
-            # Shutting down before the request left: nothing was sent, so nothing counts against the batch.
-            self.ledger.requeue(batch, at=now, error="not sent: shutting down", ambiguous=False, count_failure=False)
-            return
-        except ApiError as exc:
-            if work.kind == "poll":
-                self._poll_failed(batch, exc, now, bound)
-            else:
-                self._send_failed(work, batch, exc, now, bound)
-            return
-        if self.breaker.success():
-            log.info("sending_resumed", reason="a request succeeded after the pause")
-            self._pause(None)
-        if work.kind == "upload":
-            assert isinstance(result, SyncResult)
-            self.ledger.complete_sync(batch, file.data_key, work.keys, set(result.changed))
-            bound.info("batch_uploaded", rows=batch.size, changed=len(result.changed), attempt=batch.attempts)
-        elif work.kind == "submit":
-            task_id = str(result)
-            poll_at = now + self.poll.interval_seconds
-            self.ledger.submit_task(batch, task_id=task_id, submitted_at=now, poll_at=poll_at)
-            bound.info("task_created", task_id=task_id, rows=batch.size, reference=batch.reference)
+        ledger = self.ledger
+        match decision:
+            case SyncDone(changed=changed):
+                ledger.complete_sync(batch, file.data_key, work.keys, changed)
+                bound.info("batch_uploaded", rows=batch.size, changed=len(changed), attempt=batch.attempts)
+            case TaskCreated(task_id=task_id):
+                ledger.submit_task(batch, task_id=task_id, submitted_at=now, poll_at=now + self.policy.poll_interval)
+                bound.info("task_created", task_id=task_id, rows=batch.size, reference=batch.reference)
+            case TaskComplete(task_state=state, codes_affected=affected):
+                ledger.complete_task(batch, file.data_key, task_state=state, codes_affected=affected)
+                bound.info("task_complete", task_id=batch.task_id, codes_affected=affected, rows=batch.size)
+            case PollAgain(delay=delay, task_state=state, error=error, unknown_state=unknown):
+                if unknown and state is not None and state not in self._unknown_states:
+                    self._unknown_states.add(state)
+                    bound.warning("task_state_unknown", task_id=batch.task_id, state=state[:100])
+                ledger.reschedule_poll(batch, at=now + delay, task_state=state, error=error, polled_at=now)
+                if error is not None:
+                    bound.warning("task_poll_failed", task_id=batch.task_id, error=error, retry_in=round(delay, 3))
+            case Requeue(delay=delay, error=error, ambiguous=ambiguous, count_failure=count):
+                ledger.requeue(batch, at=now + delay, error=error, ambiguous=ambiguous, count_failure=count)
+                bound.warning("batch_retry", error=error, delay=round(delay, 3))
+            case Split(parts=parts, rejected=rejected, ambiguous=ambiguous, reason=reason):
+                ledger.split_batch(batch, parts, rejected=rejected, ambiguous=ambiguous)
+                bound.warning("batch_split", reason=reason, rejected=len(rejected), rows=len(work.lines))
+            case FailRows(status=status, detail=detail, task_state=state, retries_spent=spent):
+                ledger.fail_batch(batch, status=status, detail=detail, task_state=state)
+                self.gave_up_rows += batch.size if spent else 0
+                bound.error("batch_given_up", status=str(status), detail=detail)
+            case PauseForToken(reason=reason):
+                self._paused(work, batch, Pause("token", reason), now, bound)
+            case PauseForConfiguration(reason=reason):
+                self._paused(work, batch, Pause("configuration", reason), now, bound)
+            case _:
+                raise AssertionError(f"no applier for {decision!r}")
+
+    def _paused(self, work: Work, batch: BatchInfo, pause: Pause, now: float, bound: Any) -> None:
+        """Not the batch's fault: it goes back untouched, and every upload pauses until the cause is fixed."""
+        if work.kind is RequestKind.TASK_POLL:
+            self.ledger.reschedule_poll(batch, at=now, task_state=None, error=None, polled_at=None)
         else:
-            assert isinstance(result, TaskStatus)
-            self._polled(batch, file, result, now, bound)
-
-    def _token_checked(self, future: Future[Any]) -> None:
-        try:
-            future.result()
-        except ApiError as exc:
-            log.error("token_still_refused", error=str(exc), next_check_in=TOKEN_RECHECK_SECONDS)
-            return
-        log.info("token_accepted", action="uploads resume")
-        self.token_refused = None
-        self._pause(None)
-
-    def _polled(self, batch: BatchInfo, file: FileContext, status: TaskStatus, now: float, bound: Any) -> None:
-        if status.state is TaskState.COMPLETE:
-            self.ledger.complete_task(
-                batch, file.data_key, task_state=status.raw_state, codes_affected=status.codes_affected
-            )
-            bound.info("task_complete", task_id=batch.task_id, codes_affected=status.codes_affected, rows=batch.size)
-            return
-        if status.state is TaskState.FAILED:
-            detail = f"Scantrust task {batch.task_id} ended in state {status.raw_state!r}"
-            self.ledger.fail_batch(batch, status=RowStatus.FAILED, detail=detail, task_state=status.raw_state)
-            bound.error("task_failed", task_id=batch.task_id, state=status.raw_state)
-            return
-        if status.state is TaskState.UNKNOWN:
-            bound.warning("task_state_unknown", task_id=batch.task_id, state=status.raw_state)
-        elapsed = now - (batch.submitted_at or now)
-        if elapsed > self.poll.timeout_seconds:
-            detail = (
-                f"Scantrust task {batch.task_id} still {status.raw_state!r} after {elapsed:.0f} s "
-                "(poll.timeout_seconds)"
-            )
-            self.ledger.fail_batch(batch, status=RowStatus.FAILED, detail=detail, task_state=status.raw_state)
-            bound.error("task_timed_out", task_id=batch.task_id, state=status.raw_state)
-            return
-        at = now + next_poll_delay(elapsed, self.poll)
-        self.ledger.reschedule_poll(batch, at=at, task_state=status.raw_state, error=None)
-
-    def _poll_failed(self, batch: BatchInfo, exc: ApiError, now: float, bound: Any) -> None:
-        kind = classify(exc)
-        if kind is ErrorKind.TOKEN_REFUSED:
-            self.token_refused = str(exc)
-            self.ledger.reschedule_poll(batch, at=now, task_state=None, error=None)
-            bound.error("token_refused", error=str(exc))
-            return
-        if getattr(exc, "status", None) == 404 and batch.failures + 1 >= MISSING_TASK_POLLS:
-            detail = f"Scantrust task {batch.task_id} not found (404) in {MISSING_TASK_POLLS} polls"
-            self.ledger.fail_batch(batch, status=RowStatus.FAILED, detail=detail)
-            bound.error("task_missing", task_id=batch.task_id)
-            return
-        # The task exists on the server whatever our connection does: keep asking until poll.timeout_seconds.
-        elapsed = now - (batch.submitted_at or now)
-        at = now + next_poll_delay(elapsed, self.poll)
-        self.ledger.reschedule_poll(batch, at=at, task_state=None, error=str(exc))
-        bound.warning("task_poll_failed", task_id=batch.task_id, error=str(exc), kind=str(kind))
-
-    def _send_failed(self, work: Work, batch: BatchInfo, exc: ApiError, now: float, bound: Any) -> None:
-        kind = classify(exc)
-        error = str(exc)
-        if kind is ErrorKind.TOKEN_REFUSED:
-            # Not the batch's fault: it goes back untouched and every upload pauses until the token is accepted.
-            self.ledger.requeue(batch, at=now, error=error, ambiguous=False, count_failure=False)
-            if not self.token_refused:
-                bound.error("token_refused", error=error, action="uploads paused; rows stay pending")
-                self._pause(f"the API refused the token ({error}); renew it, it is checked every few minutes")
-            self.token_refused = error
+            self.ledger.requeue(batch, at=now, error=pause.reason, ambiguous=False, count_failure=False)
+        if self.pause is None:
+            bound.error("token_refused" if pause.cause == "token" else "configuration_problem", error=pause.reason)
+            self._set_pause(pause)
             self._next_token_check = now + TOKEN_RECHECK_SECONDS
-            return
-        if kind is ErrorKind.DEFECTIVE:
-            self._refused(work, batch, exc, bound)
-            return
-        if isinstance(exc, Throttled):
-            self._throttled(exc, bound)
-        if self.breaker.failure(self.monotonic()):
-            reason = f"{self.breaker.failures} failed requests in a row"
-            bound.error("sending_paused", reason=reason, seconds=self.breaker.current_cooldown)
-            self._pause(f"{reason}: sending again after {self.breaker.current_cooldown:.0f} s; last error: {error}")
-        if timed_out(exc) and batch.failures + 1 >= SPLIT_AFTER_TIMEOUTS and len(work.lines) > 1:
-            self.ledger.split_batch(batch, halves(work.lines), rejected={}, ambiguous=exc.ambiguous)
-            bound.warning("batch_split", reason="timed out again", error=error, rows=len(work.lines))
-            return
-        decision = self.policy.decide(batch.failures + 1, exc, self.rand())
-        if decision.retry:
-            self.ledger.requeue(
-                batch, at=now + decision.delay, error=error, ambiguous=exc.ambiguous, count_failure=True
-            )
-            bound.warning("batch_retry", error=error, kind=str(kind), delay=round(decision.delay, 3))
-        else:
-            detail = f"gave up after {batch.failures + 1} failed attempts: {error}"
-            self.ledger.fail_batch(batch, status=RowStatus.FAILED, detail=detail)
-            bound.error("batch_failed", error=error, kind=str(kind))
 
-    def _throttled(self, exc: Throttled, bound: Any) -> None:
-        """A 429 pauses every worker for the announced time, and repeated ones lower the pace for a while."""
-        if self.pacer is None or self.governor is None:
+    def _health(self, work: Work, decision: Decision) -> None:
+        """Exactly one breaker record per answered request."""
+        if decision.health is Health.SUCCESS:
+            if self.breaker.success():
+                log.info("sending_resumed", reason="a request was answered after the pause")
+                if self.pause is None:
+                    self.ledger.set_meta(UPLOADS_PAUSED, None)
             return
-        mono = self.monotonic()
-        wait = min(MAX_THROTTLE_PAUSE, exc.retry_after if exc.retry_after is not None else 1.0)
-        self.pacer.pause_until(mono + wait)
-        rate = self.governor.throttled(mono)
-        if rate < self.pacer.rate:
-            self.pacer.set_rate(rate)
-        bound.warning("throttled", pause_seconds=wait, requests_per_second=round(self.pacer.rate, 2))
+        if self.breaker.failure(self.monotonic(), trial=work.trial):
+            seconds = self.breaker.current_cooldown
+            reason = f"{self.breaker.failures} failed requests in a row: sending again after {seconds:.0f} s"
+            log.error("sending_paused", reason=reason, seconds=seconds)
+            if self.pause is None:
+                self.ledger.set_meta(UPLOADS_PAUSED, reason)
 
-    def _refused(self, work: Work, batch: BatchInfo, exc: ApiError, bound: Any) -> None:
-        """A 400: reject the items the API named, or cut the batch in halves until the defective ones stand alone."""
-        detail = f"refused by Scantrust: {exc}"
-        named = exc.item_errors if isinstance(exc, Rejected) else None
-        # The API may have applied the items before the defective one (API.md): the resent ones are ambiguous.
-        if named:
-            rejected = {
-                work.lines[i]: f"refused by Scantrust: {message}"
-                for i, message in named.items()
-                if 0 <= i < len(work.lines)
-            }
-            rest = tuple(line for line in work.lines if line not in rejected)
-            self.ledger.split_batch(batch, [rest], rejected=rejected, ambiguous=True)
-            bound.warning("batch_items_rejected", rejected=len(rejected), resent=len(rest))
-        elif len(work.lines) > 1:
-            self.ledger.split_batch(batch, halves(work.lines), rejected={}, ambiguous=True)
-            bound.warning(
-                "batch_split", reason="refused without naming the items", error=str(exc), rows=len(work.lines)
+    def _set_pause(self, pause: Pause | None) -> None:
+        """Say in the ledger (for `scm-daemon status`) why uploads are paused, or that they are not."""
+        self.pause = pause
+        if pause is None:
+            self.ledger.set_meta(UPLOADS_PAUSED, None)
+            return
+        if pause.cause == "token":
+            where = (
+                "renew it in the token file or credential; it is checked every few minutes and on reload"
+                if self.token_renewable
+                else "the token comes from SCM_API__TOKEN: set a valid one and restart the service"
             )
+            text = f"the API refused the token ({pause.reason}); {where}"
         else:
-            self.ledger.fail_batch(batch, status=RowStatus.REJECTED, detail=detail)
-            bound.warning("batch_rejected", error=str(exc))
+            text = f"configuration problem: {pause.reason}; fix it and reload (systemctl reload scm-daemon)"
+        self.ledger.set_meta(UPLOADS_PAUSED, text)
+
+
+def _order(work: Work) -> int:
+    """Answers that arrive together are recorded in batch order, so a run is reproducible."""
+    return work.batch.id if work.batch is not None else 0

@@ -22,9 +22,9 @@ from watchdog.observers.polling import PollingObserver
 
 log = structlog.get_logger(__name__)
 
-# An empty file is usually a copy that has not started writing: it is looked at again this often (at least), so a
-# forgotten empty file costs one listing a second, not a busy loop.
-EMPTY_RECHECK_SECONDS = 1.0
+# An empty file is usually a copy that has not started writing: it waits this long beyond settle_seconds before
+# it is taken (and reported as an empty file). `run --once` takes it at once.
+EMPTY_GRACE_SECONDS = 60.0
 POLL_INTERVAL = 1.0  # seconds between two snapshots of the PollingObserver
 RESTART_DELAY = 5.0  # seconds before another attempt to start an observer that failed to start
 
@@ -46,10 +46,13 @@ def ignored(name: str, patterns: Sequence[str]) -> bool:
 class InboxScanner:
     """A full scan of the inbox's top level; a file is settled once unchanged for `settle_seconds`."""
 
-    def __init__(self, inbox: Path, *, settle_seconds: float, ignore: Sequence[str]) -> None:
+    def __init__(
+        self, inbox: Path, *, settle_seconds: float, ignore: Sequence[str], empty_grace: float = EMPTY_GRACE_SECONDS
+    ) -> None:
         self.inbox = inbox
         self.settle_seconds = settle_seconds
         self.ignore = list(ignore)
+        self.empty_grace = empty_grace
         self._seen: dict[str, Sighting] = {}
         self._last_scan = -float("inf")
 
@@ -60,13 +63,10 @@ class InboxScanner:
 
     def next_check(self) -> float | None:
         """When (monotonic) a file waiting to settle should be looked at again; None when none waits."""
-        due = [
-            s.since + self.settle_seconds
-            if s.size > 0
-            else self._last_scan + max(self.settle_seconds, EMPTY_RECHECK_SECONDS)
-            for s in self._seen.values()
-        ]
-        return min(due, default=None)
+        return min((s.since + self._settle_for(s.size) for s in self._seen.values()), default=None)
+
+    def _settle_for(self, size: int) -> float:
+        return self.settle_seconds + (self.empty_grace if size == 0 else 0.0)
 
     def scan(self, now: float, claimed: Collection[str]) -> list[Path]:
         """Settled files not yet claimed, oldest sighting first; `now` is monotonic time."""
@@ -93,8 +93,8 @@ class InboxScanner:
             if seen is None or (seen.size, seen.mtime_ns) != (st.st_size, st.st_mtime_ns):
                 self._seen[path] = Sighting(st.st_size, st.st_mtime_ns, now)
                 continue
-            # A zero-byte file is usually a copy that has not started writing yet: it waits.
-            if st.st_size > 0 and now - seen.since >= self.settle_seconds:
+            # A zero-byte file is usually a copy that has not started writing yet: it waits longer.
+            if now - seen.since >= self._settle_for(st.st_size):
                 settled.append((seen.since, Path(path)))
         for gone in set(self._seen) - present:
             del self._seen[gone]

@@ -36,11 +36,12 @@ def test_the_breaker_opens_after_a_run_of_failures_and_closes_after_a_good_trial
     assert breaker.failure(3.0)  # the third in a row opens it
     assert breaker.allows(12.9) == 0
     assert breaker.allows(13.0) == 1
-    breaker.started(13.0)
+    assert breaker.started(13.0)
     assert breaker.allows(13.0) == 0  # one trial at a time
-    assert breaker.failure(14.0)  # the trial failed: open again, twice as long
+    assert not breaker.failure(13.5)  # a request sent before it opened fails late: no longer cool-down for it
+    assert breaker.failure(14.0, trial=True)  # the trial failed: open again, twice as long
     assert breaker.open_until == 34.0
-    breaker.started(34.0)
+    assert breaker.started(34.0)
     assert breaker.success()
     assert breaker.allows(35.0) is None
     assert not breaker.is_open
@@ -53,3 +54,13 @@ def test_a_success_resets_the_count() -> None:
     assert not breaker.success()
     assert not breaker.failure(0.0)
     assert not breaker.is_open
+
+
+def test_a_trial_that_never_reached_the_api_frees_the_slot() -> None:
+    breaker = CircuitBreaker(threshold=1, cooldown=5.0)
+    assert breaker.failure(0.0)
+    trial = breaker.started(5.0)
+    assert trial
+    assert breaker.allows(5.0) == 0
+    breaker.cancelled(trial)
+    assert breaker.allows(5.0) == 1  # the next request is the trial

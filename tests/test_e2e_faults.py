@@ -130,7 +130,7 @@ def test_an_applied_then_500_is_reported_uploaded_with_a_detail(tmp_path: Path, 
 
     report = project.report("lot")
     assert all(r["status"] == "uploaded" for r in report)
-    assert all("earlier attempt of this batch may have been applied" in r["detail"] for r in report)
+    assert all("an earlier attempt of this batch reached Scantrust" in r["detail"] for r in report)
     assert all(emulator.transactions("extended_id", code(i)) == 2 for i in range(50))
     assert emulator.all_data("extended_id") == expected(50)
 

@@ -108,7 +108,7 @@ def test_a_dropped_csv_is_uploaded_and_reported_row_by_row(project: Project, emu
     assert rejected[2]["error"] == "no extended_id"
 
     assert (project.archive / "orders.csv").read_bytes() == text.encode()
-    assert list(project.inbox.iterdir()) == []
+    assert [p.name for p in project.inbox.iterdir()] == [".processing"]  # claimed files were moved on
 
 
 def test_the_same_bytes_under_another_name_are_a_duplicate(project: Project, emulator: Emulator) -> None:
@@ -160,7 +160,8 @@ def test_a_refused_token_exits_3_and_leaves_rows_pending(project: Project, emula
     assert "sandbox-token" not in done.stderr + done.stdout
     assert emulator.all_data("extended_id") == {}
     assert list(project.outbox.iterdir()) == []
-    assert (project.inbox / "orders.csv").exists()
+    claimed = list((project.inbox / ".processing").iterdir())
+    assert [p.name for p in claimed] == ["1-orders.csv"]  # claimed, waiting for a valid token
     with sqlite3.connect(project.ledger) as db:
         statuses = dict(db.execute("SELECT status, count(*) FROM rows GROUP BY status").fetchall())
     assert statuses == {"queued": 150}
@@ -203,7 +204,8 @@ def test_failed_rows_can_be_retried_and_get_new_reports(project: Project, emulat
     emulator.configure(fail_rate=1.0)
     project.drop("flaky.csv", csv_text(["extended_id", "intended_market"], [(code(i), "cn") for i in range(120)]))
     done = project.cli("run", "--once", SCM_RETRY__MAX_ATTEMPTS="2")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr  # the reports are written, and the exit code says the API kept failing
+    assert "row(s) failed: the API kept failing" in done.stdout.strip().splitlines()[-1]
     first = project.summary("flaky")
     assert first["rows"]["failed"] == 120
     assert first["status"] == "completed_with_errors"

@@ -83,6 +83,7 @@ def test_excel_lock_files_and_temporary_names_are_left_alone(tmp_path: Path, emu
         time.sleep(0.5)  # a few more scans
     assert sorted(p.name for p in project.inbox.iterdir()) == [
         ".copy.csv.part",
+        ".processing",
         "download.csv.crdownload",
         "orders.tmp",
         "~$orders.xlsx",
@@ -105,7 +106,7 @@ def test_a_burst_of_200_files_dropped_at_once_are_all_processed(tmp_path: Path, 
     assert sorted(p.name for p in project.archive.iterdir()) == [f"burst-{n:03d}.csv" for n in range(200)]
     assert all(project.summary(f"burst-{n:03d}")["rows"]["uploaded"] == 5 for n in range(200))
     assert len(emulator.all_data("extended_id")) == 1000
-    assert list(project.inbox.iterdir()) == []
+    assert [p.name for p in project.inbox.iterdir()] == [".processing"]  # claimed files were moved on
 
 
 def test_drop_to_report_takes_settle_time_plus_under_2_seconds(tmp_path: Path, emulator: Emulator) -> None:
@@ -126,7 +127,7 @@ def test_without_events_the_periodic_scan_finds_files_and_rechecks_settling_ones
     settings = load_settings(project.config, env={"SCM_API__TOKEN": "t" * 20})
     project.ledger.parent.mkdir(parents=True)
     now = [1000.0]
-    service = Service(settings, monotonic=lambda: now[0])
+    service = Service.from_settings(settings, monotonic=lambda: now[0])
     try:
         service.recover()
         assert service.step().taken == 0  # the first scan: an empty inbox
@@ -226,7 +227,7 @@ def test_a_file_that_cannot_be_opened_is_left_alone_and_tried_again_later(
     settings = load_settings(project.config, env={"SCM_API__TOKEN": "t" * 20})
     project.ledger.parent.mkdir(parents=True)
     now = [1000.0]
-    service = Service(settings, monotonic=lambda: now[0])
+    service = Service.from_settings(settings, monotonic=lambda: now[0])
     real_fingerprint = intake.fingerprint
 
     def refused(path: Path) -> tuple[str, int, int]:

@@ -70,7 +70,7 @@ def test_the_service_refuses_a_ledger_on_a_network_filesystem(tmp_path: Path) ->
     mountinfo.write_text(f"{MOUNTINFO}60 22 0:50 / {state} rw - nfs4 nas:/scm rw\n")
     project.ledger.parent.mkdir(parents=True)
     with pytest.raises(FolderError) as raised:
-        Service(settings, mountinfo=mountinfo)
+        Service.from_settings(settings, mountinfo=mountinfo)
     message = str(raised.value)
     assert "network filesystem (nfs4 nas:/scm" in message
     assert "set paths.ledger" in message

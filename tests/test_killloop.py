@@ -1,9 +1,8 @@
 """kill -9 at random moments during a 20,000-row upload, again and again, then a clean finish: nothing lost,
 no report missing or doubled, no code changed more than twice. SIGTERM mid-upload: exit 0, nothing lost.
 
-Known gap (see test_a_batch_interrupted_twice_is_not_sent_a_third_time): a batch whose re-send after a crash is
-itself interrupted by the next crash is sent a third time, because recovery cannot tell whether either request left.
-The kill loop measures how often that happens and holds every other batch to "at most twice".
+A batch caught in flight is sent again after each restart, however often (never assumed applied): the kill loop
+measures how often a code was sent more than once and holds it to the batches in flight at the kills.
 
 KILLLOOP_ROWS and KILLLOOP_KILLS make it a soak test, e.g. `KILLLOOP_ROWS=200000 KILLLOOP_KILLS=30 pytest -s ...`.
 """
@@ -85,12 +84,14 @@ def test_kill_9_again_and_again_then_a_clean_finish_loses_and_doubles_nothing(
     assert max(sends.values()) <= 2 + max(caught.values(), default=0)
     summary = project.summary("big")
     assert summary["status"] == "completed"
-    assert summary["rows"]["uploaded"] == ROWS
+    # The API's word only: codes whose re-send after a kill was not listed (already set) are not_affected.
+    assert summary["rows"]["uploaded"] + summary["rows"]["not_affected"] == ROWS
+    assert summary["rows"]["not_affected"] <= sum(1 for n in sends.values() if n > 1)
     reports = sorted(p.name for p in project.outbox.iterdir() if not p.name.startswith("."))
     assert reports == ["big.report.csv", "big.summary.json"]
     assert len(project.report("big")) == ROWS
     assert sorted(p.name for p in project.archive.iterdir()) == ["big.csv"]
-    assert list(project.inbox.iterdir()) == []
+    assert [p.name for p in project.inbox.iterdir()] == [".processing"]  # claimed files were moved on
 
 
 def test_sigterm_mid_upload_finishes_requests_in_flight_and_exits_0(tmp_path: Path, emulator: Emulator) -> None:
@@ -136,23 +137,28 @@ def test_a_second_signal_exits_at_once(tmp_path: Path, emulator: Emulator) -> No
     assert time.monotonic() - started < 2
 
 
-def test_a_batch_interrupted_twice_is_not_sent_a_third_time(tmp_path: Path, emulator: Emulator) -> None:
-    project = make_project(tmp_path / "site", emulator.base_url, api={"max_in_flight": 1}, upload={"mode": "sync"})
-    emulator.configure(latency=3.0)  # every request stays in flight long enough to be killed in the middle
-    project.drop("one.csv", csv_text(["extended_id", "batch"], [(code(i), f"B{i}") for i in range(50)]))
-    for requests in (1, 2):
+def test_batches_interrupted_by_two_restarts_while_the_api_hangs_are_sent_not_assumed_uploaded(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    # Issue 10, symptom 1: connections hang, nothing reaches the API, two restarts catch the batches `sending`.
+    project = make_project(
+        tmp_path / "site", emulator.base_url, api={"max_in_flight": 2, "read_timeout": 30}, upload={"mode": "sync"}
+    )
+    emulator.configure(hang_rate=1.0, hang_seconds=60.0)  # held, then 504, nothing applied
+    project.drop("one.csv", csv_text(["extended_id", "batch"], [(code(i), f"B{i}") for i in range(150)]))
+    for hung in (2, 4):
         service = project.start()
         deadline = time.monotonic() + 30
-        while emulator.stats().total_requests < requests:
+        while emulator.stats().hangs < hung:
             assert time.monotonic() < deadline, "no request went out"
             time.sleep(0.02)
         service.send_signal(signal.SIGKILL)
         service.wait(timeout=10)
-    emulator.configure(latency=0.0)
+    assert emulator.all_data("extended_id") == {}
+    emulator.configure(hang_rate=0.0)
     done = project.cli("run", "--once")
     assert done.returncode == 0, done.stderr
-    assert emulator.all_data("extended_id") == {code(i): {"batch": f"B{i}"} for i in range(50)}
-    assert max(emulator.transactions("extended_id", code(i)) for i in range(50)) <= 2
-    details = {r["detail"] for r in project.report("one")}
-    assert len(details) == 1
-    assert "sent twice, and both times a restart lost the answer" in details.pop()
+    assert emulator.all_data("extended_id") == {code(i): {"batch": f"B{i}"} for i in range(150)}
+    assert all(emulator.transactions("extended_id", code(i)) == 1 for i in range(150))
+    assert {r["status"] for r in project.report("one")} == {"uploaded"}
+    assert {r["detail"] for r in project.report("one")} == {""}  # every one listed by the API's answer

@@ -121,7 +121,7 @@ def test_an_earlier_open_row_for_the_same_code_blocks_a_later_file(ledger: Ledge
     assert ledger.plannable_groups(second) == {"h2": array("q", [3])}
 
 
-def test_sending_is_committed_before_the_request_and_recovered_as_ambiguous(ledger: Ledger, tmp_path: Path) -> None:
+def test_sending_is_committed_before_the_request_and_sent_again_after_a_restart(ledger: Ledger, tmp_path: Path) -> None:
     file_id = add_file(ledger)
     add_rows(ledger, file_id, [("A", "h1"), ("B", "h2")])
     ledger.transition_file(file_id, FileState.ACTIVE)
@@ -135,17 +135,41 @@ def test_sending_is_committed_before_the_request_and_recovered_as_ambiguous(ledg
 
     with pytest.raises(StateConflict):
         ledger.start_sending(batch_id)  # never twice
-    assert ledger.recover() == {"batches_requeued": 1, "batches_assumed_applied": 0}
+    for restart in (1, 2, 3):  # however often: sent again, never assumed applied
+        assert ledger.recover(100.0, longest_wait=60) == {"batches_requeued": 1, "schedules_clamped": 0}
+        batch = ledger.batch(batch_id)
+        assert (batch.state, batch.ambiguous, batch.interrupted) == (BatchState.QUEUED, False, restart)
+        assert ledger.due_batches(now=100.0, limit=1)[0].id == batch_id  # at once
+        ledger.start_sending(batch_id)
     batch = ledger.batch(batch_id)
-    assert (batch.state, batch.ambiguous) == (BatchState.QUEUED, True)
-
-    batch, _ = ledger.start_sending(batch_id)
     ledger.complete_sync(batch, "extended_id", ["A", "B"], changed={"A"})
     rows = {key: (status, detail) for _l, key, status, detail, _b, _t in ledger.report_rows(file_id)}
     assert rows["A"] == ("uploaded", "")
-    assert rows["B"][0] == "uploaded"
-    assert "earlier attempt" in rows["B"][1]
-    assert ledger.batch_totals(file_id) == (1, 2, 1)
+    assert rows["B"][0] == "not_affected"  # the API's word: not listed, so not claimed as uploaded
+    assert "sent again after a restart" in rows["B"][1]
+    assert ledger.batch_totals(file_id) == (1, 4, 3)
+
+
+def test_recovery_clamps_schedules_a_clock_jump_left_far_ahead(ledger: Ledger) -> None:
+    file_id = add_file(ledger)
+    add_rows(ledger, file_id, [("A", "h1"), ("B", "h1")])
+    ledger.transition_file(file_id, FileState.ACTIVE)
+    ledger.add_batches(file_id, [("sync", [2], None), ("async", [3], "h1")])
+    first, second = ledger.due_batches(now=0, limit=2)
+    batch, _ = ledger.start_sending(first.id)
+    ledger.requeue(batch, at=1000.0 + 86400, error="x", ambiguous=False, count_failure=True)  # a day ahead
+    task, _ = ledger.start_sending(second.id)
+    ledger.submit_task(task, task_id="T", submitted_at=900.0, poll_at=905.0)
+    ledger.reschedule_poll(ledger.batch(task.id), at=960.0, task_state="pending", error=None, polled_at=950.0)
+    # The next process's clock reads two days later: the task's age is what was measured (50 s), not the jump.
+    later = 1000.0 + 2 * 86400
+    assert ledger.recover(later, longest_wait=300)["schedules_clamped"] == 0
+    assert ledger.batch(task.id).submitted_at == pytest.approx(later - 50)
+    # A clock one day behind: the retry scheduled "a day ahead" is clamped to the longest legitimate wait.
+    assert ledger.recover(1000.0, longest_wait=300)["schedules_clamped"] == 1
+    with ledger.engine.connect() as conn:
+        due = conn.exec_driver_sql("SELECT next_attempt_at FROM batches WHERE id=?", (first.id,)).scalar_one()
+    assert due == 1300.0
 
 
 def test_a_failed_batch_fails_its_rows_with_the_reason(ledger: Ledger) -> None:
@@ -231,7 +255,7 @@ def test_a_version_1_ledger_is_migrated_keeping_its_rows(tmp_path: Path) -> None
         )
     ledger = Ledger(path)
     with ledger.engine.connect() as conn:
-        assert schema.schema_version(conn) == 2
+        assert schema.schema_version(conn) == schema.SCHEMA_VERSION
     assert [f.name for f in ledger.files([FileState.DONE])] == ["old.csv"]
     ledger.close()
 
@@ -245,7 +269,7 @@ def test_an_async_batch_keeps_its_task_and_is_polled_not_resent(ledger: Ledger) 
     assert batch.reference == "scm-daemon f.csv batch 1 sha256:aaaaaaaaaaaa"
     ledger.submit_task(batch, task_id="T1", submitted_at=10.0, poll_at=15.0)
 
-    assert ledger.recover() == {"batches_requeued": 0, "batches_assumed_applied": 0}
+    assert ledger.recover(10.0, longest_wait=60) == {"batches_requeued": 0, "schedules_clamped": 0}
     assert ledger.due_batches(now=14.0, limit=5) == []
     due = ledger.due_batches(now=15.0, limit=5)
     assert [(b.state, b.task_id) for b in due] == [(BatchState.SUBMITTED, "T1")]
@@ -253,7 +277,7 @@ def test_an_async_batch_keeps_its_task_and_is_polled_not_resent(ledger: Ledger) 
     with pytest.raises(StateConflict):
         ledger.start_sending(due[0].id)
 
-    ledger.reschedule_poll(due[0], at=20.0, task_state="in-progress", error=None)
+    ledger.reschedule_poll(due[0], at=20.0, task_state="in-progress", error=None, polled_at=15.0)
     polled = ledger.due_batches(now=20.0, limit=5)[0]
     ledger.complete_task(polled, "extended_id", task_state="complete", codes_affected=2)
     assert ledger.row_counts(file_id) == {RowStatus.UPLOADED: 2}

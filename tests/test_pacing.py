@@ -1,14 +1,12 @@
-"""The shared request pacer: even spacing, pauses, rate changes, shutdown, and real threads."""
+"""The request pace: even spacing, pauses, rate changes, the rolling send window, and the 429 slowdown."""
 
 import itertools
-import threading
-import time
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.pacing import Pacer, PacerClosed, SendWindow
+from daemon.pacing import MAX_THROTTLE_PAUSE, PACE_HEADROOM, Pace, Pacer, SendWindow
 
 
 class FakeClock:
@@ -16,78 +14,45 @@ class FakeClock:
 
     def __init__(self, now: float = 1000.0) -> None:
         self.now = now
-        self.sleeps: list[float] = []
 
     def __call__(self) -> float:
         return self.now
 
     def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
         self.now += seconds
 
 
-def granted(pacer: Pacer, clock: FakeClock) -> float:
-    pacer.acquire()
+def next_slot(pacer: Pacer, clock: FakeClock) -> float:
+    """Wait (on the fake clock) for the next slot and take it; returns its time."""
+    clock.now = max(clock.now, pacer.next_free())
+    assert pacer.try_acquire()
     return clock.now
 
 
 def test_slots_are_evenly_spaced() -> None:
     clock = FakeClock()
-    pacer = Pacer(10, clock=clock, sleep=clock.sleep)
-    times = [granted(pacer, clock) for _ in range(5)]
+    pacer = Pacer(10, clock=clock)
+    times = [next_slot(pacer, clock) for _ in range(5)]
     assert times == pytest.approx([1000.0, 1000.1, 1000.2, 1000.3, 1000.4])
 
 
 def test_no_burst_after_an_idle_spell() -> None:
     clock = FakeClock()
-    pacer = Pacer(10, clock=clock, sleep=clock.sleep)
-    pacer.acquire()
+    pacer = Pacer(10, clock=clock)
+    assert pacer.try_acquire()
     clock.now += 60  # idle for a minute: a token bucket with capacity > 1 would now allow a burst
-    first, second = granted(pacer, clock), granted(pacer, clock)
-    assert first == 1060.0
-    assert second == pytest.approx(1060.1)
-
-
-def test_a_caller_after_its_slot_goes_at_once() -> None:
-    clock = FakeClock()
-    pacer = Pacer(10, clock=clock, sleep=clock.sleep)
-    pacer.acquire()
-    clock.now += 0.25
-    pacer.acquire()
-    assert clock.sleeps == []
-
-
-def test_pause_until_holds_every_acquire() -> None:
-    clock = FakeClock()
-    pacer = Pacer(10, clock=clock, sleep=clock.sleep)
-    pacer.acquire()
-    pacer.pause_until(1005.0)
-    pacer.pause_until(1002.0)  # an earlier pause never shortens a later one
-    assert [granted(pacer, clock) for _ in range(2)] == pytest.approx([1005.0, 1005.1])
-
-
-def test_a_pause_that_begins_while_waiting_is_honoured() -> None:
-    clock = FakeClock()
-    pacer = Pacer(10, clock=clock, sleep=clock.sleep)
-    pacer.acquire()
-
-    def sleep_while_another_worker_hits_a_429(seconds: float) -> None:
-        if not clock.sleeps:
-            pacer.pause_until(clock.now + 3.0)
-        clock.sleep(seconds)
-
-    pacer._sleep = sleep_while_another_worker_hits_a_429
-    pacer.acquire()
-    assert clock.now == pytest.approx(1003.0)
+    assert pacer.try_acquire()
+    assert not pacer.try_acquire()
+    assert pacer.next_free() == pytest.approx(1060.1)
 
 
 def test_set_rate_changes_the_spacing() -> None:
     clock = FakeClock()
-    pacer = Pacer(10, clock=clock, sleep=clock.sleep)
-    pacer.acquire()
+    pacer = Pacer(10, clock=clock)
+    assert pacer.try_acquire()
     pacer.set_rate(2)
     assert pacer.rate == 2
-    assert granted(pacer, clock) == pytest.approx(1000.5)
+    assert next_slot(pacer, clock) == pytest.approx(1000.5)
 
 
 @pytest.mark.parametrize("rate", [0, -1, float("inf"), float("nan")])
@@ -98,69 +63,40 @@ def test_a_rate_must_be_positive_and_finite(rate: float) -> None:
         Pacer(1).set_rate(rate)
 
 
-def test_close_wakes_a_waiting_caller() -> None:
-    pacer = Pacer(10)
-    pacer.pause_until(time.monotonic() + 60)
-    outcome: list[BaseException] = []
-
-    def wait() -> None:
-        try:
-            pacer.acquire()
-        except PacerClosed as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=wait)
-    thread.start()
-    time.sleep(0.05)
-    pacer.close()
-    thread.join(5)
-    assert not thread.is_alive()
-    assert len(outcome) == 1
-    with pytest.raises(PacerClosed):
-        pacer.acquire()
-
-
 @given(gaps=st.lists(st.floats(min_value=0, max_value=1.0, allow_nan=False), min_size=1, max_size=40))
-def test_slots_never_come_closer_than_the_interval_nor_early(gaps: list[float]) -> None:
+def test_slots_never_come_closer_than_the_interval(gaps: list[float]) -> None:
     clock = FakeClock()
-    pacer = Pacer(10, clock=clock, sleep=clock.sleep)
-    previous = None
+    pacer = Pacer(4, clock=clock)
+    taken: list[float] = []
     for gap in gaps:
         clock.now += gap
-        asked = clock.now
-        slot = granted(pacer, clock)
-        assert slot >= asked
-        if previous is not None:
-            assert slot - previous >= 0.1 - 1e-9
-            assert slot == pytest.approx(max(asked, previous + 0.1))  # and never later than needed
-        previous = slot
+        if pacer.try_acquire():
+            taken.append(clock.now)
+    assert all(b - a >= 0.25 - 1e-9 for a, b in itertools.pairwise(taken))
 
 
-def test_real_threads_never_get_two_slots_closer_than_the_interval() -> None:
-    rate, per_thread, threads_count = 50.0, 5, 8
-    interval = 1 / rate
-    pacer = Pacer(rate)
-    times: list[float] = []
-    lock = threading.Lock()
+def test_a_429_pauses_every_request_and_slows_the_pace() -> None:
+    clock = FakeClock()
+    pace = Pace(10, clock=clock, sleep=clock.sleep)
+    assert pace.try_acquire()
+    assert pace.throttled(3.0) == 3.0
+    assert pace.next_free() == pytest.approx(1003.0)
+    clock.now += 1
+    assert pace.throttled(None) == 1.0  # no announced wait: one second
+    assert pace.rate < 10 * PACE_HEADROOM  # a second 429 within the memory slows down
+    assert pace.throttled(100_000_000) == MAX_THROTTLE_PAUSE  # a huge announced wait is capped
+    clock.now += 31 + MAX_THROTTLE_PAUSE
+    assert pace.try_acquire()  # the quiet spell gave the configured rate back
+    assert pace.rate == pytest.approx(10 * PACE_HEADROOM)
 
-    def worker() -> None:
-        for _ in range(per_thread):
-            pacer.acquire()
-            now = time.monotonic()
-            with lock:
-                times.append(now)
 
-    threads = [threading.Thread(target=worker) for _ in range(threads_count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    times.sort()
-    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
-    assert len(times) == 40
-    # A late wake-up of one thread can shrink the gap to the next; it can never make slots come early overall.
-    assert min(gaps) >= interval * 0.5
-    assert times[-1] - times[0] >= 39 * interval - 0.005
+def test_reconfigure_keeps_the_window_history() -> None:
+    clock = FakeClock()
+    pace = Pace(10, clock=clock, sleep=clock.sleep)
+    for _ in range(10):
+        assert pace.wait_turn() == 0
+    assert pace.reconfigure(5) == pytest.approx(5 * PACE_HEADROOM)
+    assert pace.wait_turn() == pytest.approx(1.05)  # the ten that just left still count
 
 
 def test_try_acquire_takes_only_a_slot_that_is_due() -> None:
@@ -177,9 +113,6 @@ def test_try_acquire_takes_only_a_slot_that_is_due() -> None:
     assert pacer.next_free() == 101.0
     now[0] = 101.0
     assert pacer.try_acquire()
-    pacer.close()
-    now[0] = 200.0
-    assert not pacer.try_acquire()
 
 
 def test_the_send_window_holds_the_request_that_would_make_eleven_in_a_second() -> None:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 import daemon.watcher as daemon_watcher
-from daemon.watcher import EMPTY_RECHECK_SECONDS, InboxEvents, InboxScanner, ignored
+from daemon.watcher import EMPTY_GRACE_SECONDS, InboxEvents, InboxScanner, ignored
 
 IGNORE = [".*", "~$*", "*.tmp", "*.part", "*.crdownload"]
 
@@ -61,16 +61,32 @@ def test_a_touch_without_a_size_change_restarts_the_wait(inbox: Path) -> None:
     assert scanner.scan(2.0, claimed=()) == [path]
 
 
-def test_an_empty_file_waits_and_is_rechecked_without_a_busy_loop(inbox: Path) -> None:
+def test_an_empty_file_waits_a_grace_period_then_is_taken(inbox: Path) -> None:
     scanner = InboxScanner(inbox, settle_seconds=0.2, ignore=IGNORE)
     path = inbox / "copy-not-started.csv"
     path.touch()
-    for t in (0.0, 5.0, 60.0):
-        assert scanner.scan(t, claimed=()) == []
-        assert scanner.next_check() == t + EMPTY_RECHECK_SECONDS
+    assert scanner.scan(0.0, claimed=()) == []
+    assert scanner.next_check() == pytest.approx(0.2 + EMPTY_GRACE_SECONDS)
+    assert scanner.scan(30.0, claimed=()) == []  # a copy that has not started writing yet: it waits
+    assert scanner.scan(0.2 + EMPTY_GRACE_SECONDS, claimed=()) == [path]  # still empty: taken (an empty file)
+
+
+def test_an_empty_file_that_fills_settles_as_usual(inbox: Path) -> None:
+    scanner = InboxScanner(inbox, settle_seconds=0.2, ignore=IGNORE)
+    path = inbox / "copy.csv"
+    path.touch()
+    assert scanner.scan(0.0, claimed=()) == []
     write(path, "extended_id\n")
-    assert scanner.scan(61.0, claimed=()) == []
-    assert scanner.scan(61.2, claimed=()) == [path]
+    assert scanner.scan(5.0, claimed=()) == []
+    assert scanner.scan(5.2, claimed=()) == [path]
+
+
+def test_run_once_takes_an_empty_file_without_a_grace(inbox: Path) -> None:
+    scanner = InboxScanner(inbox, settle_seconds=0.2, ignore=IGNORE, empty_grace=0.0)
+    path = inbox / "empty.csv"
+    path.touch()
+    assert scanner.scan(0.0, claimed=()) == []
+    assert scanner.scan(0.2, claimed=()) == [path]
 
 
 def test_ignored_claimed_and_folder_entries_are_left_alone(inbox: Path) -> None:

@@ -170,6 +170,7 @@ class RetrySettings(BaseModel):
     max_delay_seconds: Seconds = 300.0
     breaker_failures: int = Field(default=10, ge=1)  # failed requests in a row that pause all sending
     breaker_cooldown_seconds: Seconds = 30.0  # the first pause; it doubles while the API keeps failing
+    max_server_wait_seconds: Seconds = 3600.0  # a Retry-After is honoured up to this (a huge one must not park rows)
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:

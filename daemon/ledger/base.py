@@ -64,6 +64,7 @@ class BatchInfo:
     task_id: str | None
     task_state: str | None
     submitted_at: float | None
+    interrupted: int  # restarts that caught it `sending`
 
 
 FILE_COLUMNS = (
@@ -72,7 +73,7 @@ FILE_COLUMNS = (
 )
 BATCH_COLUMNS = (
     "id, file_id, seq, kind, state, size, attempts, failures, ambiguous, last_error, data_hash, reference, task_id, "
-    "task_state, submitted_at"
+    "task_state, submitted_at, interrupted"
 )
 
 

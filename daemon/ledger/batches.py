@@ -10,12 +10,13 @@ from daemon.ledger.base import BATCH_COLUMNS, BatchInfo, LedgerBase, batch_info,
 from daemon.states import BATCH_TRANSITIONS, BatchState, RowStatus, sources
 
 AMBIGUOUS_UPLOADED = (
-    "not listed in the answer, but an earlier attempt of this batch may have been applied; counted as uploaded"
+    "not listed in the answer, but an earlier attempt of this batch reached Scantrust and may have been applied; "
+    "counted as uploaded"
 )
 NOT_AFFECTED = "not changed by Scantrust: unknown code, or the values were already set"
-INTERRUPTED_TWICE = (
-    "sent twice, and both times a restart lost the answer; counted as uploaded rather than sent a third time "
-    "(the portal's Code Transactions show it)"
+RESENT_NOT_AFFECTED = (
+    "not changed when sent again after a restart: most likely the attempt before the restart set these values "
+    "(or Scantrust does not know the code)"
 )
 
 PlannedRows = tuple[str, Sequence[int], str | None]  # kind, lines, data hash (async)
@@ -146,6 +147,8 @@ class BatchStore(LedgerBase):
                 outcome[key] = (str(RowStatus.UPLOADED), "")
             elif batch.ambiguous:
                 outcome[key] = (str(RowStatus.UPLOADED), AMBIGUOUS_UPLOADED)
+            elif batch.interrupted:
+                outcome[key] = (str(RowStatus.NOT_AFFECTED), RESENT_NOT_AFFECTED)
             else:
                 outcome[key] = (str(RowStatus.NOT_AFFECTED), NOT_AFFECTED)
         with self.engine.begin() as conn:
@@ -164,15 +167,22 @@ class BatchStore(LedgerBase):
                 sources(BATCH_TRANSITIONS, BatchState.SUBMITTED),
             )
 
-    def reschedule_poll(self, batch: BatchInfo, *, at: float, task_state: str | None, error: str | None) -> None:
-        """Poll a task again at `at`; an error counts against the batch, an answer resets the count."""
+    def reschedule_poll(
+        self, batch: BatchInfo, *, at: float, task_state: str | None, error: str | None, polled_at: float | None
+    ) -> None:
+        """Poll a task again at `at`; an error counts against the batch, an answer resets the count.
+
+        `polled_at` (None: the request did not count, e.g. the token was refused) is when the task was last
+        asked about: after a restart, the task's age is what the processes before measured up to then.
+        """
         with self.engine.begin() as conn:
             self.guard(
                 conn,
                 "batches",
                 "UPDATE batches SET next_attempt_at=?, task_state=coalesce(?, task_state), last_error=coalesce(?, "
-                "last_error), failures=CASE WHEN ? IS NULL THEN 0 ELSE failures+1 END WHERE id=?",
-                (at, task_state, error, error, batch.id),
+                "last_error), failures=CASE WHEN ? IS NULL THEN 0 ELSE failures+1 END, "
+                "polled_at=coalesce(?, polled_at) WHERE id=?",
+                (at, task_state, error, error, polled_at, batch.id),
                 [str(BatchState.SUBMITTED)],
             )
 
@@ -283,26 +293,31 @@ class BatchStore(LedgerBase):
             for seq, task_id, task_state, affected, size, state, reference in rows
         ]
 
-    def recover(self) -> dict[str, int]:
-        """After a restart, settle the batches caught `sending` (their request had left; its answer was lost).
+    def recover(self, now: float, *, longest_wait: float) -> dict[str, int]:
+        """After a restart, settle what the process before left in flight, and clamp its schedule to `now`.
 
-        Caught once: queued again, marked ambiguous, so it is sent once more (the same values again: harmless).
-        Caught a second time: both requests left, so it is not sent a third time; its rows count as uploaded, with
-        a detail saying so. Async batches with a stored task id are `submitted`, not `sending`: they are polled.
+        A batch caught `sending` goes back to the queue and is sent again at once, however often this happened:
+        a sync batch sets the same values again (harmless), an async batch without a stored task id creates its
+        job again with the same reference. Nothing is ever assumed applied. Async batches with a stored task id
+        are `submitted`, not `sending`: they are polled, never submitted again.
+
+        Times in the ledger are the earlier process's clock: after a wall-clock jump (an NTP step, a resumed VM)
+        they may lie far ahead or behind. Due times are clamped to at most `longest_wait` from now, and a task's
+        age is what earlier processes measured up to their last poll (downtime does not count).
         """
         with self.engine.begin() as conn:
-            twice = conn.exec_driver_sql(
-                f"SELECT {BATCH_COLUMNS}, (SELECT data_key FROM files f WHERE f.id=b.file_id) FROM batches b "
-                "WHERE state='sending' AND interrupted > 0"
-            ).all()
-            for row in twice:
-                batch = batch_info(row[:-1])
-                keys = self._keys(conn, batch)
-                self._finish(conn, batch, BatchState.DONE, last_error=INTERRUPTED_TWICE)
-                self._confirm(conn, batch, row[-1], dict.fromkeys(keys, (str(RowStatus.UPLOADED), INTERRUPTED_TWICE)))
             resent = conn.exec_driver_sql(
-                "UPDATE batches SET state='queued', ambiguous=1, interrupted=interrupted+1, next_attempt_at=0 "
-                "WHERE state='sending'"
+                "UPDATE batches SET state='queued', interrupted=interrupted+1, next_attempt_at=? WHERE state='sending'",
+                (now,),
             ).rowcount
+            clamped = conn.exec_driver_sql(
+                "UPDATE batches SET next_attempt_at=? WHERE state IN ('queued', 'submitted') AND next_attempt_at>?",
+                (now + longest_wait, now + longest_wait),
+            ).rowcount
+            conn.exec_driver_sql(
+                "UPDATE batches SET submitted_at=? - max(0, coalesce(polled_at, submitted_at) - submitted_at), "
+                "polled_at=NULL WHERE state='submitted'",
+                (now,),
+            )
             conn.exec_driver_sql("DELETE FROM meta WHERE key='uploads_paused'")  # a new process starts sending
-        return {"batches_requeued": resent, "batches_assumed_applied": len(twice)}
+        return {"batches_requeued": resent, "schedules_clamped": clamped}

@@ -1,7 +1,7 @@
 """The ledger's files: claimed, read, reported, moved; and the overview that `status` prints."""
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,8 +16,18 @@ UPLOADS_PAUSED = "uploads_paused"  # meta key: why the running service sends not
 class FileStore(LedgerBase):
     """Files and their life: received, active, reporting, done."""
 
-    def add_file(self, *, sha256: str, name: str, path: str, size: int, data_key: str, mode: str) -> int:
-        """Record a claimed file in state `received`."""
+    def add_file(
+        self,
+        *,
+        sha256: str,
+        name: str,
+        path: str,
+        size: int,
+        data_key: str,
+        mode: str,
+        path_for: Callable[[int], str] | None = None,
+    ) -> int:
+        """Record a file in state `received`; `path_for(id)`, if given, names its path from its new id."""
         with self.engine.begin() as conn:
             result = conn.exec_driver_sql(
                 "INSERT INTO files (sha256, name, path, size, state, data_key, mode, layout, received_at) "
@@ -25,7 +35,9 @@ class FileStore(LedgerBase):
                 (sha256, name, path, size, FileState.RECEIVED, data_key, mode, self.now()),
             )
             file_id = result.lastrowid
-        assert file_id is not None
+            assert file_id is not None
+            if path_for is not None:
+                conn.exec_driver_sql("UPDATE files SET path=? WHERE id=?", (path_for(int(file_id)), file_id))
         return int(file_id)
 
     def file(self, file_id: int) -> FileInfo:

@@ -1,0 +1,37 @@
+"""File names the daemon makes: never overwriting a file, and always within the file system's name limit."""
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+NAME_MAX = 255  # bytes in one path component on Linux file systems (ext4, xfs, btrfs, tmpfs; SMB shares alike)
+
+
+def fit_name(prefix: str, name: str, suffix: str, *, limit: int = NAME_MAX) -> str:
+    """prefix + name + suffix, the name's stem shortened (its extension kept) so that the whole fits `limit` bytes."""
+    full = f"{prefix}{name}{suffix}"
+    if len(os.fsencode(full)) <= limit:
+        return full
+    stem, ext = os.path.splitext(name)
+    if len(os.fsencode(ext)) > limit // 4:  # not a real extension: shorten the whole name
+        stem, ext = name, ""
+    room = limit - len(os.fsencode(f"{prefix}{ext}{suffix}"))
+    short = os.fsencode(stem)[: max(room, 1)].decode("utf-8", errors="ignore") or "x"
+    return f"{prefix}{short}{ext}{suffix}"
+
+
+def first_free(taken: Callable[[str], bool], stem: str) -> str:
+    """The first of `stem`, `stem-2`, `stem-3`... that `taken` says is free: the one "-N" rule for every name."""
+    n = 1
+    while True:
+        candidate = stem if n == 1 else f"{stem}-{n}"
+        if not taken(candidate):
+            return candidate
+        n += 1
+
+
+def free_path(folder: Path, name: str) -> Path:
+    """`folder/name`, or `folder/stem-2.ext`, `-3`...: the first that does not exist, so nothing is overwritten."""
+    stem, ext = os.path.splitext(fit_name("", name, "", limit=NAME_MAX - 8))  # room for "-NNNNNNN"
+    chosen = first_free(lambda s: os.path.lexists(folder / f"{s}{ext}"), stem)
+    return folder / f"{chosen}{ext}"
