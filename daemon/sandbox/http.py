@@ -3,6 +3,9 @@
 import contextlib
 import socket
 import struct
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -34,6 +37,15 @@ class Backend(Protocol):
     def handle(self, method: str, route: tuple[str, str], authorization: str | None, body: bytes) -> Response:
         """The answer to one request."""
 
+    @property
+    def wall(self) -> Callable[[], datetime]:
+        """The emulator's wall clock, for the Date header."""
+
+
+def http_date(moment: datetime) -> str:
+    """A Date header's value (RFC 9110 IMF-fixdate), as the stdlib server writes it."""
+    return format_datetime(moment.astimezone(UTC), usegmt=True)
+
 
 class Server(ThreadingHTTPServer):
     """The listening socket; one thread per connection."""
@@ -63,6 +75,12 @@ class Handler(BaseHTTPRequestHandler):
         self.server.backend.track_connection(self.connection, add=False)
         with contextlib.suppress(OSError):  # the peer went away; nothing left to flush
             super().finish()
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The Date header from the emulator's wall clock, so that a fake clock shows in it too."""
+        if timestamp is not None:
+            return super().date_time_string(timestamp)
+        return http_date(self.server.backend.wall())
 
     def log_message(self, format: str, *args: object) -> None:
         """Silence the stdlib's per-request stderr line: stats() counts requests; headers are never logged."""

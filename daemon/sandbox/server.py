@@ -10,7 +10,8 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from types import MappingProxyType
 from urllib.parse import unquote
 
@@ -51,16 +52,33 @@ def route(path: str) -> tuple[str, str]:
     return ("scm_task", unquote(match.group(1))) if match else ("unknown", "")
 
 
-class Emulator:
-    """The Scantrust API emulator: a threaded HTTP server on loopback, with inspectable state."""
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
-    def __init__(self, config: EmulatorConfig | None = None) -> None:
+
+class Emulator:
+    """The Scantrust API emulator: a threaded HTTP server on loopback, with inspectable state.
+
+    `clock` (seconds, monotonic) and `wall` (aware UTC datetimes) are the only time its logic reads: request
+    arrival for the throttle, the tasks' course, and the Date header. Under a fake clock and a seed, every answer
+    is determined by the sequence of requests. Only the HTTP server's waiting (an answer's `delay`) is real time.
+    """
+
+    def __init__(
+        self,
+        config: EmulatorConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], datetime] = _utc_now,
+    ) -> None:
         self._lock = threading.Lock()
         self._config = config or EmulatorConfig()
+        self._clock = clock
+        self._wall = wall
         self._rng = random.Random(self._config.seed)
         self._throttle = self._new_throttle(self._config.rate_limit)
         self._store = ScmStore()
-        self._tasks = TaskStore(self._store)
+        self._tasks = TaskStore(self._store, clock=clock, wall=wall)
         self._counts: Counter[str] = Counter()
         self._requests: Counter[tuple[str, str]] = Counter()
         self._burst_left = 0
@@ -139,6 +157,16 @@ class Emulator:
         with self._lock:
             self._burst_left = n
             self._burst_wait = retry_after
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The monotonic clock the emulator's logic reads (time.monotonic unless a fake was given)."""
+        return self._clock
+
+    @property
+    def wall(self) -> Callable[[], datetime]:
+        """The wall clock for the API's timestamps and the Date header (aware UTC datetimes)."""
+        return self._wall
 
     @property
     def config(self) -> EmulatorConfig:
@@ -229,7 +257,7 @@ class Emulator:
     def handle(self, method: str, route: tuple[str, str], authorization: str | None, body: bytes) -> Response:
         """Answer one routed request, `latency` later."""
         kind, param = route
-        arrived = time.monotonic()
+        arrived = self._clock()
         self._tasks.advance()  # tasks due by now finish before this request is seen
         with self._lock:
             config = self._config
