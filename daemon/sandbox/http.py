@@ -132,6 +132,9 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         with contextlib.suppress(OSError):
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            # Closed here, not by socketserver: its shutdown(SHUT_WR) would send a FIN first, and the client would
+            # read a clean end of stream (RemoteDisconnected) instead of a reset (ConnectionResetError).
+            self.connection.close()
 
     def _read_body(self) -> bytes | None:
         raw_length = self.headers.get("Content-Length", "0")
