@@ -36,11 +36,22 @@ import threading
 
 import structlog
 
+from daemon.sandbox.clock import ManualClock
 from daemon.sandbox.config import EmulatorConfig, EmulatorStats
+from daemon.sandbox.inprocess import InProcessAdapter
 from daemon.sandbox.server import Emulator
 from daemon.sandbox.tasks import TaskSnapshot, TaskState
 
-__all__ = ["Emulator", "EmulatorConfig", "EmulatorStats", "TaskSnapshot", "TaskState", "serve_forever"]
+__all__ = [
+    "Emulator",
+    "EmulatorConfig",
+    "EmulatorStats",
+    "InProcessAdapter",
+    "ManualClock",
+    "TaskSnapshot",
+    "TaskState",
+    "serve_forever",
+]
 
 log = structlog.get_logger(__name__)
 
