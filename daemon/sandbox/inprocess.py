@@ -108,8 +108,7 @@ class InProcessAdapter(requests.adapters.BaseAdapter):
             self._local.delay = 0.0
             return self._unsupported(request, method)
         answer, close = self._exchange(request, method, target)
-        if read_timeout is not None and (read_timeout == 0 or answer.delay > read_timeout):
-            # urllib3 refuses a zero read timeout after sending the request, before reading the answer.
+        if read_timeout is not None and answer.delay > read_timeout:
             self._local.delay = read_timeout
             message = f"Read timed out. (read timeout={read_timeout})"
             raise requests.exceptions.ReadTimeout(ReadTimeoutError(pool, target, message), request=request)
