@@ -21,7 +21,14 @@ It follows /work/shared/API.md for the sync path. Decisions where the API is not
   the view, so nothing is applied; a hang holds the answer `hang_seconds`, then answers 504 as the API's gateway
   does after ~60 s. `slow_rate` and `applied_then_500_rate` apply the update first. Poison codes make the whole
   upload a 400 (for async too); with `partial_apply`, a sync batch's items before the first poisoned one are
-  applied first.
+  applied first. Every request makes the same draws (a task's fate and id included), whatever the knobs.
+- Self-healing faults: `outage` answers 503 for the request kinds it names, before authentication (the service
+  behind the load balancer is down); `retry_after_header` puts one Retry-After on every 429 and 503 (the 429's
+  detail keeps the throttle's figure); `task_missing_rate` answers 404 to a poll of an existing task, which goes
+  on regardless; a task created under `task_never_finishes` stays pending. EmulatorConfig's docstring says which
+  fault strikes which kind of request.
+- Time: the emulator reads only the `clock` and `wall` it is given (real time by default; ManualClock for a
+  simulation). Over HTTP an answer's delay is slept in real time; InProcessAdapter reports it instead.
 """
 
 import contextlib
@@ -29,11 +36,22 @@ import threading
 
 import structlog
 
+from daemon.sandbox.clock import ManualClock
 from daemon.sandbox.config import EmulatorConfig, EmulatorStats
+from daemon.sandbox.inprocess import InProcessAdapter
 from daemon.sandbox.server import Emulator
 from daemon.sandbox.tasks import TaskSnapshot, TaskState
 
-__all__ = ["Emulator", "EmulatorConfig", "EmulatorStats", "TaskSnapshot", "TaskState", "serve_forever"]
+__all__ = [
+    "Emulator",
+    "EmulatorConfig",
+    "EmulatorStats",
+    "InProcessAdapter",
+    "ManualClock",
+    "TaskSnapshot",
+    "TaskState",
+    "serve_forever",
+]
 
 log = structlog.get_logger(__name__)
 

@@ -9,6 +9,8 @@ PoisonStyle = Literal["items", "detail"]
 TaskVocabulary = Literal["portal", "docs"]
 POISON_STYLES: tuple[PoisonStyle, ...] = ("items", "detail")
 TASK_VOCABULARIES: tuple[TaskVocabulary, ...] = ("portal", "docs")
+# The kinds of request the API serves (server.ROUTES and the task path); `outage` names some of them.
+REQUEST_KINDS = ("me", "scm_upload", "scm_upload_async", "scm_task")
 _RATES = (
     "fail_rate",
     "slow_rate",
@@ -17,6 +19,7 @@ _RATES = (
     "reset_rate",
     "hang_rate",
     "applied_then_500_rate",
+    "task_missing_rate",
 )
 _DURATIONS = (
     "latency",
@@ -32,7 +35,19 @@ _DURATIONS = (
 class EmulatorConfig:
     """The emulator's knobs; change them at run time with Emulator.configure(**changes).
 
-    Every random fault is drawn from one generator seeded with `seed`, so a run is reproducible.
+    Every random fault is drawn from one generator seeded with `seed`, so a run is reproducible; each request
+    makes the same number of draws whatever the knobs say, so changing a knob does not shift later draws.
+
+    Which faults strike which request kind (me, scm_upload, scm_upload_async, scm_task):
+    - `outage` (503, before authentication), `revoked`/`forbidden` (401/403), `reset_rate`, `fail_rate`,
+      `hang_rate`, `slow_rate` and `latency`: every kind listed, or every kind.
+    - `rate_limit` and `throttle_burst()`: the two uploads (the API's scm_update scope).
+    - `throttle_rate`: the two uploads and task polls (the API also throttles authenticated requests in
+      general), not `me`, the daemon's one-off token check.
+    - `applied_then_500_rate`: the two uploads that would have answered 200; `poison_codes`: the two uploads.
+    - `task_fail_rate`, `task_never_finishes`, `task_pending_seconds`, `task_running_seconds`: the tasks that
+      async uploads create, fixed at creation. `task_missing_rate`, `task_states`, `task_unknown_state`: polls.
+    - `retry_after_header`: every 429 and every 503 (injected by `fail_rate` or by `outage`), any kind.
     """
 
     token: str = field(default="sandbox-token", repr=False)
@@ -56,12 +71,17 @@ class EmulatorConfig:
     poison_codes: frozenset[str] = frozenset()  # key values that make a whole upload a 400
     poison_style: PoisonStyle = "items"  # items: per-item errors aligned with the request; detail: no hint
     partial_apply: bool = False  # a poisoned sync batch applies the items before the first poisoned one
-    throttle_rate: float = 0.0  # probability of an injected 429 on an SCM update (nothing applied) ...
+    throttle_rate: float = 0.0  # probability of an injected 429 on an upload or a task poll ...
     throttle_retry_after: float = 1.0  # ... announcing this many seconds (rounded up)
     reset_rate: float = 0.0  # probability that the connection is reset without an answer (nothing applied)
     hang_rate: float = 0.0  # probability that the answer is held hang_seconds, then a 504 (nothing applied)
     hang_seconds: float = 60.0  # the API's gateway gives up after about 60 s (API.md)
     applied_then_500_rate: float = 0.0  # probability that an upload is applied, then answered 500
+    # -- faults for the daemon's self-healing
+    outage: frozenset[str] = frozenset()  # request kinds (REQUEST_KINDS) answered 503 before anything else
+    retry_after_header: float | None = None  # set: every 429 and 503 carries `Retry-After: <this>` verbatim
+    task_missing_rate: float = 0.0  # probability that a poll of an existing task answers 404 (a lost task)
+    task_never_finishes: bool = False  # tasks created while set stay `pending` for ever
 
     def __post_init__(self) -> None:
         for name in _RATES:
@@ -72,6 +92,11 @@ class EmulatorConfig:
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"emulator knob {name} must be a finite number of seconds >= 0, got {value}")
+        if not (isinstance(self.outage, frozenset) and self.outage <= frozenset(REQUEST_KINDS)):
+            raise ValueError(f"emulator knob outage must be a set of {REQUEST_KINDS}, got {self.outage!r}")
+        wait = self.retry_after_header
+        if wait is not None and not (wait >= 0 and math.isfinite(wait)):
+            raise ValueError(f"emulator knob retry_after_header must be None or finite seconds >= 0, got {wait}")
         if self.poison_style not in POISON_STYLES:
             raise ValueError(f"emulator knob poison_style must be one of {POISON_STYLES}, got {self.poison_style!r}")
         if self.task_states not in TASK_VOCABULARIES:
@@ -79,7 +104,7 @@ class EmulatorConfig:
 
 
 # Knobs that hold a set: configure() accepts any iterable of strings for them.
-SET_KNOBS = ("campaign_fields", "known_codes", "poison_codes")
+SET_KNOBS = ("campaign_fields", "known_codes", "poison_codes", "outage")
 
 
 @dataclass(frozen=True)
@@ -104,6 +129,8 @@ class EmulatorStats:
     applied_then_500: int  # uploads applied, then answered 500
     poisoned: int  # uploads refused because they held a poison code
     partial_applications: int  # poisoned sync batches whose items before the defective one were applied
+    outages: int  # 503s sent because the request's kind was in `outage`
+    tasks_missing: int  # polls of an existing task answered 404 by task_missing_rate
 
     @property
     def total_requests(self) -> int:

@@ -1,6 +1,7 @@
 """Injected faults: the seeded draws for one request, and the 400 that a poison code provokes."""
 
 import random
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,11 +24,16 @@ class Dice:
     reset: bool
     hang: bool
     applied_then_500: bool
+    task_fails: bool  # if this request creates a task, it will end `failed`
+    task_missing: bool  # if this request polls an existing task, it is answered 404
+    task_id: str  # if this request creates a task, its id
 
 
 def roll(rng: random.Random, config: EmulatorConfig) -> Dice:
-    """Draw every fault for one request; the number of draws never depends on the knobs, so a seed is stable."""
-    fail, fail_pick, slow, throttle, reset, hang, applied = (rng.random() for _ in range(7))
+    """Draw every fault for one request; the number of draws never depends on the knobs or on the request, so a
+    seed is stable: every request draws a task's fate and id too, whether or not it creates one."""
+    fail, fail_pick, slow, throttle, reset, hang, applied, task_fail, task_missing = (rng.random() for _ in range(9))
+    task_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
     return Dice(
         fail_status=_FAIL_STATUSES[int(fail_pick * len(_FAIL_STATUSES))] if fail < config.fail_rate else 0,
         slow=slow < config.slow_rate,
@@ -35,6 +41,9 @@ def roll(rng: random.Random, config: EmulatorConfig) -> Dice:
         reset=reset < config.reset_rate,
         hang=hang < config.hang_rate,
         applied_then_500=applied < config.applied_then_500_rate,
+        task_fails=task_fail < config.task_fail_rate,
+        task_missing=task_missing < config.task_missing_rate,
+        task_id=task_id,
     )
 
 

@@ -8,13 +8,13 @@ import re
 import socket
 import threading
 import time
-import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from types import MappingProxyType
 from urllib.parse import unquote
 
-from daemon.sandbox.config import SET_KNOBS, EmulatorConfig, EmulatorStats
+from daemon.sandbox.config import REQUEST_KINDS, SET_KNOBS, EmulatorConfig, EmulatorStats
 from daemon.sandbox.faults import Dice, async_poison_body, poisoned_items, roll, sync_poison_body
 from daemon.sandbox.http import Server
 from daemon.sandbox.responses import GATEWAY_TIMEOUT, INJECTED, NOT_FOUND, RESET, Response, json_response, throttled
@@ -33,6 +33,8 @@ ROUTES: Mapping[str, str] = {
 _TASK_PATH = re.compile(r"/api/v2/scm/tasks/([^/]+)/?")  # kind scm_task; API.md: the trailing slash is a guess
 ALLOWED_METHODS: Mapping[str, str] = {"me": "GET", "scm_upload": "POST", "scm_upload_async": "POST", "scm_task": "GET"}
 UPLOAD_KINDS = frozenset({"scm_upload", "scm_upload_async"})  # the API's scm_update throttle scope
+THROTTLE_RATE_KINDS = UPLOAD_KINDS | {"scm_task"}  # what throttle_rate strikes (see EmulatorConfig)
+assert set(ALLOWED_METHODS) == set(REQUEST_KINDS)
 ME_BODY: Mapping[str, object] = {
     "id": 1,
     "email": "sandbox@example.com",
@@ -51,16 +53,33 @@ def route(path: str) -> tuple[str, str]:
     return ("scm_task", unquote(match.group(1))) if match else ("unknown", "")
 
 
-class Emulator:
-    """The Scantrust API emulator: a threaded HTTP server on loopback, with inspectable state."""
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
-    def __init__(self, config: EmulatorConfig | None = None) -> None:
+
+class Emulator:
+    """The Scantrust API emulator: a threaded HTTP server on loopback, with inspectable state.
+
+    `clock` (seconds, monotonic) and `wall` (aware UTC datetimes) are the only time its logic reads: request
+    arrival for the throttle, the tasks' course, and the Date header. Under a fake clock and a seed, every answer
+    is determined by the sequence of requests. Only the HTTP server's waiting (an answer's `delay`) is real time.
+    """
+
+    def __init__(
+        self,
+        config: EmulatorConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], datetime] = _utc_now,
+    ) -> None:
         self._lock = threading.Lock()
         self._config = config or EmulatorConfig()
+        self._clock = clock
+        self._wall = wall
         self._rng = random.Random(self._config.seed)
         self._throttle = self._new_throttle(self._config.rate_limit)
         self._store = ScmStore()
-        self._tasks = TaskStore(self._store)
+        self._tasks = TaskStore(self._store, clock=clock, wall=wall)
         self._counts: Counter[str] = Counter()
         self._requests: Counter[tuple[str, str]] = Counter()
         self._burst_left = 0
@@ -141,6 +160,16 @@ class Emulator:
             self._burst_wait = retry_after
 
     @property
+    def clock(self) -> Callable[[], float]:
+        """The monotonic clock the emulator's logic reads (time.monotonic unless a fake was given)."""
+        return self._clock
+
+    @property
+    def wall(self) -> Callable[[], datetime]:
+        """The wall clock for the API's timestamps and the Date header (aware UTC datetimes)."""
+        return self._wall
+
+    @property
     def config(self) -> EmulatorConfig:
         """The knobs now in force."""
         with self._lock:
@@ -196,6 +225,8 @@ class Emulator:
                 applied_then_500=counts["applied_then_500"],
                 poisoned=counts["poisoned"],
                 partial_applications=counts["partial_applications"],
+                outages=counts["outages"],
+                tasks_missing=counts["tasks_missing"],
             )
 
     # -- the HTTP handler's hooks (daemon.sandbox.http.Backend), called from handler threads -------------------
@@ -229,7 +260,7 @@ class Emulator:
     def handle(self, method: str, route: tuple[str, str], authorization: str | None, body: bytes) -> Response:
         """Answer one routed request, `latency` later."""
         kind, param = route
-        arrived = time.monotonic()
+        arrived = self._clock()
         self._tasks.advance()  # tasks due by now finish before this request is seen
         with self._lock:
             config = self._config
@@ -237,7 +268,10 @@ class Emulator:
         answer = self._answer(
             method, kind, param, authorization=authorization, body=body, config=config, dice=dice, arrived=arrived
         )
-        return dataclasses.replace(answer, delay=answer.delay + config.latency)
+        headers = answer.headers
+        if config.retry_after_header is not None and answer.status in (429, 503):
+            headers = {**headers, "Retry-After": _seconds_text(config.retry_after_header)}
+        return dataclasses.replace(answer, headers=headers, delay=answer.delay + config.latency)
 
     def _answer(
         self,
@@ -254,6 +288,10 @@ class Emulator:
         """The order follows DRF: route, authenticate, throttle, then the view; faults strike where noted."""
         if kind == "unknown":
             return NOT_FOUND
+        if kind in config.outage:
+            # The service behind the load balancer is down: it answers before anything can authenticate.
+            self._count("outages")
+            return INJECTED[503]
         refusal = self._authenticate(config, authorization)
         if refusal is not None:
             self._count("auth_failures")
@@ -261,8 +299,8 @@ class Emulator:
         allowed = ALLOWED_METHODS[kind]
         if method != allowed:
             return json_response(405, {"detail": f'Method "{method}" not allowed.'}, Allow=allowed)
-        if kind in UPLOAD_KINDS:
-            wait = self._throttle_wait(dice, config, arrived)
+        if kind in THROTTLE_RATE_KINDS:
+            wait = self._throttle_wait(kind, dice, config, arrived)
             if wait is not None:
                 self._count("throttled")
                 return throttled(wait)
@@ -277,7 +315,7 @@ class Emulator:
             # The API's gateway gives up on a request that takes too long: 504, and no code was updated (API.md).
             self._count("hangs")
             return dataclasses.replace(GATEWAY_TIMEOUT, delay=config.hang_seconds)
-        answer = self._view(kind, param, config, body)
+        answer = self._view(kind, param, config, body, dice)
         if dice.slow:
             self._count("slow_answers")
             answer = dataclasses.replace(answer, delay=config.slow_seconds)
@@ -297,13 +335,17 @@ class Emulator:
             for name in names:
                 self._counts[name] += 1
 
-    def _throttle_wait(self, dice: Dice, config: EmulatorConfig, arrived: float) -> float | None:
-        """Seconds to announce if this SCM update is throttled (burst, injected, or over the rate), else None."""
+    def _throttle_wait(self, kind: str, dice: Dice, config: EmulatorConfig, arrived: float) -> float | None:
+        """Seconds to announce if this request is throttled (burst, injected, or over the rate), else None.
+
+        The burst and the rate limit are the scm_update scope (uploads); throttle_rate also strikes task polls.
+        """
+        update = kind in UPLOAD_KINDS
         with self._lock:
-            if self._burst_left > 0:
+            if update and self._burst_left > 0:
                 self._burst_left -= 1
                 return self._burst_wait
-            throttle = self._throttle
+            throttle = self._throttle if update else None
         if dice.throttled:
             return config.throttle_retry_after
         return None if throttle is None else throttle.allow(arrived)
@@ -318,14 +360,14 @@ class Emulator:
             return json_response(403, {"detail": "You do not have permission to perform this action."})
         return None
 
-    def _view(self, kind: str, param: str, config: EmulatorConfig, body: bytes) -> Response:
+    def _view(self, kind: str, param: str, config: EmulatorConfig, body: bytes, dice: Dice) -> Response:
         if kind == "me":
             return json_response(200, ME_BODY)
         if kind == "scm_upload":
             return self._sync_upload(config, body)
         if kind == "scm_upload_async":
-            return self._async_upload(config, body)
-        return self._task(config, param)
+            return self._async_upload(config, body, dice)
+        return self._task(config, param, dice)
 
     def _sync_upload(self, config: EmulatorConfig, body: bytes) -> Response:
         try:
@@ -353,7 +395,7 @@ class Emulator:
         }
         return json_response(200, payload)
 
-    def _async_upload(self, config: EmulatorConfig, body: bytes) -> Response:
+    def _async_upload(self, config: EmulatorConfig, body: bytes, dice: Dice) -> Response:
         try:
             request = parse_async_body(body)
         except ValidationFailed as exc:
@@ -363,26 +405,33 @@ class Emulator:
         if refusal is not None:
             self._count("async_rejected", "poisoned")
             return json_response(400, refusal)
-        with self._lock:
-            fails = self._rng.random() < config.task_fail_rate
-            task_id = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
         self._tasks.create(
             request,
-            task_id=task_id,
+            task_id=dice.task_id,
             pending=config.task_pending_seconds,
             running=config.task_running_seconds,
-            fails=fails,
+            fails=dice.task_fails,
+            forever=config.task_never_finishes,
             known_codes=config.known_codes,
             campaign_fields=config.campaign_fields,
         )
         self._count("async_jobs")
-        return json_response(200, {"task_id": task_id})
+        return json_response(200, {"task_id": dice.task_id})
 
-    def _task(self, config: EmulatorConfig, task_id: str) -> Response:
+    def _task(self, config: EmulatorConfig, task_id: str, dice: Dice) -> Response:
         self._count("task_polls")
         snapshot = self._tasks.get(task_id)
         if snapshot is None:
             return NOT_FOUND
+        if dice.task_missing:
+            # A load balancer sent the poll to a node that does not know the task (yet, or any more).
+            self._count("tasks_missing")
+            return NOT_FOUND
         return json_response(
             200, task_body(snapshot, vocabulary=config.task_states, unknown_state=config.task_unknown_state)
         )
+
+
+def _seconds_text(seconds: float) -> str:
+    """A Retry-After value as configured: 100000000, not 100000000.0; a fraction stays a fraction."""
+    return str(int(seconds)) if float(seconds).is_integer() else repr(float(seconds))

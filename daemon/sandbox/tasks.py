@@ -1,5 +1,6 @@
 """The emulator's async uploads: body validation, and tasks that go pending -> in-progress -> complete | failed."""
 
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -136,14 +137,16 @@ class _Task:
         pending: float,
         running: float,
         fails: bool,
+        forever: bool,
         known_codes: frozenset[str] | None,
         campaign_fields: frozenset[str] | None,
     ) -> None:
         self.first = snapshot
-        self.starts = born + pending  # clock times
-        self.ends = born + pending + running
-        self.started_at = snapshot.created_at + timedelta(seconds=pending)  # wall times, as the API shows them
-        self.completed_at = self.started_at + timedelta(seconds=running)
+        self.starts = math.inf if forever else born + pending  # clock times
+        self.ends = math.inf if forever else born + pending + running
+        # Wall times, as the API shows them; a task that never starts never gets them.
+        self.started_at = None if forever else snapshot.created_at + timedelta(seconds=pending)
+        self.completed_at = None if self.started_at is None else self.started_at + timedelta(seconds=running)
         self.fails = fails
         self.known_codes = known_codes
         self.campaign_fields = campaign_fields
@@ -181,10 +184,11 @@ class TaskStore:
         pending: float,
         running: float,
         fails: bool,
+        forever: bool = False,
         known_codes: frozenset[str] | None,
         campaign_fields: frozenset[str] | None,
     ) -> TaskSnapshot:
-        """Record a new pending task whose course (durations, failure) is fixed now."""
+        """Record a new pending task whose course (durations, failure, or staying pending for ever) is fixed now."""
         snapshot = TaskSnapshot(
             id=task_id,
             reference=request.reference,
@@ -202,6 +206,7 @@ class TaskStore:
             pending=pending,
             running=running,
             fails=fails,
+            forever=forever,
             known_codes=known_codes,
             campaign_fields=campaign_fields,
         )
