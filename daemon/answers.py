@@ -24,11 +24,6 @@ class TaskState(StrEnum):
     FAILED = "failed"  # ended without applying (the API says failed, or error): final
     UNKNOWN = "unknown"  # a state the client does not know: treated as not finished
 
-    @property
-    def final(self) -> bool:
-        """Whether the task will not change any more."""
-        return self in (TaskState.COMPLETE, TaskState.FAILED)
-
 
 # API.md: the portal says in-progress and failed, the docs running and error.
 _TASK_STATES: Mapping[str, TaskState] = {

@@ -190,6 +190,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if emulator is not None:
             emulator.stop()
+    if args.once and service.undelivered():
+        log.error(
+            "service_stopped",
+            reason=f"reports of {len(service.undelivered())} file(s) could not be delivered",
+            error=service.undelivered()[0],
+            action="fix the outbox or archive folder and run again: the reports are written then",
+        )
+        return EXIT_UNEXPECTED
     if args.once and service.uploader.gave_up_rows:
         log.error(
             "service_stopped",

@@ -1,5 +1,6 @@
 """The folders: checked before the service starts, created when missing, and names that never overwrite a file."""
 
+import errno
 import fcntl
 import os
 import shutil
@@ -115,9 +116,14 @@ def deliver(ledger: Ledger, f: FileInfo, paths: PathsSettings) -> tuple[ReportNa
     The report stem and the destination are fixed in the ledger before anything is written, so a second pass
     rewrites the same reports and finds the input already moved, instead of choosing new names.
     """
+    folder = paths.failed if f.outcome is Outcome.FAILED else paths.archive
+    for needed in (paths.outbox, folder):
+        # Names are fixed only against the real folder: chosen in an absent one (a share unmounted) they could
+        # be names already taken once it is back, and reports would be overwritten.
+        if not needed.is_dir():
+            raise FileNotFoundError(errno.ENOENT, "the folder is missing or not a folder", str(needed))
     if f.report_base is None:
         ledger.set_file(f.id, report_base=choose_base(paths.outbox, Path(f.name).stem))
-    folder = paths.failed if f.outcome is Outcome.FAILED else paths.archive
     if f.destination is None:
         ledger.set_file(f.id, destination=str(free_path(folder, f.name)))
     f = ledger.file(f.id)

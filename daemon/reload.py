@@ -3,6 +3,8 @@
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
+
 from daemon.config import Settings
 
 # Settings that only steer timing and discovery: changing them mid-run cannot split a file's treatment in two.
@@ -27,7 +29,7 @@ def _flat(settings: Settings) -> dict[tuple[str, str], Any]:
         if section == "source":
             continue
         value = getattr(settings, section)
-        if hasattr(value, "model_fields"):
+        if isinstance(value, BaseModel):
             for key in type(value).model_fields:
                 flat[section, key] = getattr(value, key)
         else:

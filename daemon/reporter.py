@@ -41,6 +41,7 @@ def names_for(base: str) -> ReportNames:
 
 
 LONGEST_REPORT_SUFFIX = "-9999999.rejected.csv"  # what a report stem must leave room for in a 255-byte name
+TEMP_NAME_EXTRA = len(".") + len(".XXXXXXXX.tmp")  # atomic_write's temporary name around the report's name
 
 
 def choose_base(outbox: Path, stem: str) -> str:
@@ -48,7 +49,7 @@ def choose_base(outbox: Path, stem: str) -> str:
 
     A stem too long to take the report suffixes within the file system's name limit is shortened.
     """
-    short = fit_name("", stem, "", limit=NAME_MAX - len(LONGEST_REPORT_SUFFIX))
+    short = fit_name("", stem, "", limit=NAME_MAX - len(LONGEST_REPORT_SUFFIX) - TEMP_NAME_EXTRA)
 
     def taken(base: str) -> bool:
         names = names_for(base)
@@ -106,7 +107,7 @@ def build_summary(
 @contextmanager
 def atomic_write(path: Path, *, encoding: str = "utf-8-sig") -> Iterator[IO[str]]:
     """Write a file under a temporary name in the same folder, then rename it: a reader never sees half of it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # TEMP_NAME_EXTRA
     try:
         # mkstemp makes the file 0600; reports are for the people on the share: the usual mode under the umask.
         os.fchmod(fd, 0o666 & ~_umask())

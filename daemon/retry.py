@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from enum import StrEnum
 
-from daemon.api import ApiError, ErrorKind, HTTPStatusError, classify
+from daemon.errors import ApiError, ErrorKind, HTTPStatusError, classify
 
 # 2**64 already dwarfs any sane max_delay; capping the exponent keeps huge attempt numbers from overflowing.
 _MAX_EXPONENT = 64

@@ -36,6 +36,7 @@ IDLE_WAIT = 0.2  # longest pause of the loop when nothing is in flight
 UNREADABLE_RETRY = 60.0  # seconds before a file that could not be opened (permissions) is tried again
 DELIVERY_RETRY = (5.0, 300.0)  # first and longest wait before writing a file's reports again after a failure
 STEP_RETRY = (1.0, 60.0)  # first and longest wait before a part of the loop runs again after it failed
+ONCE_DELIVERY_ATTEMPTS = 3  # run --once gives up delivering a file's reports after this many failures (exit 1)
 STOP_DEADLINE = 120.0  # seconds a graceful stop waits for requests in flight (each is bounded by its timeouts)
 
 
@@ -126,7 +127,7 @@ class Service:
         events: InboxEvents | NullEvents | None = None,
         clock: Clock = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
-        idle_wait: Callable[[float], None] | None = None,
+        idle_wait: Callable[[float], None] | None = None,  # called with the seconds until there is work
         notifier: Notifier | None = None,
         reload_settings: Callable[[], Settings] | None = None,
         wake: threading.Event | None = None,
@@ -318,10 +319,15 @@ class Service:
         return taken
 
     def _take_settled(self, now: float) -> int:
-        claimed = {f.path for f in self.ledger.files([FileState.RECEIVED, FileState.ACTIVE, FileState.REPORTING])}
         taken = 0
         self._unreadable = {p: at for p, at in self._unreadable.items() if at > now}
-        for path in self.scanner.scan(now, claimed):
+        settled = self.scanner.scan(now, ())
+        if settled:
+            # Ledgers from before claims were renames hold open files at their inbox path: never take those twice.
+            states = [FileState.RECEIVED, FileState.ACTIVE, FileState.REPORTING]
+            claimed = {f.path for f in self.ledger.files(states)}
+            settled = [p for p in settled if str(p) not in claimed]
+        for path in settled:
             if str(path) in self._unreadable:
                 continue
             self.scanner.taken(path)
@@ -479,10 +485,25 @@ class Service:
         self._report_status()
         if once and not result.busy and self.idle():
             return False
+        if once and not result.busy and self._only_undeliverable_left():
+            return False  # the CLI exits 1 naming them; the next run delivers them
         self.events.check()
         if not result.busy and not self.uploader.busy:
-            self.idle_wait(self._idle_wait())
+            self.idle_wait(self.next_wake())
         return True
+
+    def undelivered(self) -> list[str]:
+        """Why files whose reports could not be delivered are still waiting."""
+        return [b.error for b in self._delivery.values()]
+
+    def _only_undeliverable_left(self) -> bool:
+        """`run --once`: every open file is final but its reports failed to be delivered a few times over."""
+        if not self._delivery or self.uploader.busy or self.scanner.waiting:
+            return False
+        if any(b.failures < ONCE_DELIVERY_ATTEMPTS for b in self._delivery.values()):
+            return False
+        open_files = self.ledger.files([FileState.RECEIVED, FileState.ACTIVE, FileState.REPORTING])
+        return {f.id for f in open_files} <= set(self._delivery)
 
     def run(self, *, once: bool = False) -> None:
         """Step until stopped (or, with once, until the inbox and the ledger hold no unfinished work)."""
@@ -506,14 +527,13 @@ class Service:
         self.uploader.drain(self.epoch, deadline=self.monotonic() + STOP_DEADLINE)
         self._guarded("finish", self._finish_files, default=0)
 
-    def _wait_for_wake(self, timeout: float) -> None:
+    def _wait_for_wake(self, until_work: float) -> None:
+        """The production idle wait: at most IDLE_WAIT, so that signals and a stop are noticed promptly."""
+        timeout = min(IDLE_WAIT, until_work)
         if self.wake.is_set():
             time.sleep(timeout)  # an event came too soon after the last scan: wait out the gap, do not spin
         else:
             self.wake.wait(timeout)
-
-    def _idle_wait(self) -> float:
-        return min(IDLE_WAIT, self.next_wake())
 
     def next_wake(self) -> float:
         """Seconds until the loop has something to do (a due batch, a scan, a retry), if nothing wakes it before."""

@@ -10,6 +10,7 @@ def _counts(counts: dict[str, int]) -> str:
 def render_overview(data: dict[str, Any]) -> str:
     """The overview as lines of text."""
     lines = [f"UPLOADS PAUSED: {data['uploads_paused']}"] if data.get("uploads_paused") else []
+    lines += [f"REPORTS NOT DELIVERED (retried): {u['error']}" for u in data.get("undelivered", [])]
     lines += [
         f"ledger:   {data['ledger']}",
         f"files:    {_counts(data['files'])}",
@@ -27,7 +28,7 @@ def render_overview(data: dict[str, Any]) -> str:
     if data["recent_files"]:
         lines.append("recent files:")
         for f in data["recent_files"]:
-            status = f["status"] or f["state"]
+            status = f["state"] if f["state"] != "done" else (f["status"] or f["state"])
             lines.append(
                 f"  {f['received_at']}  {status:<22} {f['name']}" + (f"  ({f['error']})" if f["error"] else "")
             )

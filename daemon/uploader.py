@@ -1,5 +1,6 @@
 """Uploader: sends due batches and polls async tasks through a pool of HTTP workers, and applies every decision."""
 
+import dataclasses
 import math
 import random
 import time
@@ -237,24 +238,33 @@ class Uploader:
                 continue
             started += 1
             batch, rows = self.ledger.start_sending(queued.id)  # committed before the request exists
-            keys = tuple(key for _, key, _ in rows)
-            lines = tuple(line for line, _, _ in rows)
-            trial = self.breaker.started(mono)
-            if batch.kind == "async":
-                data = scm_data(rows[0][2], file.layout, clear_empty=file.clear_empty)
-                assert batch.reference is not None
-                work = Work(RequestKind.ASYNC_SUBMIT, batch, file, keys, lines, trial=trial)
-                self._submit(
-                    work, self._send, self.client.upload_async, file.data_key, list(keys), data, batch.reference
-                )
-            else:
-                items = [
-                    {file.data_key: key, **scm_data(cells, file.layout, clear_empty=file.clear_empty)}
-                    for _, key, cells in rows
-                ]
-                work = Work(RequestKind.SYNC_UPLOAD, batch, file, keys, lines, trial=trial)
-                self._submit(work, self._send, self.client.upload_sync, file.data_key, items)
+            trial = False
+            try:
+                work, call, args = self._request(batch, rows, file)
+                trial = self.breaker.started(mono)
+                self._submit(dataclasses.replace(work, trial=trial), self._send, call, *args)
+            except Exception as exc:
+                # `sending` is committed but nothing left: put it back at once, never leave it there.
+                self.breaker.cancelled(trial)
+                self.ledger.requeue(batch, at=now, error=f"not sent: {exc}", ambiguous=False, count_failure=False)
+                raise
         return started
+
+    def _request(
+        self, batch: BatchInfo, rows: list[tuple[int, str, list[str]]], file: FileContext
+    ) -> tuple[Work, Callable[..., Any], tuple[Any, ...]]:
+        """The upload call for a batch marked `sending`: its work record, the client method and its arguments."""
+        keys = tuple(key for _, key, _ in rows)
+        lines = tuple(line for line, _, _ in rows)
+        if batch.kind == "async":
+            data = scm_data(rows[0][2], file.layout, clear_empty=file.clear_empty)
+            assert batch.reference is not None
+            work = Work(RequestKind.ASYNC_SUBMIT, batch, file, keys, lines)
+            return work, self.client.upload_async, (file.data_key, list(keys), data, batch.reference)
+        items = [
+            {file.data_key: key, **scm_data(cells, file.layout, clear_empty=file.clear_empty)} for _, key, cells in rows
+        ]
+        return Work(RequestKind.SYNC_UPLOAD, batch, file, keys, lines), self.client.upload_sync, (file.data_key, items)
 
     def _check_token(self, now: float) -> int:
         """While the token is refused: ask GET /me/ every few minutes, one request at a time."""

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from daemon.sandbox import Emulator, EmulatorConfig
+from daemon.sandbox import Emulator, EmulatorConfig, ManualClock
 
 TOKEN = "sandbox-token"
 
@@ -28,3 +28,9 @@ def http() -> Iterator[requests.Session]:
     session.headers["Authorization"] = f"UAT {TOKEN}"
     yield session
     session.close()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """A simulated clock for an emulator: it moves only when a test advances it, so nothing races."""
+    return ManualClock()

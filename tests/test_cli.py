@@ -19,6 +19,7 @@ def project(tmp_path: Path, emulator: Emulator) -> Project:
     return make_project(tmp_path / "site", emulator.base_url)
 
 
+@pytest.mark.slow
 def test_every_command_has_help_text() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
@@ -71,6 +72,7 @@ def test_check_accepts_a_good_token_and_exits_3_on_a_refused_one(project: Projec
     assert "sandbox-token" not in out.stdout + out.stderr
 
 
+@pytest.mark.slow
 def test_status_reports_files_rows_and_batches(project: Project) -> None:
     project.drop("a.csv", csv_text(["extended_id", "batch"], [("CODE00000001", "x"), ("", "y")]))
     assert project.cli("run", "--once").returncode == 0
@@ -110,6 +112,7 @@ def test_validate_shows_the_plan_without_uploading(project: Project, emulator: E
     assert not project.ledger.exists()
 
 
+@pytest.mark.slow
 def test_prune_keeps_status_counts_and_duplicate_detection(project: Project, emulator: Emulator) -> None:
     text = csv_text(["extended_id", "batch"], [("CODE00000001", "x"), ("CODE00000002", "y")])
     project.drop("a.csv", text)
@@ -128,6 +131,7 @@ def test_prune_keeps_status_counts_and_duplicate_detection(project: Project, emu
     assert project.cli("prune", "--older-than", "-1").returncode == 2
 
 
+@pytest.mark.slow
 def test_a_second_service_on_the_same_ledger_is_refused(project: Project, emulator: Emulator) -> None:
     with project.running() as service:
         project.wait_for(project.ledger.with_name("ledger.sqlite3.lock"))

@@ -8,9 +8,12 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 from support import csv_text, make_project
 
 from daemon.sandbox import Emulator
+
+pytestmark = pytest.mark.slow  # the real CLI as a subprocess: the full suite runs these, the fast tier does not
 
 
 def code(i: int) -> str:

@@ -11,6 +11,8 @@ from support import Project, csv_text, make_project
 from daemon.planner import plan
 from daemon.sandbox import Emulator
 
+pytestmark = pytest.mark.slow  # the real CLI as a subprocess: the full suite runs these, the fast tier does not
+
 FAST_POLL = {"interval_seconds": 0.05, "max_interval_seconds": 0.2}
 
 

@@ -11,6 +11,8 @@ from support import Project, csv_text, make_project, stop
 
 from daemon.sandbox import Emulator
 
+pytestmark = pytest.mark.slow  # the real CLI as a subprocess: the full suite runs these, the fast tier does not
+
 SYNC = {"mode": "sync"}
 
 

@@ -8,6 +8,8 @@ from support import Project, csv_text, make_project
 
 from daemon.sandbox import Emulator
 
+pytestmark = pytest.mark.slow  # the real CLI as a subprocess: the full suite runs these, the fast tier does not
+
 MARKETS = ("cn", "de", "fr", "us")
 
 

@@ -51,6 +51,7 @@ def running(project: Project) -> Iterator[Popen[str]]:
             assert stop(service) == 0
 
 
+@pytest.mark.slow
 def test_a_file_written_slowly_in_pieces_is_read_once_and_complete(tmp_path: Path, emulator: Emulator) -> None:
     project = make_project(tmp_path / "site", emulator.base_url, watch={"settle_seconds": 0.5})
     rows = [(code("SLOW", i), f"L{i}") for i in range(400)]
@@ -92,6 +93,7 @@ def test_excel_lock_files_and_temporary_names_are_left_alone(tmp_path: Path, emu
     assert sorted(p.name for p in project.outbox.iterdir()) == ["orders.report.csv", "orders.summary.json"]
 
 
+@pytest.mark.slow
 def test_a_burst_of_200_files_dropped_at_once_are_all_processed(tmp_path: Path, emulator: Emulator) -> None:
     project = make_project(tmp_path / "site", emulator.base_url, api={"max_in_flight": 8})
     with running(project):
@@ -147,6 +149,7 @@ def test_without_events_the_periodic_scan_finds_files_and_rechecks_settling_ones
         service.ledger.close()
 
 
+@pytest.mark.slow
 def test_the_polling_observer_serves_shares(tmp_path: Path, emulator: Emulator) -> None:
     project = make_project(tmp_path / "site", emulator.base_url, watch={"polling": True})
     with running(project):
@@ -155,6 +158,7 @@ def test_the_polling_observer_serves_shares(tmp_path: Path, emulator: Emulator) 
     assert any(e["event"] == "watcher_started" and e["kind"] == "polling" for e in events(project))
 
 
+@pytest.mark.slow
 def test_sighup_rereads_the_configuration(tmp_path: Path, emulator: Emulator) -> None:
     project = make_project(tmp_path / "site", emulator.base_url)
     with running(project) as service:

@@ -15,9 +15,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from support import Project, csv_text, make_project, stop
 
 from daemon.sandbox import Emulator
+
+pytestmark = pytest.mark.slow  # the real CLI as a subprocess: the full suite runs these, the fast tier does not
 
 ROWS = int(os.environ.get("KILLLOOP_ROWS", "20000"))
 KILLS = int(os.environ.get("KILLLOOP_KILLS", "6"))

@@ -130,6 +130,7 @@ def test_without_a_manager_nothing_is_sent_and_nothing_fails(tmp_path: Path) -> 
     assert logs[0]["event"] == "notify_failed"
 
 
+@pytest.mark.slow
 def test_a_real_service_reports_ready_status_watchdog_and_stopping(
     tmp_path: Path, emulator: Emulator, manager: Manager
 ) -> None:

@@ -15,11 +15,6 @@ ASYNC = "/api/v2/scm/upload/async/"
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
 def emu(clock: ManualClock) -> Iterator[Emulator]:
     config = EmulatorConfig(rate_limit=None, task_pending_seconds=10, task_running_seconds=20)
     with Emulator(config, clock=clock, wall=clock.wall) as emulator:

@@ -30,6 +30,7 @@ from daemon.api import (
     SyncResult,
     TaskState,
     Throttled,
+    Timeout,
     TokenRefused,
     Transient,
     TransportError,
@@ -221,7 +222,7 @@ def scenario(t: Transport) -> Transcript:
     emu.configure(hang_rate=1.0, hang_seconds=600)
     hang = log.step("hang", lambda: client.upload_sync("extended_id", [{"extended_id": code(4), "lot": "H"}]))
     assert isinstance(hang, Failure)
-    assert (hang.type, hang.ambiguous) == (TransportError.__name__, True)
+    assert (hang.type, hang.ambiguous) == (Timeout.__name__, True)
     assert "Read timed out. (read timeout=1.0)" in hang.message
     t.check_delay(READ_TIMEOUT)
 

@@ -19,11 +19,6 @@ HOUR = 3600.0
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
 def emu(clock: ManualClock) -> Iterator[Emulator]:
     """An emulator on a simulated clock: tasks end only when a test moves the clock, so nothing races."""
     config = EmulatorConfig(rate_limit=None, task_pending_seconds=1, task_running_seconds=1)

@@ -165,7 +165,13 @@ class FileStore(LedgerBase):
                 rows[status] = rows.get(status, 0) + n
             batches = counts("SELECT state, count(*) FROM batches GROUP BY state")
             latest = conn.exec_driver_sql(
-                "SELECT id, name, state, outcome, received_at, finished_at, error FROM files ORDER BY id DESC LIMIT ?",
+                "SELECT id, name, state, outcome, received_at, finished_at, coalesce(delivery_error, error) FROM files "
+                "ORDER BY id DESC LIMIT ?",
+                (recent,),
+            ).all()
+            undelivered = conn.exec_driver_sql(
+                "SELECT name, delivery_error FROM files WHERE state='reporting' AND delivery_error IS NOT NULL "
+                "ORDER BY id LIMIT ?",
                 (recent,),
             ).all()
             errors = conn.exec_driver_sql(
@@ -194,6 +200,7 @@ class FileStore(LedgerBase):
                 {"id": i, "name": n, "state": st, "status": o, "received_at": r, "finished_at": fin, "error": e}
                 for i, n, st, o, r, fin, e in latest
             ],
+            "undelivered": [{"file": n, "error": e} for n, e in undelivered],
             "last_errors": [
                 {"file": n, "batch": seq, "state": st, "attempts": a, "error": e} for n, seq, st, a, e in errors
             ],
