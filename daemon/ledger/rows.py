@@ -114,7 +114,8 @@ class RowStore(LedgerBase):
         """Whether any row of the file still waits for an outcome."""
         with self.engine.connect() as conn:
             row = conn.exec_driver_sql(
-                "SELECT 1 FROM rows WHERE file_id=? AND status IN ('pending', 'queued') LIMIT 1", (file_id,)
+                "SELECT 1 FROM rows INDEXED BY rows_open WHERE file_id=? AND status IN ('pending', 'queued') LIMIT 1",
+                (file_id,),
             ).first()
         return row is not None
 
@@ -122,7 +123,9 @@ class RowStore(LedgerBase):
         """Whether any row of the file still waits to be planned."""
         with self.engine.connect() as conn:
             row = conn.exec_driver_sql(
-                "SELECT 1 FROM rows WHERE file_id=? AND status='pending' LIMIT 1", (file_id,)
+                "SELECT 1 FROM rows INDEXED BY rows_open WHERE file_id=? AND status IN ('pending', 'queued') "
+                "AND status='pending' LIMIT 1",
+                (file_id,),
             ).first()
         return row is not None
 

@@ -1,0 +1,96 @@
+"""The queries the service loop runs on every turn never scan a file's rows: checked with EXPLAIN QUERY PLAN.
+
+A query whose cost grows with the rows already uploaded makes a big file's upload quadratic (issue 13). The
+statements are captured from the real ledger methods as the loop calls them, on a ledger holding a file with
+many final rows and a few open ones, and each plan is read back from SQLite.
+"""
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from daemon.ledger import Ledger
+from daemon.states import FileState
+
+ROWS = 2000
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Ledger]:
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    file_id = ledger.add_file(
+        sha256="a" * 64, name="big.csv", path="/in/big.csv", size=1, data_key="extended_id", mode="sync"
+    )
+    ledger.insert_rows(file_id, iter([(n + 2, f"K{n:08d}", "h", "[]", "pending", "") for n in range(ROWS)]))
+    ledger.transition_file(file_id, FileState.ACTIVE)
+    ledger.add_batches(
+        file_id, [("sync", list(range(2, ROWS - 8)), None), ("sync", list(range(ROWS - 8, ROWS + 2)), None)]
+    )
+    batch, _ = ledger.start_sending(ledger.due_batches(now=0, limit=1)[0].id)
+    keys = [f"K{n:08d}" for n in range(ROWS - 10)]
+    ledger.complete_sync(batch, "extended_id", keys, changed=set(keys))  # all but the last ten rows are final
+    with ledger.engine.begin() as conn:
+        conn.exec_driver_sql("ANALYZE")
+    yield ledger
+    ledger.close()
+
+
+@contextmanager
+def captured(ledger: Ledger) -> Iterator[list[tuple[str, Any]]]:
+    statements: list[tuple[str, Any]] = []
+
+    def remember(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            statements.append((statement, parameters))
+
+    event.listen(ledger.engine, "before_cursor_execute", remember)
+    try:
+        yield statements
+    finally:
+        event.remove(ledger.engine, "before_cursor_execute", remember)
+
+
+def plan_of(ledger: Ledger, statement: str, parameters: Any) -> list[str]:
+    with ledger.engine.connect() as conn:
+        return [row[-1] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)]
+
+
+def test_no_per_turn_query_scans_rows(ledger: Ledger) -> None:
+    file_id = ledger.files([FileState.ACTIVE])[0].id
+    with captured(ledger) as statements:
+        # What Service.step and Service.next_wake ask on every turn of the loop, for every active file.
+        ledger.files([FileState.RECEIVED, FileState.ACTIVE, FileState.REPORTING])
+        ledger.due_batches(now=0, limit=8)
+        ledger.next_due()
+        ledger.has_open_rows(file_id)
+        ledger.has_pending_rows(file_id)
+        ledger.file(file_id)
+    assert len(statements) >= 6
+    for statement, parameters in statements:
+        plan = plan_of(ledger, statement, parameters)
+        assert not any(scans_rows(step) for step in plan), (statement, plan)
+
+
+def scans_rows(step: str) -> bool:
+    """A plan step that reads every row of the table, or every row of a file (its primary-key range)."""
+    return bool(re.match(r"SCAN rows\b", step)) or step.strip() == "SEARCH rows USING PRIMARY KEY (file_id=?)"
+
+
+def test_the_scan_detector_sees_a_scan_of_a_files_rows(ledger: Ledger) -> None:
+    whole_file = plan_of(ledger, "SELECT 1 FROM rows WHERE file_id=? AND status='uploaded'", (1,))
+    whole_table = plan_of(ledger, "SELECT 1 FROM rows WHERE detail=?", ("x",))
+    assert any(scans_rows(step) for step in whole_file), whole_file
+    assert any(scans_rows(step) for step in whole_table), whole_table
+
+
+def test_the_open_row_check_is_one_index_probe(ledger: Ledger) -> None:
+    file_id = ledger.files([FileState.ACTIVE])[0].id
+    with captured(ledger) as statements:
+        assert ledger.has_open_rows(file_id)
+    ((statement, parameters),) = statements
+    assert any("rows_open" in step for step in plan_of(ledger, statement, parameters))
