@@ -1,9 +1,12 @@
 """The CLI before a first real run: `check` creates nothing, `check --sandbox`, token file modes, usage exits."""
 
+import http.server
+import json
+import threading
 from pathlib import Path
 
 import pytest
-from support import Project, make_project
+from support import Project, csv_text, make_project
 
 from daemon.sandbox import Emulator
 
@@ -81,3 +84,41 @@ def test_a_base_url_with_the_api_path_is_refused_before_anything_runs(project: P
         assert out.returncode == 2
         assert MESSAGE in out.stderr
         assert str(project.config) in out.stderr
+
+
+class _NotTheApi(http.server.BaseHTTPRequestHandler):
+    """A web server on the configured host that is not the API: 404 for every path."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = b'{"detail": "Not found."}'
+        self.send_response(404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.mark.slow
+def test_a_404_on_the_upload_endpoint_pauses_and_rejects_no_row(tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotTheApi)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        project = make_project(tmp_path / "site", f"http://127.0.0.1:{server.server_address[1]}")
+        project.drop("a.csv", csv_text(["extended_id", "batch"], [("CODE00000001", "x"), ("CODE00000002", "y")]))
+        out = project.cli("run", "--once")
+        rows = json.loads(project.cli("status", "--json").stdout)["rows"]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert out.returncode == 2, out.stderr
+    assert "check api.base_url" in out.stderr
+    assert not list(project.archive.glob("*"))  # not filed as done
+    assert not list(project.outbox.glob("*.report.csv"))  # no report: the rows are pending, none rejected
+    assert rows == {"queued": 2}  # both rows wait for the fix; none rejected or failed
