@@ -161,15 +161,15 @@ class ScantrustClient:
         """The status of an async task: the slash form, on 404 the bare form once; the one that answers is kept."""
         forms = self._task_paths
         quoted = quote(task_id, safe="")
-        for template in forms:
+        for tried, template in enumerate(forms):
             path = template.format(task_id=quoted)
             try:
                 body = self._call("GET", path, follow_redirects=True)
             except NotFound:
-                if template is forms[-1]:
+                if tried == len(forms) - 1:
                     raise
                 continue
-            if template is not forms[0]:
+            if tried:
                 self._task_paths = (template, forms[0])
                 log.info("api_task_path_form", path=template.format(task_id="<id>"))
             return parse_task_status(body, task_id, path)
