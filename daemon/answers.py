@@ -33,6 +33,12 @@ _TASK_STATES: Mapping[str, TaskState] = {
     "complete": TaskState.COMPLETE,
     "failed": TaskState.FAILED,
     "error": TaskState.FAILED,
+    # Words that plainly mean the job ended without applying (none is confirmed by API.md): final, not waited on.
+    "cancelled": TaskState.FAILED,
+    "canceled": TaskState.FAILED,
+    "aborted": TaskState.FAILED,
+    "revoked": TaskState.FAILED,
+    "expired": TaskState.FAILED,
 }
 
 
@@ -110,7 +116,10 @@ def parse_task_id(body: object) -> str:
 
 
 def parse_task_status(body: object, task_id: str, path: str) -> TaskStatus:
-    """A task status answer; an unknown state is logged and read as UNKNOWN, never an error."""
+    """A task status answer; an unknown state is read as UNKNOWN (not finished), never an error.
+
+    It is not logged here: the uploader warns once per state name, not on every poll.
+    """
     if not isinstance(body, dict):
         raise ProtocolError(f"GET {path} answered 200 with {shape(body)} instead of a JSON object")
 
@@ -121,8 +130,6 @@ def parse_task_status(body: object, task_id: str, path: str) -> TaskStatus:
     raw = body.get("state", body.get("status"))
     raw_state = "" if raw is None else str(raw)
     state = task_state(raw_state)
-    if state is TaskState.UNKNOWN:
-        log.warning("api_task_state_unknown", task_id=task_id, state=raw_state[:100])
     reported_id = body.get("id")
     return TaskStatus(
         id=str(reported_id) if isinstance(reported_id, str | int) and not isinstance(reported_id, bool) else task_id,

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import requests
 import structlog
@@ -73,6 +73,10 @@ log = structlog.get_logger(__name__)
 
 ME_PATH = "/api/v2/me/"
 TASK_PATH = "/api/v2/scm/tasks/{task_id}/"
+# API.md: the slash form is a guess; the production client polls the bare form (and follows redirects).
+TASK_PATH_BARE = "/api/v2/scm/tasks/{task_id}"
+_REDIRECTS = frozenset({301, 302, 307, 308})
+MAX_REDIRECTS = 3
 
 
 class _UatAuth(requests.auth.AuthBase):
@@ -122,6 +126,7 @@ class ScantrustClient:
         self._lock = threading.Lock()
         self._sessions: list[requests.Session] = []
         self._closed = False
+        self._task_paths = (TASK_PATH, TASK_PATH_BARE)  # the form that last answered goes first
 
     def __repr__(self) -> str:
         return f"ScantrustClient(base_url={self.base_url!r}, token=SecretStr('**********'))"
@@ -153,9 +158,22 @@ class ScantrustClient:
         return parse_task_id(self._call("POST", ASYNC_UPLOAD_PATH, payload))
 
     def task(self, task_id: str) -> TaskStatus:
-        """The status of an async task."""
-        path = TASK_PATH.format(task_id=quote(task_id, safe=""))
-        return parse_task_status(self._call("GET", path), task_id, path)
+        """The status of an async task: the slash form, on 404 the bare form once; the one that answers is kept."""
+        forms = self._task_paths
+        quoted = quote(task_id, safe="")
+        for tried, template in enumerate(forms):
+            path = template.format(task_id=quoted)
+            try:
+                body = self._call("GET", path, follow_redirects=True)
+            except NotFound:
+                if tried == len(forms) - 1:
+                    raise
+                continue
+            if tried:
+                self._task_paths = (template, forms[0])
+                log.info("api_task_path_form", path=template.format(task_id="<id>"))
+            return parse_task_status(body, task_id, path)
+        raise AssertionError("unreachable: the last form re-raises")
 
     def close(self) -> None:
         """Close every thread's session and the shared connection pool."""
@@ -179,20 +197,48 @@ class ScantrustClient:
             self._local.session = session
         return session
 
-    def _call(self, method: str, path: str, payload: object = None) -> object:
+    def _call(self, method: str, path: str, payload: object = None, *, follow_redirects: bool = False) -> object:
         if self._closed:
             raise RuntimeError("the API client was closed")
         what = f"{method} {path}"
-        try:
-            with self._slots:
-                response = self._session().request(
-                    method, self.base_url + path, json=payload, timeout=self._timeout, allow_redirects=False
+        url = self.base_url + path
+        for _hop in range(MAX_REDIRECTS + 1):
+            try:
+                with self._slots:
+                    # requests' own redirect handling is off: it would decide alone where the token goes.
+                    response = self._session().request(
+                        method, url, json=payload, timeout=self._timeout, allow_redirects=False
+                    )
+            except requests.RequestException as exc:
+                # `from None`: a requests exception holds the prepared request, Authorization header included, and
+                # a traceback renderer that shows causes or locals would print it.
+                raise _transport_error(what, exc, self._token) from None
+            location = response.headers.get("Location")
+            if not (follow_redirects and response.status_code in _REDIRECTS and location):
+                return _read_answer(what, response, self._token)
+            target = urljoin(url, location)
+            if not _same_origin(target, self.base_url):
+                shown = urlsplit(target)
+                raise ProtocolError(
+                    f"{what} was redirected to {shown.scheme}://{shown.netloc}, not api.base_url "
+                    f"({self.base_url}); not followed, so the token is not sent there",
+                    status=response.status_code,
+                    ambiguous=False,
                 )
-        except requests.RequestException as exc:
-            # `from None`: a requests exception holds the prepared request, Authorization header included, and
-            # a traceback renderer that shows causes or locals would print it.
-            raise _transport_error(what, exc, self._token) from None
-        return _read_answer(what, response, self._token)
+            response.close()
+            url = target
+        raise ProtocolError(f"{what}: more than {MAX_REDIRECTS} redirects; not followed further", ambiguous=False)
+
+
+def _same_origin(url: str, base_url: str) -> bool:
+    """Same scheme, host and port (a missing port is the scheme's default)."""
+    a, b = urlsplit(url), urlsplit(base_url)
+    defaults = {"http": 80, "https": 443}
+    try:
+        ports = (a.port or defaults.get(a.scheme), b.port or defaults.get(b.scheme))
+    except ValueError:  # a port that is not a number
+        return False
+    return a.scheme == b.scheme and (a.hostname or "").lower() == (b.hostname or "").lower() and ports[0] == ports[1]
 
 
 def _transport_error(what: str, exc: requests.RequestException, token: SecretStr) -> ApiError:

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from daemon import __version__
 from daemon.api import ApiError, ErrorKind, ScantrustClient, classify
-from daemon.config import ConfigError, Settings, find_config_file, load_settings, sandbox_settings
+from daemon.config import CREDENTIAL_NAME, ConfigError, Settings, find_config_file, load_settings, sandbox_settings
 from daemon.folders import FolderError, ledger_lock, prepare_folders, refuse_network_ledger
 from daemon.ledger import Ledger
 from daemon.logs import configure_logging
@@ -81,7 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
     with_sandbox(status)
 
-    with_config(sub.add_parser("check", help="check configuration, folders, ledger, and the token against the API"))
+    check = with_config(
+        sub.add_parser("check", help="check configuration, folders, ledger, and the token against the API")
+    )
+    check.add_argument(
+        "--sandbox", action="store_true", help="check the configuration of `run --sandbox` against the emulator"
+    )
 
     retry = with_config(sub.add_parser("retry", help="put the failed rows of files back in the upload queue"))
     retry.add_argument("files", nargs="*", metavar="NAME_OR_SHA", help="file name as dropped, or its SHA-256 (prefix)")
@@ -212,6 +217,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Parse and plan one file."""
     settings = _settings(args)
+    if not args.file.is_file():
+        state = "is a folder, not a file" if args.file.is_dir() else "does not exist"
+        raise UsageError(f"file {args.file} {state}; check the path")
     report = validate_file(args.file, settings)
     print(json.dumps(report, indent=2) if args.json else render_validation(report))
     return EXIT_OK if report["ok"] else EXIT_UNEXPECTED  # 1 when unreadable or when any row would be rejected
@@ -232,6 +240,14 @@ def _existing_ledger(args: argparse.Namespace) -> Iterator[Ledger]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """What the ledger holds."""
+    ledger_path = _settings(args).paths.ledger
+    if not ledger_path.exists():
+        # Nothing has run yet: a state, not an error.
+        if args.json:
+            print(json.dumps({"ledger": str(ledger_path), "exists": False}, indent=2))
+        else:
+            print(f"no ledger yet at {ledger_path} (it is created on first run)")
+        return EXIT_OK
     with _existing_ledger(args) as ledger:
         data = ledger.overview()
     print(json.dumps(data, indent=2) if args.json else render_overview(data))
@@ -239,14 +255,42 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Configuration, folders, ledger, token."""
-    settings = _settings(args)
+    """Configuration, folders, ledger, token; creates nothing (the first `run` does)."""
+    emulator: Emulator | None = None
+    if args.sandbox:
+        # As `run --sandbox` would: only an explicit -c, the sandbox ledger, the emulator's token.
+        emulator = Emulator(EmulatorConfig(token=SANDBOX_TOKEN))
+        base_url = emulator.start()
+        config = Path(args.config) if args.config else None
+        settings = with_sandbox_ledger(sandbox_settings(config, base_url=base_url, token=SANDBOX_TOKEN))
+    else:
+        settings = _settings(args)
+    try:
+        return _check(settings, sandbox=args.sandbox)
+    finally:
+        if emulator is not None:
+            emulator.stop()
+
+
+def _check(settings: Settings, *, sandbox: bool) -> int:
+    paths = settings.paths
     print(f"config: {settings.source or 'none found, defaults and environment'}")
-    prepare_folders(settings)
-    print(f"folders: inbox {settings.paths.inbox}, outbox {settings.paths.outbox}, archive {settings.paths.archive}")
-    refuse_network_ledger(settings.paths.ledger)
-    Ledger(settings.paths.ledger).close()
-    print(f"ledger: {settings.paths.ledger}")
+    if not paths.inbox.is_dir() and not sandbox:  # run --sandbox creates its inbox
+        raise FolderError(f"inbox {paths.inbox} does not exist; create it or set paths.inbox")
+    later = [str(f) for f in (paths.inbox, paths.outbox, paths.archive, paths.failed) if not f.is_dir()]
+    print(f"folders: inbox {paths.inbox}, outbox {paths.outbox}, archive {paths.archive}")
+    if later:
+        print(f"folders: {', '.join(later)} not there yet (created on first run)")
+    refuse_network_ledger(paths.ledger)
+    if paths.ledger.exists():
+        Ledger(paths.ledger).close()  # its schema version is checked
+        print(f"ledger: {paths.ledger}")
+    else:
+        _creatable(paths.ledger.parent)
+        print(f"ledger: no ledger yet (it is created on first run) at {paths.ledger}")
+    if not sandbox:
+        for warning in _token_file_warnings(settings):
+            print(f"WARNING: {warning}")
     client = ScantrustClient(
         settings.api.base_url,
         SecretStr(settings.api.require_token()),
@@ -259,6 +303,36 @@ def cmd_check(args: argparse.Namespace) -> int:
         client.close()
     print(f"token: accepted by {settings.api.base_url} (user {me.get('email') or me.get('id') or 'unknown'})")
     return EXIT_OK
+
+
+def _creatable(folder: Path) -> None:
+    """FolderError unless `folder` exists or its nearest existing parent lets us create it."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise FolderError(
+            f"ledger folder {folder} cannot be created ({existing} is not a folder this user may write); "
+            "fix paths.ledger or the folder's permissions"
+        )
+
+
+def _token_file_warnings(settings: Settings) -> list[str]:
+    """A token file or systemd credential that group or others may read: the token is only as safe as its mode."""
+    files = [Path(settings.api.token_file)] if settings.api.token_file else []
+    if os.environ.get("CREDENTIALS_DIRECTORY"):
+        files.append(Path(os.environ["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME)
+    warnings = []
+    for file in files:
+        try:
+            mode = file.stat().st_mode & 0o777
+        except OSError:
+            continue
+        if mode & 0o044:
+            warnings.append(
+                f"token file {file} is readable by group or others (mode {mode:03o}); run: chmod 600 {file}"
+            )
+    return warnings
 
 
 def cmd_retry(args: argparse.Namespace) -> int:

@@ -202,6 +202,20 @@ def test_boundary_values_are_accepted(tmp_path: Path, section: str, key: str, va
     assert getattr(getattr(s, section), key) is not None
 
 
+@pytest.mark.parametrize("path", ["/api/v2/", "/api/v2", "/api"])
+def test_base_url_with_a_path_is_refused_with_the_fix(tmp_path: Path, path: str) -> None:
+    message = error_of(tmp_path, f'[api]\nbase_url = "https://api.staging.scantrust.io{path}"\n')
+    assert str(tmp_path / "config.toml") in message
+    assert f"api.base_url must be the host only, e.g. https://api.scantrust.com; drop '{path}'" in message
+
+
+def test_base_url_with_a_path_from_the_environment_names_the_variable() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, env={"SCM_API__BASE_URL": "https://api.staging.scantrust.io/api/v2/"})
+    assert "SCM_API__BASE_URL" in str(caught.value)
+    assert "drop '/api/v2/'" in str(caught.value)
+
+
 def test_base_url_loses_its_trailing_slash(tmp_path: Path) -> None:
     assert load(tmp_path, '[api]\nbase_url = "https://api.staging.scantrust.io/"\n').api.base_url == (
         "https://api.staging.scantrust.io"

@@ -99,8 +99,9 @@ def test_validate_of_an_unusable_file_exits_1_and_lists_the_columns(tmp_path: Pa
     assert out.returncode == 1
     assert "cannot be read" in out.stdout
     assert "columns found: 'code', 'market'" in out.stdout
-    missing = validate(project, tmp_path / "gone.csv", "--json")
-    assert (missing.returncode, json.loads(missing.stdout)["ok"]) == (1, False)
+    missing = validate(project, tmp_path / "gone.csv", "--json")  # bad usage, not a bad file (issue 12)
+    assert missing.returncode == 2
+    assert f"file {tmp_path / 'gone.csv'} does not exist" in missing.stderr
 
 
 def test_validate_reports_problem_columns_of_many_rejected_rows(tmp_path: Path) -> None:

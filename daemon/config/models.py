@@ -63,6 +63,9 @@ class ApiSettings(BaseModel):
             raise ValueError("must be an http(s) URL such as https://api.scantrust.com")
         if parts.query or parts.fragment:
             raise ValueError("must not have a query or fragment")
+        if parts.path not in ("", "/"):
+            # The daemon appends the fixed /api/v2/... paths itself; a pasted path would make every call 404.
+            raise ValueError(f"api.base_url must be the host only, e.g. https://api.scantrust.com; drop {parts.path!r}")
         if parts.scheme == "http" and not _is_loopback(parts.hostname):
             # The token travels in every request's header; only the local emulator may go without TLS.
             raise ValueError("must use https:// (plain http is only allowed to 127.0.0.1 or localhost)")

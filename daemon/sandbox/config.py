@@ -9,6 +9,16 @@ PoisonStyle = Literal["items", "detail"]
 TaskVocabulary = Literal["portal", "docs"]
 POISON_STYLES: tuple[PoisonStyle, ...] = ("items", "detail")
 TASK_VOCABULARIES: tuple[TaskVocabulary, ...] = ("portal", "docs")
+TaskPath = Literal["slash", "bare", "both"]
+TaskStateKey = Literal["state", "status"]
+TaskKeyStyle = Literal["snake", "camel"]
+_CHOICES: Mapping[str, tuple[str, ...]] = {
+    "poison_style": POISON_STYLES,
+    "task_states": TASK_VOCABULARIES,
+    "task_path": ("slash", "bare", "both"),
+    "task_state_key": ("state", "status"),
+    "task_key_style": ("snake", "camel"),
+}
 # The kinds of request the API serves (server.ROUTES and the task path); `outage` names some of them.
 REQUEST_KINDS = ("me", "scm_upload", "scm_upload_async", "scm_task")
 _RATES = (
@@ -67,6 +77,12 @@ class EmulatorConfig:
     task_fail_rate: float = 0.0  # probability that a new task ends `failed` (it applies nothing)
     task_states: TaskVocabulary = "portal"  # portal: in-progress/failed; docs: running/error
     task_unknown_state: str | None = None  # reported instead of pending/in-progress; final states stay true
+    # API.md guesses the task path's trailing slash and the task JSON's key names; these serve the other guesses.
+    task_path: TaskPath = "both"  # the form of /api/v2/scm/tasks/<id>[/] served; the other answers 404 ...
+    task_redirect: bool = False  # ... or, when set, a 301 to the served form (as Django's APPEND_SLASH does)
+    task_redirect_origin: str = ""  # "": the redirect stays on this server; else its Location starts with this
+    task_state_key: TaskStateKey = "state"  # the key of the task's state: state or status
+    task_key_style: TaskKeyStyle = "snake"  # codes_affected, created_at, ... or codesAffected, createdAt, ...
     # -- faults for the daemon's error handling
     poison_codes: frozenset[str] = frozenset()  # key values that make a whole upload a 400
     poison_style: PoisonStyle = "items"  # items: per-item errors aligned with the request; detail: no hint
@@ -97,10 +113,9 @@ class EmulatorConfig:
         wait = self.retry_after_header
         if wait is not None and not (wait >= 0 and math.isfinite(wait)):
             raise ValueError(f"emulator knob retry_after_header must be None or finite seconds >= 0, got {wait}")
-        if self.poison_style not in POISON_STYLES:
-            raise ValueError(f"emulator knob poison_style must be one of {POISON_STYLES}, got {self.poison_style!r}")
-        if self.task_states not in TASK_VOCABULARIES:
-            raise ValueError(f"emulator knob task_states must be one of {TASK_VOCABULARIES}, got {self.task_states!r}")
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"emulator knob {name} must be one of {choices}, got {getattr(self, name)!r}")
 
 
 # Knobs that hold a set: configure() accepts any iterable of strings for them.

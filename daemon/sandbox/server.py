@@ -19,7 +19,7 @@ from daemon.sandbox.faults import Dice, async_poison_body, poisoned_items, roll,
 from daemon.sandbox.http import Server
 from daemon.sandbox.responses import GATEWAY_TIMEOUT, INJECTED, NOT_FOUND, RESET, Response, json_response, throttled
 from daemon.sandbox.store import ScmStore, SyncRequest, ValidationFailed, parse_sync_body
-from daemon.sandbox.tasks import TaskSnapshot, TaskStore, parse_async_body, task_body
+from daemon.sandbox.tasks import TaskSnapshot, TaskStore, parse_async_body, respell_task_body, task_body
 from daemon.sandbox.throttle import SlidingWindowThrottle
 
 # Path -> kind; the docs show the upload path both with and without its trailing slash.
@@ -30,7 +30,7 @@ ROUTES: Mapping[str, str] = {
     "/api/v2/scm/upload/async/": "scm_upload_async",
     "/api/v2/scm/upload/async": "scm_upload_async",
 }
-_TASK_PATH = re.compile(r"/api/v2/scm/tasks/([^/]+)/?")  # kind scm_task; API.md: the trailing slash is a guess
+_TASK_PATH = re.compile(r"/api/v2/scm/tasks/[^/]+/?")  # kind scm_task; API.md: the trailing slash is a guess
 ALLOWED_METHODS: Mapping[str, str] = {"me": "GET", "scm_upload": "POST", "scm_upload_async": "POST", "scm_task": "GET"}
 UPLOAD_KINDS = frozenset({"scm_upload", "scm_upload_async"})  # the API's scm_update throttle scope
 THROTTLE_RATE_KINDS = UPLOAD_KINDS | {"scm_task"}  # what throttle_rate strikes (see EmulatorConfig)
@@ -50,7 +50,8 @@ def route(path: str) -> tuple[str, str]:
     if kind is not None:
         return kind, ""
     match = _TASK_PATH.fullmatch(path)
-    return ("scm_task", unquote(match.group(1))) if match else ("unknown", "")
+    # The parameter keeps the id quoted and the trailing slash, so the view knows which form was asked for.
+    return ("scm_task", path.removeprefix("/api/v2/scm/tasks/")) if match else ("unknown", "")
 
 
 def _utc_now() -> datetime:
@@ -288,6 +289,10 @@ class Emulator:
         """The order follows DRF: route, authenticate, throttle, then the view; faults strike where noted."""
         if kind == "unknown":
             return NOT_FOUND
+        if kind == "scm_task":
+            moved = _task_form(config, param)
+            if moved is not None:
+                return moved  # URL routing (and Django's APPEND_SLASH) comes before authentication
         if kind in config.outage:
             # The service behind the load balancer is down: it answers before anything can authenticate.
             self._count("outages")
@@ -367,7 +372,7 @@ class Emulator:
             return self._sync_upload(config, body)
         if kind == "scm_upload_async":
             return self._async_upload(config, body, dice)
-        return self._task(config, param, dice)
+        return self._task(config, unquote(param.removesuffix("/")), dice)
 
     def _sync_upload(self, config: EmulatorConfig, body: bytes) -> Response:
         try:
@@ -427,9 +432,20 @@ class Emulator:
             # A load balancer sent the poll to a node that does not know the task (yet, or any more).
             self._count("tasks_missing")
             return NOT_FOUND
-        return json_response(
-            200, task_body(snapshot, vocabulary=config.task_states, unknown_state=config.task_unknown_state)
-        )
+        body = task_body(snapshot, vocabulary=config.task_states, unknown_state=config.task_unknown_state)
+        return json_response(200, respell_task_body(body, state_key=config.task_state_key, style=config.task_key_style))
+
+
+def _task_form(config: EmulatorConfig, param: str) -> Response | None:
+    """None if the task path's form is served; else a 404, or with task_redirect a 301 to the served form."""
+    slash = param.endswith("/")
+    if config.task_path == "both" or (config.task_path == "slash") == slash:
+        return None
+    if not config.task_redirect:
+        return NOT_FOUND
+    other = param.removesuffix("/") if slash else param + "/"
+    location = f"{config.task_redirect_origin.rstrip('/')}/api/v2/scm/tasks/{other}"
+    return json_response(301, {"detail": "Moved permanently."}, Location=location)
 
 
 def _seconds_text(seconds: float) -> str:

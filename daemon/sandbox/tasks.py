@@ -294,6 +294,18 @@ def task_body(task: TaskSnapshot, *, vocabulary: TaskVocabulary, unknown_state: 
     }
 
 
+def respell_task_body(body: dict[str, object], *, state_key: str, style: str) -> dict[str, object]:
+    """The task JSON with the state under `state_key` and the keys in snake_case or camelCase."""
+    out: dict[str, object] = {}
+    for key, value in body.items():
+        name = state_key if key == "state" else key
+        if style == "camel":
+            first, *rest = name.split("_")
+            name = first + "".join(part.capitalize() for part in rest)
+        out[name] = value
+    return out
+
+
 def _iso(moment: datetime | None) -> str | None:
     """DRF's default: ISO 8601 with microseconds and a Z for UTC."""
     return None if moment is None else moment.isoformat().replace("+00:00", "Z")

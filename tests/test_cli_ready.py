@@ -1,0 +1,124 @@
+"""The CLI before a first real run: `check` creates nothing, `check --sandbox`, token file modes, usage exits."""
+
+import http.server
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from support import Project, csv_text, make_project
+
+from daemon.sandbox import Emulator
+
+MESSAGE = "api.base_url must be the host only, e.g. https://api.scantrust.com; drop '/api/v2/'"
+
+
+@pytest.fixture
+def project(tmp_path: Path, emulator: Emulator) -> Project:
+    return make_project(tmp_path / "site", emulator.base_url)
+
+
+def test_check_creates_neither_the_ledger_nor_any_folder(project: Project) -> None:
+    out = project.cli("check")
+    assert out.returncode == 0, out.stderr
+    assert "no ledger yet (it is created on first run)" in out.stdout
+    assert "token: accepted" in out.stdout
+    assert not project.ledger.parent.exists()
+    assert not project.outbox.exists()
+    assert not project.archive.exists()
+    assert not project.failed.exists()
+
+
+def test_check_refuses_a_ledger_folder_that_cannot_be_created(project: Project) -> None:
+    (project.root / "state").write_text("a file where the ledger's folder should be")
+    out = project.cli("check")
+    assert out.returncode == 2
+    assert "fix paths.ledger" in out.stderr
+
+
+def test_check_sandbox_checks_against_the_emulator_without_a_token(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "site", "https://api.scantrust.com")  # never contacted
+    out = project.cli("check", "--sandbox", SCM_API__TOKEN="")
+    assert out.returncode == 0, out.stderr
+    assert "token: accepted by http://127.0.0.1:" in out.stdout
+    assert "ledger.sandbox.sqlite3" in out.stdout
+    assert not project.ledger.parent.exists()
+
+
+@pytest.mark.slow
+def test_check_warns_about_a_token_file_others_may_read(project: Project) -> None:
+    token_file = project.root / "token.txt"
+    token_file.write_text("sandbox-token\n")
+    token_file.chmod(0o644)
+    project.config.write_text(project.config.read_text().replace("[api]", '[api]\ntoken_file = "token.txt"', 1))
+    out = project.cli("check", SCM_API__TOKEN="")
+    assert out.returncode == 0, out.stderr
+    assert f"WARNING: token file {token_file} is readable by group or others (mode 644)" in out.stdout
+    assert f"chmod 600 {token_file}" in out.stdout
+    token_file.chmod(0o600)
+    out = project.cli("check", SCM_API__TOKEN="")
+    assert out.returncode == 0, out.stderr
+    assert "WARNING" not in out.stdout
+
+
+def test_status_on_a_missing_ledger_says_so_and_exits_0(project: Project) -> None:
+    out = project.cli("status")
+    assert out.returncode == 0, out.stderr
+    assert f"no ledger yet at {project.ledger} (it is created on first run)" in out.stdout
+    assert not project.ledger.parent.exists()
+
+
+def test_validate_on_a_missing_file_exits_2_naming_it(project: Project) -> None:
+    out = project.cli("validate", "nothing-here.csv")
+    assert out.returncode == 2
+    assert "file nothing-here.csv does not exist; check the path" in out.stderr
+
+
+@pytest.mark.slow
+def test_a_base_url_with_the_api_path_is_refused_before_anything_runs(project: Project) -> None:
+    project.config.write_text(
+        project.config.read_text().replace(project.base_url, "https://api.staging.scantrust.io/api/v2/")
+    )
+    for command in ("check", "run"):
+        out = project.cli(command, "--once") if command == "run" else project.cli(command)
+        assert out.returncode == 2
+        assert MESSAGE in out.stderr
+        assert str(project.config) in out.stderr
+
+
+class _NotTheApi(http.server.BaseHTTPRequestHandler):
+    """A web server on the configured host that is not the API: 404 for every path."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = b'{"detail": "Not found."}'
+        self.send_response(404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.mark.slow
+def test_a_404_on_the_upload_endpoint_pauses_and_rejects_no_row(tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotTheApi)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        project = make_project(tmp_path / "site", f"http://127.0.0.1:{server.server_address[1]}")
+        project.drop("a.csv", csv_text(["extended_id", "batch"], [("CODE00000001", "x"), ("CODE00000002", "y")]))
+        out = project.cli("run", "--once")
+        rows = json.loads(project.cli("status", "--json").stdout)["rows"]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert out.returncode == 2, out.stderr
+    assert "check api.base_url" in out.stderr
+    assert not list(project.archive.glob("*"))  # not filed as done
+    assert not list(project.outbox.glob("*.report.csv"))  # no report: the rows are pending, none rejected
+    assert rows == {"queued": 2}  # both rows wait for the fix; none rejected or failed
