@@ -196,10 +196,6 @@ class Uploader:
         log.info("pace_set", requests_per_second=round(rate, 2))
         return ["api.requests_per_second", "retry", "poll"]
 
-    def recheck_token_now(self) -> None:
-        """Check a refused token at the next dispatch (after SIGHUP, when it may have been renewed)."""
-        self._next_token_check = 0.0
-
     def _file(self, file_id: int) -> FileContext:
         if file_id not in self._files:
             f = self.ledger.file(file_id)
