@@ -15,26 +15,20 @@ from daemon import intake
 from daemon.api import ScantrustClient
 from daemon.breaker import CircuitBreaker
 from daemon.config import ConfigError, Settings
-from daemon.folders import deliver, refuse_network_ledger, remove_leftover_temps
-from daemon.ledger import Clock, FileInfo, Ledger, utcnow
+from daemon.flow import Backoff, FileFlow
+from daemon.folders import refuse_network_ledger, remove_leftover_temps
+from daemon.ledger import Clock, Ledger, utcnow
 from daemon.mounts import MOUNTINFO
 from daemon.notify import Notifier
 from daemon.pacing import Pace
-from daemon.planner import plan
 from daemon.reload import adopt, changes
-from daemon.reporter import outcome_for
 from daemon.states import FileState
 from daemon.uploader import Uploader, policy_from
 from daemon.watcher import EMPTY_GRACE_SECONDS, InboxEvents, InboxScanner
 
 log = structlog.get_logger(__name__)
 
-# The inbox is scanned every watch.rescan_seconds, when a watcher event wakes the loop (at most this often, so
-# a copy that fires thousands of write events does not turn into a busy loop), and when a file is due to settle.
-EVENT_SCAN_GAP = 0.1
 IDLE_WAIT = 0.2  # longest pause of the loop when nothing is in flight
-UNREADABLE_RETRY = 60.0  # seconds before a file that could not be opened (permissions) is tried again
-DELIVERY_RETRY = (5.0, 300.0)  # first and longest wait before writing a file's reports again after a failure
 STEP_RETRY = (1.0, 60.0)  # first and longest wait before a part of the loop runs again after it failed
 ONCE_DELIVERY_ATTEMPTS = 3  # run --once gives up delivering a file's reports after this many failures (exit 1)
 STOP_DEADLINE = 120.0  # seconds a graceful stop waits for requests in flight (each is bounded by its timeouts)
@@ -58,25 +52,6 @@ class ProcessClock:
 
     def __call__(self) -> float:
         return float(self._origin + self._monotonic())
-
-
-@dataclass
-class Backoff:
-    """Retry timing of one thing that keeps failing (a file's delivery, a part of the loop)."""
-
-    first: float
-    longest: float
-    failures: int = 0
-    next_at: float = 0.0
-    error: str = ""
-
-    def failed(self, now: float, error: str) -> float:
-        """Count a failure at `now`; returns the wait before the next try."""
-        self.failures += 1
-        self.error = error
-        wait: float = min(self.longest, self.first * 2.0 ** min(self.failures - 1, 20))
-        self.next_at = now + wait
-        return wait
 
 
 class NullEvents:
@@ -148,14 +123,10 @@ class Service:
         self.notifier = notifier or Notifier(None)
         self.reload_settings = reload_settings
         self.reload_requested = False  # set by SIGHUP's handler; the loop re-reads the configuration
-        self._next_scan = 0.0
-        self._last_scan = -math.inf
         self._next_status = 0.0
-        self._to_plan: set[int] = set()  # active files that may have rows to plan
-        self._blocked: set[int] = set()  # files with rows waiting on an earlier file's open row for the same code
-        self._active: set[int] = set()  # active files this process knows; others were reopened by `retry`
-        self._unreadable: dict[str, float] = {}  # inbox paths that could not be opened, and when to try again
-        self._delivery: dict[int, Backoff] = {}  # files whose reports could not be written or input not moved
+        self.flow = FileFlow(
+            settings, ledger=ledger, scanner=scanner, wake=self.wake, stopping=self.stop_event, monotonic=monotonic
+        )
         self._parts: dict[str, Backoff] = {}  # parts of the loop that failed, and when they run again
 
     @classmethod
@@ -255,15 +226,15 @@ class Service:
             orphans = 0
             log.error("processing_folder_unreadable", inbox=str(inbox), error=str(exc))
         for file_id, claimed in resumed:
-            self._read(file_id, claimed)
-        self._to_plan = {f.id for f in self.ledger.files([FileState.ACTIVE])}
+            self.flow.read(file_id, claimed)
+        active = self.flow.resume()
         log.info(
             "ledger_recovered",
             files_reread=len(resumed),
             orphans_returned=orphans,
             temp_reports_removed=temps,
             **counts,
-            active_files=len(self._to_plan),
+            active_files=active,
         )
 
     # --- one step --------------------------------------------------------------------------------------------
@@ -275,18 +246,16 @@ class Service:
         gone) is logged, shown in `status`, and tried again after a backoff while the other parts go on.
         """
         now = self.monotonic()
-        taken = self._guarded("take", self._take_if_due, now, default=0)
-        planned = self._guarded("plan", self._plan, default=0)
+        taken = self._guarded("take", self.flow.take_if_due, now, default=0)
+        planned = self._guarded("plan", self.flow.plan, default=0)
         sent = 0 if self.stop_event.is_set() else self._guarded("send", self.uploader.dispatch, self.epoch(), default=0)
         timeout = wait if self.uploader.busy else 0.0
         if self.uploader.paced_until is not None:  # answers may wait; the next paced slot may not
             timeout = min(timeout, max(0.0, self.uploader.paced_until - self.monotonic()))
         answered = self._guarded("record", self.uploader.collect, timeout, self.epoch, default=0)
-        finished = self._guarded("finish", self._finish_files, default=0)
-        if self._blocked and (answered or planned or finished):
-            # Progress elsewhere may have closed the earlier row that a blocked row was waiting on.
-            self._to_plan |= self._blocked
-            self._blocked.clear()
+        finished = self._guarded("finish", self.flow.finish, default=0)
+        if answered or planned or finished:
+            self.flow.progressed()
         return StepResult(taken, planned, sent, answered, finished)
 
     def _guarded(self, part: str, fn: Callable[..., int], *args: Any, default: int) -> int:
@@ -308,157 +277,6 @@ class Service:
             del self._parts[part]
         return result
 
-    def _take_if_due(self, now: float) -> int:
-        if not self._scan_due(now) or self.stop_event.is_set():
-            return 0
-        self.wake.clear()
-        self._last_scan = now
-        taken = self._take_settled(now)
-        settling = self.scanner.next_check()
-        self._next_scan = min(now + self.settings.watch.rescan_seconds, math.inf if settling is None else settling)
-        return taken
-
-    def _take_settled(self, now: float) -> int:
-        taken = 0
-        self._unreadable = {p: at for p, at in self._unreadable.items() if at > now}
-        settled = self.scanner.scan(now, ())
-        if settled:
-            # Ledgers from before claims were renames hold open files at their inbox path: never take those twice.
-            states = [FileState.RECEIVED, FileState.ACTIVE, FileState.REPORTING]
-            claimed = {f.path for f in self.ledger.files(states)}
-            settled = [p for p in settled if str(p) not in claimed]
-        for path in settled:
-            if str(path) in self._unreadable:
-                continue
-            self.scanner.taken(path)
-            try:
-                file_id, claimed_path = intake.claim(path, self.ledger, self.settings)
-            except intake.Vanished:
-                log.info("file_vanished", file=path.name, note="taken afresh if it comes back")
-                continue
-            except OSError as exc:
-                # E.g. no permission to rename it: not the file's content, so no report; looked at again later.
-                self._unreadable[str(path)] = now + UNREADABLE_RETRY
-                log.warning("file_not_claimable", file=path.name, error=str(exc), retry_in=UNREADABLE_RETRY)
-                continue
-            if self._read(file_id, claimed_path):
-                taken += 1
-        return taken
-
-    def _read(self, file_id: int, claimed: Path) -> bool:
-        """Read a claimed file into the ledger; False when it vanished or changed meanwhile (claim released)."""
-        name = self.ledger.file(file_id).name
-        try:
-            done = intake.read(file_id, claimed, self.ledger, self.settings)
-        except intake.Vanished:
-            log.warning("file_vanished", file=name, file_id=file_id, note="claim released; taken afresh if it returns")
-            return False
-        except OSError as exc:
-            # E.g. no read permission yet: not the file's content, so no report; back to the inbox, tried later.
-            self.ledger.forget_file(file_id)
-            back = self._put_back(claimed, name)
-            if back is not None:
-                self._unreadable[str(back)] = self.monotonic() + UNREADABLE_RETRY
-            log.warning("file_not_readable", file=name, error=str(exc), retry_in=UNREADABLE_RETRY)
-            return False
-        if done is None:  # it changed while being read: back into the inbox, to settle anew
-            self._put_back(claimed, name)
-            self.wake.set()
-            return False
-        self._to_plan.add(file_id)
-        return True
-
-    def _put_back(self, claimed: Path, name: str) -> Path | None:
-        try:
-            back = intake.put_back(claimed, self.settings.paths.inbox, name)
-        except OSError as exc:
-            log.error("file_not_returned", file=name, path=str(claimed), error=str(exc))
-            return None
-        log.info("file_returned", file=name, moved_to=str(back))
-        return back
-
-    def _scan_due(self, now: float) -> bool:
-        return now >= self._next_scan or (self.wake.is_set() and now >= self._last_scan + EVENT_SCAN_GAP)
-
-    def _plan(self) -> int:
-        planned = 0
-        for file_id in sorted(self._to_plan):
-            self._to_plan.discard(file_id)
-            f = self.ledger.file(file_id)
-            if f.state is not FileState.ACTIVE:
-                continue
-            skipped = self.ledger.skip_uploaded(file_id, f.data_key)
-            groups = self.ledger.plannable_groups(file_id)
-            if groups:
-                upload = self.settings.upload
-                p = plan(
-                    groups,
-                    mode=f.mode,  # as configured when the file was taken
-                    sync_batch_size=upload.sync_batch_size,
-                    async_batch_size=upload.async_batch_size,
-                )
-                self.ledger.add_batches(file_id, [(b.kind, b.lines, b.data_hash) for b in p.batches])
-                log.info(
-                    "file_planned",
-                    file=f.name,
-                    file_id=file_id,
-                    groups=p.groups,
-                    sync_calls=p.sync_calls,
-                    async_jobs=p.async_jobs,
-                    sync_only_calls=p.sync_only_calls,
-                    skipped=skipped,
-                )
-            planned += skipped + sum(len(lines) for lines in groups.values())
-            if self.ledger.has_pending_rows(file_id):
-                self._blocked.add(file_id)
-        return planned
-
-    def _finish_files(self) -> int:
-        finished = 0
-        now = self.monotonic()
-        for f in self.ledger.files([FileState.ACTIVE, FileState.REPORTING]):
-            if f.state is FileState.ACTIVE:
-                if f.id not in self._active:
-                    self._active.add(f.id)
-                    self._to_plan.add(f.id)
-                    continue
-                if f.id in self._to_plan or f.id in self._blocked or self.ledger.has_open_rows(f.id):
-                    continue
-                counts = self.ledger.row_counts(f.id)
-                self.ledger.transition_file(f.id, FileState.REPORTING, outcome=outcome_for(counts))
-            backoff = self._delivery.get(f.id)
-            if backoff is not None and now < backoff.next_at:
-                continue
-            if self._report_and_move(self.ledger.file(f.id), now):
-                finished += 1
-        return finished
-
-    def _report_and_move(self, f: FileInfo, now: float) -> bool:
-        """Deliver one file; on a file-system error it stays `reporting` and is tried again with backoff."""
-        try:
-            names, target = deliver(self.ledger, f, self.settings.paths)
-        except OSError as exc:
-            backoff = self._delivery.setdefault(f.id, Backoff(*DELIVERY_RETRY))
-            error = f"reports of {f.name} not delivered: {exc.strerror or exc} ({exc.filename or ''})"
-            wait = backoff.failed(now, error)
-            self.ledger.set_file(f.id, delivery_error=error)
-            log.error("delivery_failed", file=f.name, file_id=f.id, error=error, retry_in=wait)
-            return False
-        self.ledger.transition_file(f.id, FileState.DONE, delivery_error=None)
-        self._delivery.pop(f.id, None)
-        self._active.discard(f.id)
-        counts = {str(k): v for k, v in self.ledger.row_counts(f.id).items()}
-        log.info(
-            "file_done",
-            file=f.name,
-            file_id=f.id,
-            status=str(f.outcome),
-            summary=names.summary,
-            moved_to=str(target),
-            **counts,
-        )
-        return True
-
     # --- loops -----------------------------------------------------------------------------------------------
 
     def idle(self) -> bool:
@@ -477,7 +295,7 @@ class Service:
         pause = self.uploader.pause
         if pause is not None and once:
             self.uploader.drain(self.epoch, deadline=self.monotonic() + STOP_DEADLINE)
-            self._guarded("finish", self._finish_files, default=0)
+            self._guarded("finish", self.flow.finish, default=0)
             if pause.cause == "token":
                 raise TokenRefusedError(pause.reason)  # the service waits instead; --once cannot
             raise ConfigurationPausedError(pause.reason)
@@ -494,16 +312,16 @@ class Service:
 
     def undelivered(self) -> list[str]:
         """Why files whose reports could not be delivered are still waiting."""
-        return [b.error for b in self._delivery.values()]
+        return [b.error for b in self.flow.delivery.values()]
 
     def _only_undeliverable_left(self) -> bool:
         """`run --once`: every open file is final but its reports failed to be delivered a few times over."""
-        if not self._delivery or self.uploader.busy or self.scanner.waiting:
+        if not self.flow.delivery or self.uploader.busy or self.scanner.waiting:
             return False
-        if any(b.failures < ONCE_DELIVERY_ATTEMPTS for b in self._delivery.values()):
+        if any(b.failures < ONCE_DELIVERY_ATTEMPTS for b in self.flow.delivery.values()):
             return False
         open_files = self.ledger.files([FileState.RECEIVED, FileState.ACTIVE, FileState.REPORTING])
-        return {f.id for f in open_files} <= set(self._delivery)
+        return {f.id for f in open_files} <= set(self.flow.delivery)
 
     def run(self, *, once: bool = False) -> None:
         """Step until stopped (or, with once, until the inbox and the ledger hold no unfinished work)."""
@@ -525,7 +343,7 @@ class Service:
         self.notifier.stopping(f"stopping: waiting for {in_flight} request(s) in flight")
         log.info("stopping", in_flight=in_flight)
         self.uploader.drain(self.epoch, deadline=self.monotonic() + STOP_DEADLINE)
-        self._guarded("finish", self._finish_files, default=0)
+        self._guarded("finish", self.flow.finish, default=0)
 
     def _wait_for_wake(self, until_work: float) -> None:
         """The production idle wait: at most IDLE_WAIT, so that signals and a stop are noticed promptly."""
@@ -542,9 +360,9 @@ class Service:
         held = self.uploader.held_until()  # due batches that cannot go yet must not make the loop spin
         if held is not None:
             until_due = max(until_due, held - self.monotonic())
-        next_scan = min(self._next_scan, self._last_scan + EVENT_SCAN_GAP if self.wake.is_set() else math.inf)
+        next_scan = self.flow.next_scan()
         waits = [until_due, max(0.0, next_scan - self.monotonic())]
-        waits += [max(0.0, b.next_at - self.monotonic()) for b in (*self._delivery.values(), *self._parts.values())]
+        waits += [max(0.0, b.next_at - self.monotonic()) for b in (*self.flow.delivery.values(), *self._parts.values())]
         if self.uploader.pause is not None and self.uploader.pause.cause == "token":
             waits.append(max(0.0, self.uploader.next_token_check - self.epoch()))
         return min(waits)
@@ -561,7 +379,7 @@ class Service:
             text = f"idle: watching {self.settings.paths.inbox}"
         if self.scanner.waiting:
             text += f", {self.scanner.waiting} file(s) settling"
-        problems = [b.error for b in self._delivery.values()] + [f"{p}: {b.error}" for p, b in self._parts.items()]
+        problems = [b.error for b in self.flow.delivery.values()] + [f"{p}: {b.error}" for p, b in self._parts.items()]
         if problems:
             text = f"PROBLEM: {problems[0]} (retried). " + text
         pause = self.uploader.pause
@@ -595,7 +413,8 @@ class Service:
             self.events.polling = watch.polling  # check() starts the other kind
         self.uploader.reconfigure(self.settings)  # the pace keeps its window's history
         self._parts.clear()  # a fixed configuration may have cured a failing part: try everything again now
-        self._next_scan = 0.0  # new ignore patterns or settle time: look at the inbox again now
+        self.flow.settings = self.settings
+        self.flow.rescan_now()  # new ignore patterns or settle time: look at the inbox again now
         log.info("config_reloaded", applied=list(diff.live))
         if diff.need_restart:
             log.warning("config_change_needs_restart", keys=list(diff.need_restart))

@@ -1,0 +1,246 @@
+"""The life of a file inside the loop: taken from the inbox, read into the ledger, planned into batches, reported
+and moved once every row is final. The service loop calls these parts, each inside its own error boundary."""
+
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from daemon import intake
+from daemon.config import Settings
+from daemon.folders import deliver
+from daemon.ledger import FileInfo, Ledger
+from daemon.planner import plan as plan_batches
+from daemon.reporter import outcome_for
+from daemon.states import FileState
+from daemon.watcher import InboxScanner
+
+log = structlog.get_logger(__name__)
+
+# The inbox is scanned every watch.rescan_seconds, when a watcher event wakes the loop (at most this often, so
+# a copy that fires thousands of write events does not turn into a busy loop), and when a file is due to settle.
+EVENT_SCAN_GAP = 0.1
+UNREADABLE_RETRY = 60.0  # seconds before a file that could not be opened (permissions) is tried again
+DELIVERY_RETRY = (5.0, 300.0)  # first and longest wait before writing a file's reports again after a failure
+
+
+@dataclass
+class Backoff:
+    """Retry timing of one thing that keeps failing (a file's delivery, a part of the loop)."""
+
+    first: float
+    longest: float
+    failures: int = 0
+    next_at: float = 0.0
+    error: str = ""
+
+    def failed(self, now: float, error: str) -> float:
+        """Count a failure at `now`; returns the wait before the next try."""
+        self.failures += 1
+        self.error = error
+        wait: float = min(self.longest, self.first * 2.0 ** min(self.failures - 1, 20))
+        self.next_at = now + wait
+        return wait
+
+
+class FileFlow:
+    """Moves files through the ledger's states; remembers which files may have work, and what keeps failing."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        ledger: Ledger,
+        scanner: InboxScanner,
+        wake: threading.Event,
+        stopping: threading.Event,
+        monotonic: Callable[[], float],
+    ) -> None:
+        self.settings = settings  # replaced by the service on a reload
+        self.ledger = ledger
+        self.scanner = scanner
+        self.wake = wake
+        self.stop_event = stopping
+        self.monotonic = monotonic
+        self._next_scan = 0.0
+        self._last_scan = -math.inf
+        self._to_plan: set[int] = set()  # active files that may have rows to plan
+        self._blocked: set[int] = set()  # files with rows waiting on an earlier file's open row for the same code
+        self._active: set[int] = set()  # active files this process knows; others were reopened by `retry`
+        self._unreadable: dict[str, float] = {}  # inbox paths that could not be opened, and when to try again
+        self.delivery: dict[int, Backoff] = {}  # files whose reports could not be written or input not moved
+
+    def resume(self) -> int:
+        """After recovery: every active file may have rows to plan. Returns how many there are."""
+        self._to_plan = {f.id for f in self.ledger.files([FileState.ACTIVE])}
+        return len(self._to_plan)
+
+    def progressed(self) -> None:
+        """Something was answered, planned or finished: an earlier row that a blocked row waited on may be closed."""
+        self._to_plan |= self._blocked
+        self._blocked.clear()
+
+    def rescan_now(self) -> None:
+        """Look at the inbox again at the next step (new ignore patterns or settle time)."""
+        self._next_scan = 0.0
+
+    def next_scan(self) -> float:
+        """Monotonic time of the next inbox scan, if no event comes before."""
+        return min(self._next_scan, self._last_scan + EVENT_SCAN_GAP if self.wake.is_set() else math.inf)
+
+    def take_if_due(self, now: float) -> int:
+        """Scan the inbox when due and claim and read what has settled; returns how many files were taken."""
+        if not self._scan_due(now) or self.stop_event.is_set():
+            return 0
+        self.wake.clear()
+        self._last_scan = now
+        taken = self._take_settled(now)
+        settling = self.scanner.next_check()
+        self._next_scan = min(now + self.settings.watch.rescan_seconds, math.inf if settling is None else settling)
+        return taken
+
+    def _take_settled(self, now: float) -> int:
+        taken = 0
+        self._unreadable = {p: at for p, at in self._unreadable.items() if at > now}
+        settled = self.scanner.scan(now, ())
+        if settled:
+            # Ledgers from before claims were renames hold open files at their inbox path: never take those twice.
+            states = [FileState.RECEIVED, FileState.ACTIVE, FileState.REPORTING]
+            claimed = {f.path for f in self.ledger.files(states)}
+            settled = [p for p in settled if str(p) not in claimed]
+        for path in settled:
+            if str(path) in self._unreadable:
+                continue
+            self.scanner.taken(path)
+            try:
+                file_id, claimed_path = intake.claim(path, self.ledger, self.settings)
+            except intake.Vanished:
+                log.info("file_vanished", file=path.name, note="taken afresh if it comes back")
+                continue
+            except OSError as exc:
+                # E.g. no permission to rename it: not the file's content, so no report; looked at again later.
+                self._unreadable[str(path)] = now + UNREADABLE_RETRY
+                log.warning("file_not_claimable", file=path.name, error=str(exc), retry_in=UNREADABLE_RETRY)
+                continue
+            if self.read(file_id, claimed_path):
+                taken += 1
+        return taken
+
+    def read(self, file_id: int, claimed: Path) -> bool:
+        """Read a claimed file into the ledger; False when it vanished or changed meanwhile (claim released)."""
+        name = self.ledger.file(file_id).name
+        try:
+            done = intake.read(file_id, claimed, self.ledger, self.settings)
+        except intake.Vanished:
+            log.warning("file_vanished", file=name, file_id=file_id, note="claim released; taken afresh if it returns")
+            return False
+        except OSError as exc:
+            # E.g. no read permission yet: not the file's content, so no report; back to the inbox, tried later.
+            self.ledger.forget_file(file_id)
+            back = self._put_back(claimed, name)
+            if back is not None:
+                self._unreadable[str(back)] = self.monotonic() + UNREADABLE_RETRY
+            log.warning("file_not_readable", file=name, error=str(exc), retry_in=UNREADABLE_RETRY)
+            return False
+        if done is None:  # it changed while being read: back into the inbox, to settle anew
+            self._put_back(claimed, name)
+            self.wake.set()
+            return False
+        self._to_plan.add(file_id)
+        return True
+
+    def _put_back(self, claimed: Path, name: str) -> Path | None:
+        try:
+            back = intake.put_back(claimed, self.settings.paths.inbox, name)
+        except OSError as exc:
+            log.error("file_not_returned", file=name, path=str(claimed), error=str(exc))
+            return None
+        log.info("file_returned", file=name, moved_to=str(back))
+        return back
+
+    def _scan_due(self, now: float) -> bool:
+        return now >= self._next_scan or (self.wake.is_set() and now >= self._last_scan + EVENT_SCAN_GAP)
+
+    def plan(self) -> int:
+        """Put the plannable rows of files that may have some into batches; returns the rows planned or skipped."""
+        planned = 0
+        for file_id in sorted(self._to_plan):
+            self._to_plan.discard(file_id)
+            f = self.ledger.file(file_id)
+            if f.state is not FileState.ACTIVE:
+                continue
+            skipped = self.ledger.skip_uploaded(file_id, f.data_key)
+            groups = self.ledger.plannable_groups(file_id)
+            if groups:
+                upload = self.settings.upload
+                p = plan_batches(
+                    groups,
+                    mode=f.mode,  # as configured when the file was taken
+                    sync_batch_size=upload.sync_batch_size,
+                    async_batch_size=upload.async_batch_size,
+                )
+                self.ledger.add_batches(file_id, [(b.kind, b.lines, b.data_hash) for b in p.batches])
+                log.info(
+                    "file_planned",
+                    file=f.name,
+                    file_id=file_id,
+                    groups=p.groups,
+                    sync_calls=p.sync_calls,
+                    async_jobs=p.async_jobs,
+                    sync_only_calls=p.sync_only_calls,
+                    skipped=skipped,
+                )
+            planned += skipped + sum(len(lines) for lines in groups.values())
+            if self.ledger.has_pending_rows(file_id):
+                self._blocked.add(file_id)
+        return planned
+
+    def finish(self) -> int:
+        """Close files whose rows are all final and deliver their reports; returns how many were delivered."""
+        finished = 0
+        now = self.monotonic()
+        for f in self.ledger.files([FileState.ACTIVE, FileState.REPORTING]):
+            if f.state is FileState.ACTIVE:
+                if f.id not in self._active:
+                    self._active.add(f.id)
+                    self._to_plan.add(f.id)
+                    continue
+                if f.id in self._to_plan or f.id in self._blocked or self.ledger.has_open_rows(f.id):
+                    continue
+                counts = self.ledger.row_counts(f.id)
+                self.ledger.transition_file(f.id, FileState.REPORTING, outcome=outcome_for(counts))
+            backoff = self.delivery.get(f.id)
+            if backoff is not None and now < backoff.next_at:
+                continue
+            if self._report_and_move(self.ledger.file(f.id), now):
+                finished += 1
+        return finished
+
+    def _report_and_move(self, f: FileInfo, now: float) -> bool:
+        """Deliver one file; on a file-system error it stays `reporting` and is tried again with backoff."""
+        try:
+            names, target = deliver(self.ledger, f, self.settings.paths)
+        except OSError as exc:
+            backoff = self.delivery.setdefault(f.id, Backoff(*DELIVERY_RETRY))
+            error = f"reports of {f.name} not delivered: {exc.strerror or exc} ({exc.filename or ''})"
+            wait = backoff.failed(now, error)
+            self.ledger.set_file(f.id, delivery_error=error)
+            log.error("delivery_failed", file=f.name, file_id=f.id, error=error, retry_in=wait)
+            return False
+        self.ledger.transition_file(f.id, FileState.DONE, delivery_error=None)
+        self.delivery.pop(f.id, None)
+        self._active.discard(f.id)
+        counts = {str(k): v for k, v in self.ledger.row_counts(f.id).items()}
+        log.info(
+            "file_done",
+            file=f.name,
+            file_id=f.id,
+            status=str(f.outcome),
+            summary=names.summary,
+            moved_to=str(target),
+            **counts,
+        )
+        return True
