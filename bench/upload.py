@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from daemon.pacing import PACE_HEADROOM
 from daemon.planner import Plan, plan
 from daemon.sandbox import Emulator, EmulatorConfig, EmulatorStats
-from daemon.service import PACE_HEADROOM
 
 TOKEN = EmulatorConfig().token  # the emulator's well-known default, not a secret
 SWEEP = (0.05, 0.3, 0.8, 1.5)

@@ -87,6 +87,7 @@ class Emulator:
         self._burst_wait = 1.0
         self._in_flight = 0
         self._max_in_flight = 0
+        self._upload_arrivals: list[float] = []  # monotonic arrival of every upload, for the gap benchmarks
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
         self._server: Server | None = None
@@ -202,6 +203,11 @@ class Emulator:
         """Every task created, as it stands now, oldest first."""
         return self._tasks.all()
 
+    def upload_arrivals(self) -> tuple[float, ...]:
+        """When each upload request (sync or async) arrived, on the emulator's clock, oldest first."""
+        with self._lock:
+            return tuple(self._upload_arrivals)
+
     def stats(self) -> EmulatorStats:
         """A frozen snapshot of the counters."""
         self._tasks.advance()
@@ -237,6 +243,8 @@ class Emulator:
         kind, param = route(path)
         with self._lock:
             self._requests[method, kind] += 1
+            if kind in UPLOAD_KINDS:
+                self._upload_arrivals.append(self._clock())
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
         return kind, param
