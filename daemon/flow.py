@@ -24,6 +24,7 @@ log = structlog.get_logger(__name__)
 # a copy that fires thousands of write events does not turn into a busy loop), and when a file is due to settle.
 EVENT_SCAN_GAP = 0.1
 UNREADABLE_RETRY = 60.0  # seconds before a file that could not be opened (permissions) is tried again
+BLOCKED_RECHECK = 1.0  # seconds between looks at rows blocked by an earlier file's open rows for the same code
 DELIVERY_RETRY = (5.0, 300.0)  # first and longest wait before writing a file's reports again after a failure
 
 
@@ -69,6 +70,8 @@ class FileFlow:
         self._last_scan = -math.inf
         self._to_plan: set[int] = set()  # active files that may have rows to plan
         self._blocked: set[int] = set()  # files with rows waiting on an earlier file's open row for the same code
+        self._next_unblock = 0.0  # monotonic time from which blocked files are looked at again
+        self._unblock_pending = False  # something progressed since blocked files were last looked at
         self._active: set[int] = set()  # active files this process knows; others were reopened by `retry`
         self._unreadable: dict[str, float] = {}  # inbox paths that could not be opened, and when to try again
         self.delivery: dict[int, Backoff] = {}  # files whose reports could not be written or input not moved
@@ -78,10 +81,29 @@ class FileFlow:
         self._to_plan = {f.id for f in self.ledger.files([FileState.ACTIVE])}
         return len(self._to_plan)
 
-    def progressed(self) -> None:
-        """Something was answered, planned or finished: an earlier row that a blocked row waited on may be closed."""
+    def progressed(self, *, finished: bool) -> None:
+        """Something was answered, planned or finished: an earlier row that a blocked row waited on may be closed.
+
+        Looking again costs a pass over the earlier files' open rows, so it is done at once when a file finished
+        and otherwise at most every BLOCKED_RECHECK seconds, not after every answer (see recheck_blocked).
+        """
+        self._unblock_pending = True
+        if finished:
+            self._next_unblock = 0.0
+        self.recheck_blocked()
+
+    def recheck_blocked(self) -> None:
+        """Plan blocked files again if something progressed since they were last looked at and the time has come."""
+        if not self._blocked or not self._unblock_pending or self.monotonic() < self._next_unblock:
+            return
+        self._next_unblock = self.monotonic() + BLOCKED_RECHECK
+        self._unblock_pending = False
         self._to_plan |= self._blocked
         self._blocked.clear()
+
+    def next_unblock(self) -> float:
+        """Monotonic time when blocked files are looked at again; infinity when none is blocked."""
+        return self._next_unblock if self._blocked and self._unblock_pending else math.inf
 
     def rescan_now(self) -> None:
         """Look at the inbox again at the next step (new ignore patterns or settle time)."""

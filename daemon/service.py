@@ -255,7 +255,9 @@ class Service:
         answered = self._guarded("record", self.uploader.collect, timeout, self.epoch, default=0)
         finished = self._guarded("finish", self.flow.finish, default=0)
         if answered or planned or finished:
-            self.flow.progressed()
+            self.flow.progressed(finished=finished > 0)
+        else:
+            self.flow.recheck_blocked()
         return StepResult(taken, planned, sent, answered, finished)
 
     def _guarded(self, part: str, fn: Callable[..., int], *args: Any, default: int) -> int:
@@ -361,7 +363,11 @@ class Service:
         if held is not None:
             until_due = max(until_due, held - self.monotonic())
         next_scan = self.flow.next_scan()
-        waits = [until_due, max(0.0, next_scan - self.monotonic())]
+        waits = [
+            until_due,
+            max(0.0, next_scan - self.monotonic()),
+            max(0.0, self.flow.next_unblock() - self.monotonic()),
+        ]
         waits += [max(0.0, b.next_at - self.monotonic()) for b in (*self.flow.delivery.values(), *self._parts.values())]
         if self.uploader.pause is not None and self.uploader.pause.cause == "token":
             waits.append(max(0.0, self.uploader.next_token_check - self.epoch()))

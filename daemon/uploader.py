@@ -218,6 +218,8 @@ class Uploader:
             free = min(free, allowed)
         busy = {w.batch.id for w in self.inflight.values() if w.batch is not None}
         started = 0
+        uploads: list[FileContext] = []
+        ids: list[int] = []
         for queued in self.ledger.due_batches(now, free, exclude=busy):
             file = self._file(queued.file_id)
             if queued.state is BatchState.SUBMITTED:
@@ -232,18 +234,27 @@ class Uploader:
             if not self.pace.try_acquire():
                 self.paced_until = self.pace.next_free()
                 continue
-            started += 1
-            batch, rows = self.ledger.start_sending(queued.id)  # committed before the request exists
+            uploads.append(file)
+            ids.append(queued.id)
+        if not ids:
+            return started
+        with self.ledger.grouped():  # every `sending` of this pass in one commit, before any request exists
+            marked = [self.ledger.start_sending(batch_id) for batch_id in ids]
+        failed: Exception | None = None
+        for (batch, rows), file in zip(marked, uploads, strict=True):
             trial = False
             try:
                 work, call, args = self._request(batch, rows, file)
                 trial = self.breaker.started(mono)
                 self._submit(dataclasses.replace(work, trial=trial), self._send, call, *args)
+                started += 1
             except Exception as exc:
                 # `sending` is committed but nothing left: put it back at once, never leave it there.
                 self.breaker.cancelled(trial)
                 self.ledger.requeue(batch, at=now, error=f"not sent: {exc}", ambiguous=False, count_failure=False)
-                raise
+                failed = failed or exc
+        if failed is not None:
+            raise failed
         return started
 
     def _request(
@@ -289,9 +300,26 @@ class Uploader:
         if not self.inflight:
             return recorded
         done = self.runner.wait(list(self.inflight), 0.0 if retry else timeout)
-        for future in sorted(done, key=lambda f: _order(self.inflight[f])):
-            recorded += self._record_safely(future, self.inflight.pop(future), now())
-        return recorded
+        answers = [(f, self.inflight.pop(f)) for f in sorted(done, key=lambda f: _order(self.inflight[f]))]
+        if len(answers) == 1:
+            return recorded + self._record_safely(*answers[0], now())
+        # Answers that arrived together are recorded in one transaction: one commit instead of one per answer.
+        # Nothing that depends on them leaves before the commit (dispatch comes in the next step). If any of them
+        # cannot be recorded, none is: they are all kept and recorded one by one at the next step.
+        try:
+            with self.ledger.grouped():
+                for future, work in answers:
+                    self._record(work, future, now())
+        except Exception as exc:
+            self._unrecorded.extend(answers)
+            log.error(
+                "answer_not_recorded",
+                error=f"{type(exc).__name__}: {exc}",
+                answers=len(answers),
+                action="tried again shortly, one by one",
+            )
+            return recorded
+        return recorded + len(answers)
 
     def _record_safely(self, future: Future[Any], work: Work, now: float) -> int:
         """Record an answer; if the ledger cannot take it now (disk full, locked), keep it and try again."""

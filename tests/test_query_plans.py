@@ -94,3 +94,21 @@ def test_the_open_row_check_is_one_index_probe(ledger: Ledger) -> None:
         assert ledger.has_open_rows(file_id)
     ((statement, parameters),) = statements
     assert any("rows_open" in step for step in plan_of(ledger, statement, parameters))
+
+
+def test_planning_beside_an_earlier_file_probes_its_open_rows_once_per_statement(ledger: Ledger) -> None:
+    """The "earlier open row for the same code" check: one pass over the earlier file's open rows (from the
+    partial index), never a correlated subquery that reads the earlier file's rows again for every row planned."""
+    later = ledger.add_file(
+        sha256="b" * 64, name="small.csv", path="/in/small.csv", size=1, data_key="extended_id", mode="sync"
+    )
+    ledger.insert_rows(later, iter([(n + 2, f"K{n:08d}", "h", "[]", "pending", "") for n in range(ROWS - 20, ROWS)]))
+    ledger.transition_file(later, FileState.ACTIVE)
+    with captured(ledger) as statements:
+        groups = ledger.plannable_groups(later)
+    # Codes K..1990-1999 are still open in the earlier file: those rows wait; the ten before them may go.
+    assert sorted(groups["h"]) == list(range(ROWS - 18, ROWS - 8))
+    (statement, parameters) = next(s for s in statements if "data_hash" in s[0])  # after files_in_flight()
+    plan = plan_of(ledger, statement, parameters)
+    assert not any(step.startswith("CORRELATED") for step in plan), plan
+    assert any("rows_open" in step for step in plan), plan

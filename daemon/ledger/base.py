@@ -1,7 +1,9 @@
 """What every part of the ledger shares: the engine, the clock, the records, and the guarded transition."""
 
 import json
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,6 +108,47 @@ class LedgerBase:
         self.path = path
         self.clock = clock
         self.engine = schema.connect(path)
+        self._group: Connection | None = None  # the open transaction of grouped(), in the thread that opened it
+        self._group_thread = 0
+
+    def _in_group(self) -> Connection | None:
+        return self._group if self._group is not None and self._group_thread == threading.get_ident() else None
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A connection in a transaction: its own, committed at the end, or the one grouped() holds open."""
+        group = self._in_group()
+        if group is not None:
+            yield group
+            return
+        with self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A connection for reads; inside grouped() the group's, so that reads see the group's own writes."""
+        group = self._in_group()
+        if group is not None:
+            yield group
+            return
+        with self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def grouped(self) -> Iterator[None]:
+        """Make every write in the block one transaction (one commit, one fsync): all of it is recorded, or none.
+
+        Used to record the answers that arrived together. Nested use joins the outer group.
+        """
+        if self._in_group() is not None:
+            yield
+            return
+        with self.engine.begin() as conn:
+            self._group, self._group_thread = conn, threading.get_ident()
+            try:
+                yield
+            finally:
+                self._group = None
 
     def close(self) -> None:
         """Release the database connections."""
@@ -117,7 +160,7 @@ class LedgerBase:
 
     def set_meta(self, key: str, value: str | None) -> None:
         """Set (or, with None, remove) a fact about the service that other processes may read, e.g. a pause."""
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             if value is None:
                 conn.exec_driver_sql("DELETE FROM meta WHERE key=?", (key,))
             else:
@@ -128,7 +171,7 @@ class LedgerBase:
 
     def get_meta(self, key: str) -> str | None:
         """A fact set by set_meta, if any."""
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             row = conn.exec_driver_sql("SELECT value FROM meta WHERE key=?", (key,)).first()
         return None if row is None else str(row[0])
 

@@ -19,6 +19,7 @@ RESENT_NOT_AFFECTED = (
     "(or Scantrust does not know the code)"
 )
 
+PLAN_CHUNK = 50_000  # rows queued per statement when a file is planned
 PlannedRows = tuple[str, Sequence[int], str | None]  # kind, lines, data hash (async)
 # The rows of one batch: bind (file id, batch id).
 _MEMBERS = "FROM batch_rows br JOIN rows r ON r.file_id=? AND r.line=br.line WHERE br.batch_id=?"
@@ -31,12 +32,12 @@ class BatchStore(LedgerBase):
     def add_batches(self, file_id: int, planned: Sequence[PlannedRows]) -> None:
         """Create batches of pending rows and queue those rows, in one transaction."""
         now = self.now()
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             name, sha256 = conn.exec_driver_sql("SELECT name, sha256 FROM files WHERE id=?", (file_id,)).one()
             start = conn.exec_driver_sql(
                 "SELECT coalesce(max(seq), 0) FROM batches WHERE file_id=?", (file_id,)
             ).scalar_one()
-            members: list[tuple[int, int]] = []  # (batch id, line), in batch order
+            members: list[tuple[int, int]] = []  # (batch id, line), in batch order, up to PLAN_CHUNK of them
             for seq, (kind, lines, data_hash) in enumerate(planned, start=start + 1):
                 # Shown in the portal next to the job: enough to find the file and batch it came from.
                 reference = f"scm-daemon {name} batch {seq} sha256:{sha256[:12]}"
@@ -47,19 +48,29 @@ class BatchStore(LedgerBase):
                 ).lastrowid
                 assert batch_id is not None
                 members.extend((batch_id, line) for line in lines)
-            # Both writes are sequential: batch_rows is clustered by batch, and rows are updated in row order.
-            conn.exec_driver_sql("INSERT INTO batch_rows (batch_id, line) VALUES (?, ?)", members)
-            members.sort(key=lambda member: member[1])
-            updated = conn.exec_driver_sql(
-                "UPDATE rows SET status='queued', batch_id=? WHERE file_id=? AND line=? AND status='pending'",
-                [(batch_id, file_id, line) for batch_id, line in members],
-            )
-            if updated.rowcount != len(members):
-                raise RuntimeError(f"file {file_id}: some rows planned into batches were no longer pending")
+                if len(members) >= PLAN_CHUNK:
+                    self._queue_members(conn, file_id, members)
+                    members = []
+            self._queue_members(conn, file_id, members)
+
+    @staticmethod
+    def _queue_members(conn: Connection, file_id: int, members: list[tuple[int, int]]) -> None:
+        """Record which rows a few batches carry and queue those rows; a chunk at a time keeps memory flat."""
+        if not members:
+            return
+        # Both writes are sequential: batch_rows is clustered by batch, and rows are updated in row order.
+        conn.exec_driver_sql("INSERT INTO batch_rows (batch_id, line) VALUES (?, ?)", members)
+        members.sort(key=lambda member: member[1])
+        updated = conn.exec_driver_sql(
+            "UPDATE rows SET status='queued', batch_id=? WHERE file_id=? AND line=? AND status='pending'",
+            [(batch_id, file_id, line) for batch_id, line in members],
+        )
+        if updated.rowcount != len(members):
+            raise RuntimeError(f"file {file_id}: some rows planned into batches were no longer pending")
 
     def batch(self, batch_id: int) -> BatchInfo:
         """One batch's record."""
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             row = conn.exec_driver_sql(f"SELECT {BATCH_COLUMNS} FROM batches WHERE id=?", (batch_id,)).one()
         return batch_info(row)
 
@@ -68,7 +79,7 @@ class BatchStore(LedgerBase):
         if limit <= 0:
             return []
         skip = f" AND id NOT IN ({placeholders(len(exclude))})" if exclude else ""
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             rows = conn.exec_driver_sql(
                 f"SELECT {BATCH_COLUMNS} FROM batches WHERE state IN ('queued', 'submitted') AND next_attempt_at<=?"
                 f"{skip} ORDER BY next_attempt_at, id LIMIT ?",
@@ -78,7 +89,7 @@ class BatchStore(LedgerBase):
 
     def next_due(self) -> float | None:
         """When the earliest queued batch or task poll is due (epoch seconds), if any."""
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             value = conn.exec_driver_sql(
                 "SELECT min(next_attempt_at) FROM batches WHERE state IN ('queued', 'submitted')"
             ).scalar_one()
@@ -86,7 +97,7 @@ class BatchStore(LedgerBase):
 
     def start_sending(self, batch_id: int) -> tuple[BatchInfo, list[SendRow]]:
         """Mark a batch `sending` and count the request, committed before it goes out; returns its rows."""
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             self.guard(
                 conn,
                 "batches",
@@ -151,13 +162,13 @@ class BatchStore(LedgerBase):
                 outcome[key] = (str(RowStatus.NOT_AFFECTED), RESENT_NOT_AFFECTED)
             else:
                 outcome[key] = (str(RowStatus.NOT_AFFECTED), NOT_AFFECTED)
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             self._finish(conn, batch, BatchState.DONE, failures=0)
             self._confirm(conn, batch, data_key, outcome)
 
     def submit_task(self, batch: BatchInfo, *, task_id: str, submitted_at: float, poll_at: float) -> None:
         """Store the task id of an async job, committed at once: from now on it is polled, never sent again."""
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             self.guard(
                 conn,
                 "batches",
@@ -175,7 +186,7 @@ class BatchStore(LedgerBase):
         `polled_at` (None: the request did not count, e.g. the token was refused) is when the task was last
         asked about: after a restart, the task's age is what the processes before measured up to then.
         """
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             self.guard(
                 conn,
                 "batches",
@@ -188,14 +199,14 @@ class BatchStore(LedgerBase):
 
     def complete_task(self, batch: BatchInfo, data_key: str, *, task_state: str, codes_affected: int | None) -> None:
         """A task completed: every row of its job is uploaded."""
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             keys = self._keys(conn, batch)
             self._finish(conn, batch, BatchState.DONE, task_state=task_state, codes_affected=codes_affected)
             self._confirm(conn, batch, data_key, dict.fromkeys(keys, (str(RowStatus.UPLOADED), "")))
 
     def requeue(self, batch: BatchInfo, *, at: float, error: str, ambiguous: bool, count_failure: bool) -> None:
         """Put a batch back in the queue for another attempt at epoch time `at`."""
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             self.guard(
                 conn,
                 "batches",
@@ -207,7 +218,7 @@ class BatchStore(LedgerBase):
 
     def fail_batch(self, batch: BatchInfo, *, status: RowStatus, detail: str, task_state: str | None = None) -> None:
         """Give a batch up: its open rows become `status` (failed or rejected) with the detail."""
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             self._finish(conn, batch, BatchState.FAILED, last_error=detail, task_state=task_state or batch.task_state)
             conn.exec_driver_sql(
                 "UPDATE rows SET status=?, detail=? WHERE file_id=? AND status='queued' AND line IN "
@@ -223,7 +234,7 @@ class BatchStore(LedgerBase):
         The new batches are `ambiguous` when the refused request may have been applied in part.
         """
         now = self.now()
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             self._finish(conn, batch, BatchState.SPLIT)
             if rejected:
                 conn.exec_driver_sql(
@@ -265,7 +276,7 @@ class BatchStore(LedgerBase):
 
         Extra calls come from retries and from splitting refused or timing-out batches.
         """
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             planned, calls = conn.exec_driver_sql(
                 "SELECT coalesce(sum(parent_id IS NULL), 0), coalesce(sum(attempts), 0) FROM batches WHERE file_id=?",
                 (file_id,),
@@ -274,7 +285,7 @@ class BatchStore(LedgerBase):
 
     def tasks(self, file_id: int) -> list[dict[str, Any]]:
         """The async tasks of a file with their last known state."""
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             rows = conn.exec_driver_sql(
                 "SELECT seq, task_id, task_state, codes_affected, size, state, reference FROM batches "
                 "WHERE file_id=? AND kind='async' ORDER BY seq",
@@ -305,7 +316,7 @@ class BatchStore(LedgerBase):
         they may lie far ahead or behind. Due times are clamped to at most `longest_wait` from now, and a task's
         age is what earlier processes measured up to their last poll (downtime does not count).
         """
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             resent = conn.exec_driver_sql(
                 "UPDATE batches SET state='queued', interrupted=interrupted+1, next_attempt_at=? WHERE state='sending'",
                 (now,),

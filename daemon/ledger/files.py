@@ -28,7 +28,7 @@ class FileStore(LedgerBase):
         path_for: Callable[[int], str] | None = None,
     ) -> int:
         """Record a file in state `received`; `path_for(id)`, if given, names its path from its new id."""
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             result = conn.exec_driver_sql(
                 "INSERT INTO files (sha256, name, path, size, state, data_key, mode, layout, received_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, '{}', ?)",
@@ -42,14 +42,14 @@ class FileStore(LedgerBase):
 
     def file(self, file_id: int) -> FileInfo:
         """One file's record."""
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             row = conn.exec_driver_sql(f"SELECT {FILE_COLUMNS} FROM files WHERE id=?", (file_id,)).one()
         return file_info(row)
 
     def files(self, states: Iterable[FileState]) -> list[FileInfo]:
         """The files in any of these states, oldest first."""
         wanted = [str(s) for s in states]
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             rows = conn.exec_driver_sql(
                 f"SELECT {FILE_COLUMNS} FROM files WHERE state IN ({placeholders(len(wanted))}) ORDER BY id",
                 tuple(wanted),
@@ -58,7 +58,7 @@ class FileStore(LedgerBase):
 
     def find_files(self, name_or_sha: str) -> list[FileInfo]:
         """Files whose name, or SHA-256 (or its prefix of 8+ characters), is this."""
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             rows = conn.exec_driver_sql(
                 f"SELECT {FILE_COLUMNS} FROM files WHERE name=? OR (length(?) >= 8 AND sha256 LIKE ? || '%') "
                 "ORDER BY id",
@@ -69,7 +69,7 @@ class FileStore(LedgerBase):
     def processed(self, sha256: str, *, other_than: int) -> FileInfo | None:
         """An earlier file with the same bytes that was (or is being) processed, if any."""
         refused = (str(Outcome.FAILED), str(Outcome.DUPLICATE))
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             row = conn.exec_driver_sql(
                 f"SELECT {FILE_COLUMNS} FROM files WHERE sha256=? AND id<>? "
                 "AND (outcome IS NULL OR outcome NOT IN (?, ?)) ORDER BY id LIMIT 1",
@@ -80,7 +80,7 @@ class FileStore(LedgerBase):
     def transition_file(self, file_id: int, to: FileState, **values: Any) -> None:
         """Move a file to state `to` (guarded by FILE_TRANSITIONS), setting other columns with it."""
         values = {k: json.dumps(v) if k == "layout" else v for k, v in values.items()}
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             if to is FileState.DONE:
                 values.setdefault("finished_at", self.now())
                 counts = conn.exec_driver_sql(
@@ -99,17 +99,17 @@ class FileStore(LedgerBase):
     def set_file(self, file_id: int, **values: Any) -> None:
         """Set columns of a file that carry no state (the report stem, the destination)."""
         sets = ", ".join(f"{k}=?" for k in values)
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             conn.exec_driver_sql(f"UPDATE files SET {sets} WHERE id=?", (*values.values(), file_id))
 
     def discard_rows(self, file_id: int) -> None:
         """Drop the rows recorded so far for a file that turned out unreadable."""
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             conn.exec_driver_sql("DELETE FROM rows WHERE file_id=?", (file_id,))
 
     def forget_file(self, file_id: int) -> None:
         """Drop a file caught mid-intake, with its rows, so that the next scan takes it afresh."""
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             conn.exec_driver_sql("DELETE FROM rows WHERE file_id=?", (file_id,))
             self._drop_batches(conn, file_id)
             conn.exec_driver_sql("DELETE FROM files WHERE id=? AND state=?", (file_id, str(FileState.RECEIVED)))
@@ -120,7 +120,7 @@ class FileStore(LedgerBase):
         What idempotency needs stays: every file's record (its SHA-256 and its counts) and, in `codes`, the last
         data uploaded per code. One transaction per file, so a running service is held up only briefly.
         """
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             ids = [
                 i
                 for (i,) in conn.exec_driver_sql(
@@ -132,7 +132,7 @@ class FileStore(LedgerBase):
             ]
         dropped = 0
         for file_id in ids:
-            with self.engine.begin() as conn:
+            with self.begin() as conn:
                 dropped += conn.exec_driver_sql("DELETE FROM rows WHERE file_id=?", (file_id,)).rowcount
                 self._drop_batches(conn, file_id)
         return len(ids), dropped
@@ -146,7 +146,7 @@ class FileStore(LedgerBase):
 
     def overview(self, *, recent: int = 10) -> dict[str, Any]:
         """What the ledger holds, for `scm-daemon status`."""
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
 
             def counts(sql: str) -> dict[str, int]:
                 return {str(k): int(n) for k, n in conn.exec_driver_sql(sql).all()}

@@ -27,14 +27,14 @@ class RowStore(LedgerBase):
             f"VALUES ({int(file_id)}, ?, ?, ?, ?, ?, ?)"
         )
         while chunk := list(islice(rows, INSERT_CHUNK)):
-            with self.engine.begin() as conn:
+            with self.begin() as conn:
                 conn.exec_driver_sql(sql, chunk)
             count += len(chunk)
         return count
 
     def resolve_in_file_duplicates(self, file_id: int) -> tuple[int, int]:
         """Skip identical repeats of a code within the file; reject every row of a code given different data."""
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             rows = conn.exec_driver_sql(
                 "SELECT key, line, data_hash FROM rows WHERE file_id=? AND status=? AND key IN "
                 "(SELECT key FROM rows WHERE file_id=? AND status=? GROUP BY key HAVING count(*) > 1) "
@@ -66,14 +66,18 @@ class RowStore(LedgerBase):
         earlier = [f for f in self.files_in_flight() if f < file_id]
         if not earlier:
             return ""
+        # Not a correlated NOT EXISTS: rows has no index on key (it would slow every insert), so that probe scanned
+        # the earlier files' rows once per row planned. The list is built once per statement from the partial
+        # index of open rows, and each row is one probe into it.
         return (
-            f" AND NOT EXISTS (SELECT 1 FROM rows o WHERE o.file_id IN ({','.join(map(str, earlier))}) "
-            f"AND o.key={alias}.key AND o.status IN ('pending', 'queued'))"
+            f" AND ({alias}.key IS NULL OR {alias}.key NOT IN (SELECT o.key FROM rows o INDEXED BY rows_open "
+            f"WHERE o.file_id IN ({','.join(map(str, earlier))}) AND o.status IN ('pending', 'queued') "
+            "AND o.key IS NOT NULL))"
         )
 
     def files_in_flight(self) -> list[int]:
         """Ids of files whose rows may still be open."""
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             rows = conn.exec_driver_sql(
                 "SELECT id FROM files WHERE state IN (?, ?)", (str(FileState.RECEIVED), str(FileState.ACTIVE))
             ).all()
@@ -81,7 +85,7 @@ class RowStore(LedgerBase):
 
     def skip_uploaded(self, file_id: int, data_key: str) -> int:
         """Skip pending rows whose code already holds the same data from an earlier upload; returns how many."""
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             return conn.exec_driver_sql(
                 "UPDATE rows SET status='skipped', detail=? WHERE file_id=? AND status='pending' AND EXISTS "
                 "(SELECT 1 FROM codes c WHERE c.data_key=? AND c.key=rows.key AND c.data_hash=rows.data_hash)"
@@ -93,7 +97,7 @@ class RowStore(LedgerBase):
         """Pending, unblocked rows of a file as {data hash: lines in row order}, compact for a million rows."""
         groups: dict[str, array[int]] = {}
         with (
-            self.engine.connect() as conn,
+            self.connect() as conn,
             closing(
                 conn.exec_driver_sql(
                     "SELECT r.data_hash, r.line FROM rows r WHERE r.file_id=? AND r.status='pending'"
@@ -112,7 +116,7 @@ class RowStore(LedgerBase):
 
     def has_open_rows(self, file_id: int) -> bool:
         """Whether any row of the file still waits for an outcome."""
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             row = conn.exec_driver_sql(
                 "SELECT 1 FROM rows INDEXED BY rows_open WHERE file_id=? AND status IN ('pending', 'queued') LIMIT 1",
                 (file_id,),
@@ -121,7 +125,7 @@ class RowStore(LedgerBase):
 
     def has_pending_rows(self, file_id: int) -> bool:
         """Whether any row of the file still waits to be planned."""
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             row = conn.exec_driver_sql(
                 "SELECT 1 FROM rows INDEXED BY rows_open WHERE file_id=? AND status IN ('pending', 'queued') "
                 "AND status='pending' LIMIT 1",
@@ -131,7 +135,7 @@ class RowStore(LedgerBase):
 
     def row_counts(self, file_id: int) -> dict[RowStatus, int]:
         """How many of the file's rows are in each status."""
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             rows = conn.exec_driver_sql(
                 "SELECT status, count(*) FROM rows WHERE file_id=? GROUP BY status", (file_id,)
             ).all()
@@ -140,7 +144,7 @@ class RowStore(LedgerBase):
     def report_rows(self, file_id: int) -> Iterator[tuple[int, str | None, str, str, int | None, str | None]]:
         """Every row of a file in spreadsheet order: line, key, status, detail, batch number, task id."""
         with (
-            self.engine.connect() as conn,
+            self.connect() as conn,
             closing(
                 conn.exec_driver_sql(
                     "SELECT r.line, r.key, r.status, r.detail, b.seq, b.task_id FROM rows r "
@@ -154,7 +158,7 @@ class RowStore(LedgerBase):
     def error_rows(self, file_id: int) -> Iterator[tuple[int, list[str], str, str]]:
         """Rejected and failed rows of a file: line, cells, status, detail."""
         with (
-            self.engine.connect() as conn,
+            self.connect() as conn,
             closing(
                 conn.exec_driver_sql(
                     "SELECT line, cells, status, detail FROM rows WHERE file_id=? AND status IN ('rejected', 'failed') "
@@ -171,7 +175,7 @@ class RowStore(LedgerBase):
 
         The reports of the retry get new names (report_base is cleared), so the first ones stay as they were.
         """
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             moved = conn.exec_driver_sql(
                 "UPDATE rows SET status='pending', detail='', batch_id=NULL WHERE file_id=? AND status='failed'",
                 (file_id,),
