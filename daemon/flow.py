@@ -4,7 +4,6 @@ and moved once every row is final. The service loop calls these parts, each insi
 import math
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -15,6 +14,7 @@ from daemon.folders import deliver
 from daemon.ledger import FileInfo, Ledger
 from daemon.planner import plan as plan_batches
 from daemon.reporter import outcome_for
+from daemon.retry import Backoff
 from daemon.states import FileState
 from daemon.watcher import InboxScanner
 
@@ -26,25 +26,6 @@ EVENT_SCAN_GAP = 0.1
 UNREADABLE_RETRY = 60.0  # seconds before a file that could not be opened (permissions) is tried again
 BLOCKED_RECHECK = 1.0  # seconds between looks at rows blocked by an earlier file's open rows for the same code
 DELIVERY_RETRY = (5.0, 300.0)  # first and longest wait before writing a file's reports again after a failure
-
-
-@dataclass
-class Backoff:
-    """Retry timing of one thing that keeps failing (a file's delivery, a part of the loop)."""
-
-    first: float
-    longest: float
-    failures: int = 0
-    next_at: float = 0.0
-    error: str = ""
-
-    def failed(self, now: float, error: str) -> float:
-        """Count a failure at `now`; returns the wait before the next try."""
-        self.failures += 1
-        self.error = error
-        wait: float = min(self.longest, self.first * 2.0 ** min(self.failures - 1, 20))
-        self.next_at = now + wait
-        return wait
 
 
 class FileFlow:
@@ -74,6 +55,7 @@ class FileFlow:
         self._unblock_pending = False  # something progressed since blocked files were last looked at
         self._active: set[int] = set()  # active files this process knows; others were reopened by `retry`
         self._unreadable: dict[str, float] = {}  # inbox paths that could not be opened, and when to try again
+        self._reread: dict[int, Path] = {}  # claimed files whose reading failed on the ledger, to read again
         self.delivery: dict[int, Backoff] = {}  # files whose reports could not be written or input not moved
 
     def resume(self) -> int:
@@ -126,6 +108,11 @@ class FileFlow:
 
     def _take_settled(self, now: float) -> int:
         taken = 0
+        for file_id, copy in sorted(self._reread.items()):
+            self.ledger.discard_rows(file_id)
+            log.info("intake_restarted", file_id=file_id, note="its reading failed before")
+            if self.read(file_id, copy):
+                taken += 1
         self._unreadable = {p: at for p, at in self._unreadable.items() if at > now}
         settled = self.scanner.scan(now, ())
         if settled:
@@ -156,7 +143,9 @@ class FileFlow:
         name = self.ledger.file(file_id).name
         try:
             done = intake.read(file_id, claimed, self.ledger, self.settings)
+            self._reread.pop(file_id, None)
         except intake.Vanished:
+            self._reread.pop(file_id, None)
             log.warning("file_vanished", file=name, file_id=file_id, note="claim released; taken afresh if it returns")
             return False
         except OSError as exc:
@@ -167,6 +156,11 @@ class FileFlow:
                 self._unreadable[str(back)] = self.monotonic() + UNREADABLE_RETRY
             log.warning("file_not_readable", file=name, error=str(exc), retry_in=UNREADABLE_RETRY)
             return False
+        except Exception:
+            # The ledger could not take it (a full disk): its rows so far are dropped and it is read again from
+            # the start when the take part runs next; the boundary around it logs the error.
+            self._reread[file_id] = claimed
+            raise
         if done is None:  # it changed while being read: back into the inbox, to settle anew
             self._put_back(claimed, name)
             self.wake.set()
@@ -190,9 +184,9 @@ class FileFlow:
         """Put the plannable rows of files that may have some into batches; returns the rows planned or skipped."""
         planned = 0
         for file_id in sorted(self._to_plan):
-            self._to_plan.discard(file_id)
             f = self.ledger.file(file_id)
             if f.state is not FileState.ACTIVE:
+                self._to_plan.discard(file_id)
                 continue
             skipped = self.ledger.skip_uploaded(file_id, f.data_key)
             groups = self.ledger.plannable_groups(file_id)
@@ -216,6 +210,7 @@ class FileFlow:
                     skipped=skipped,
                 )
             planned += skipped + sum(len(lines) for lines in groups.values())
+            self._to_plan.discard(file_id)  # only now: a failure above (a full disk) leaves it to be planned again
             if self.ledger.has_pending_rows(file_id):
                 self._blocked.add(file_id)
         return planned

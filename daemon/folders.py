@@ -15,7 +15,7 @@ from daemon.ledger import FileInfo, Ledger
 from daemon.mounts import MOUNTINFO, filesystem_of
 from daemon.names import free_path
 from daemon.reporter import ReportNames, choose_base, write_reports
-from daemon.states import Outcome
+from daemon.states import FileState, Outcome
 
 log = structlog.get_logger(__name__)
 
@@ -122,10 +122,14 @@ def deliver(ledger: Ledger, f: FileInfo, paths: PathsSettings) -> tuple[ReportNa
         # be names already taken once it is back, and reports would be overwritten.
         if not needed.is_dir():
             raise FileNotFoundError(errno.ENOENT, "the folder is missing or not a folder", str(needed))
+    # Other files' names may be fixed but not used yet (their delivery failed): those are taken too.
+    others = [o for o in ledger.files([FileState.REPORTING]) if o.id != f.id]
     if f.report_base is None:
-        ledger.set_file(f.id, report_base=choose_base(paths.outbox, Path(f.name).stem))
+        reserved = {o.report_base for o in others if o.report_base}
+        ledger.set_file(f.id, report_base=choose_base(paths.outbox, Path(f.name).stem, reserved))
     if f.destination is None:
-        ledger.set_file(f.id, destination=str(free_path(folder, f.name)))
+        destinations = {o.destination for o in others if o.destination}
+        ledger.set_file(f.id, destination=str(free_path(folder, f.name, destinations)))
     f = ledger.file(f.id)
     assert f.destination is not None
     names = write_reports(ledger, f, paths.outbox, ledger.now())

@@ -1,7 +1,7 @@
 """File names the daemon makes: never overwriting a file, and always within the file system's name limit."""
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 NAME_MAX = 255  # bytes in one path component on Linux file systems (ext4, xfs, btrfs, tmpfs; SMB shares alike)
@@ -30,8 +30,9 @@ def first_free(taken: Callable[[str], bool], stem: str) -> str:
         n += 1
 
 
-def free_path(folder: Path, name: str) -> Path:
-    """`folder/name`, or `folder/stem-2.ext`, `-3`...: the first that does not exist, so nothing is overwritten."""
+def free_path(folder: Path, name: str, reserved: Collection[str] = ()) -> Path:
+    """`folder/name`, or `folder/stem-2.ext`, `-3`...: the first that neither exists nor is in `reserved` (paths
+    fixed for files not moved yet), so nothing is overwritten."""
     stem, ext = os.path.splitext(fit_name("", name, "", limit=NAME_MAX - 8))  # room for "-NNNNNNN"
-    chosen = first_free(lambda s: os.path.lexists(folder / f"{s}{ext}"), stem)
+    chosen = first_free(lambda s: str(folder / f"{s}{ext}") in reserved or os.path.lexists(folder / f"{s}{ext}"), stem)
     return folder / f"{chosen}{ext}"

@@ -4,7 +4,7 @@ import csv
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -44,8 +44,9 @@ LONGEST_REPORT_SUFFIX = "-9999999.rejected.csv"  # what a report stem must leave
 TEMP_NAME_EXTRA = len(".") + len(".XXXXXXXX.tmp")  # atomic_write's temporary name around the report's name
 
 
-def choose_base(outbox: Path, stem: str) -> str:
-    """The first of `stem`, `stem-2`, `stem-3`... under which no report exists yet: nothing is ever overwritten.
+def choose_base(outbox: Path, stem: str, reserved: Collection[str] = ()) -> str:
+    """The first of `stem`, `stem-2`, `stem-3`... under which no report exists yet and that no other file has
+    `reserved` for reports not yet written: nothing is ever overwritten.
 
     A stem too long to take the report suffixes within the file system's name limit is shortened.
     """
@@ -53,7 +54,9 @@ def choose_base(outbox: Path, stem: str) -> str:
 
     def taken(base: str) -> bool:
         names = names_for(base)
-        return any(os.path.lexists(outbox / name) for name in (names.summary, names.report, names.rejected))
+        return base in reserved or any(
+            os.path.lexists(outbox / name) for name in (names.summary, names.report, names.rejected)
+        )
 
     return first_free(taken, short)
 

@@ -67,3 +67,22 @@ class RetryPolicy:
             delay = retry_after
             reason = f"transient error on attempt {attempt} of {self.max_attempts}, server asked to wait"
         return RetryDecision(retry=True, delay=delay, reason=reason)
+
+
+@dataclass
+class Backoff:
+    """Retry timing of one thing that keeps failing (a file's delivery, a part of the loop)."""
+
+    first: float
+    longest: float
+    failures: int = 0
+    next_at: float = 0.0
+    error: str = ""
+
+    def failed(self, now: float, error: str) -> float:
+        """Count a failure at `now`; returns the wait before the next try."""
+        self.failures += 1
+        self.error = error
+        wait: float = min(self.longest, self.first * 2.0 ** min(self.failures - 1, 20))
+        self.next_at = now + wait
+        return wait

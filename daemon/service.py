@@ -15,13 +15,14 @@ from daemon import intake
 from daemon.api import ScantrustClient
 from daemon.breaker import CircuitBreaker
 from daemon.config import ConfigError, Settings
-from daemon.flow import Backoff, FileFlow
+from daemon.flow import FileFlow
 from daemon.folders import refuse_network_ledger, remove_leftover_temps
 from daemon.ledger import Clock, Ledger, utcnow
 from daemon.mounts import MOUNTINFO
 from daemon.notify import Notifier
 from daemon.pacing import Pace
 from daemon.reload import adopt, changes
+from daemon.retry import Backoff
 from daemon.states import FileState
 from daemon.uploader import Uploader, policy_from
 from daemon.watcher import EMPTY_GRACE_SECONDS, InboxEvents, InboxScanner
@@ -308,7 +309,7 @@ class Service:
         if once and not result.busy and self._only_undeliverable_left():
             return False  # the CLI exits 1 naming them; the next run delivers them
         self.events.check()
-        if not result.busy and not self.uploader.busy:
+        if not result.busy and not self.uploader.inflight:  # with requests in flight, step() waited for answers
             self.idle_wait(self.next_wake())
         return True
 
@@ -325,9 +326,26 @@ class Service:
         open_files = self.ledger.files([FileState.RECEIVED, FileState.ACTIVE, FileState.REPORTING])
         return {f.id for f in open_files} <= set(self.flow.delivery)
 
+    def start(self) -> None:
+        """Recover, retrying with backoff while the ledger cannot be written (a full disk): it never ends the
+        service; a stop request does."""
+        backoff = Backoff(*STEP_RETRY)
+        while not self.stop_event.is_set():
+            try:
+                self.recover()
+                return
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                wait = backoff.failed(self.monotonic(), error)
+                log.error("recovery_failed", error=error, retry_in=wait, failures=backoff.failures)
+                self.notifier.status(f"PROBLEM: the ledger cannot be prepared: {error} (retried in {wait:g} s)")
+            while not self.stop_event.is_set() and self.monotonic() < backoff.next_at:
+                self.notifier.alive()
+                self.idle_wait(backoff.next_at - self.monotonic())
+
     def run(self, *, once: bool = False) -> None:
         """Step until stopped (or, with once, until the inbox and the ledger hold no unfinished work)."""
-        self.recover()
+        self.start()
         try:
             self.events.check()  # starts the observer
             self.notifier.ready(f"ready: watching {self.settings.paths.inbox}")
@@ -357,21 +375,30 @@ class Service:
 
     def next_wake(self) -> float:
         """Seconds until the loop has something to do (a due batch, a scan, a retry), if nothing wakes it before."""
+        mono = self.monotonic()
         due = self.ledger.next_due()
         until_due = max(0.0, due - self.epoch()) if due is not None else math.inf
         held = self.uploader.held_until()  # due batches that cannot go yet must not make the loop spin
         if held is not None:
-            until_due = max(until_due, held - self.monotonic())
-        next_scan = self.flow.next_scan()
-        waits = [
-            until_due,
-            max(0.0, next_scan - self.monotonic()),
-            max(0.0, self.flow.next_unblock() - self.monotonic()),
-        ]
-        waits += [max(0.0, b.next_at - self.monotonic()) for b in (*self.flow.delivery.values(), *self._parts.values())]
+            until_due = max(until_due, held - mono)
+        # Monotonic times at which each part of the step has work; a part backing off after a failure has none
+        # before its backoff ends, or a due batch or a due scan would make the loop spin.
+        work = {
+            "send": mono + until_due,
+            "take": self.flow.next_scan(),
+            "plan": self.flow.next_unblock(),
+            "finish": min((b.next_at for b in self.flow.delivery.values()), default=math.inf),
+        }
+        for part, backoff in self._parts.items():  # and when its backoff ends, it is tried again in any case
+            at = work.get(part, math.inf)
+            work[part] = backoff.next_at if at == math.inf else max(at, backoff.next_at)
+        waits = [at - mono for at in work.values()]
+        kept = self.uploader.unrecorded_retry_at()
+        if kept is not None:
+            waits.append(kept - mono)
         if self.uploader.pause is not None and self.uploader.pause.cause == "token":
-            waits.append(max(0.0, self.uploader.next_token_check - self.epoch()))
-        return min(waits)
+            waits.append(self.uploader.next_token_check - self.epoch())
+        return max(0.0, min(waits))
 
     def _report_status(self) -> None:
         now = self.monotonic()

@@ -35,15 +35,16 @@ from daemon.decide import (
     decide,
 )
 from daemon.errors import ApiError, ProtocolError
-from daemon.ledger import UPLOADS_PAUSED, BatchInfo, Ledger
+from daemon.ledger import UPLOADS_PAUSED, BatchInfo, Ledger, StateConflict
 from daemon.normalize import Layout, scm_data
 from daemon.pacing import Pace
-from daemon.retry import RetryPolicy
+from daemon.retry import Backoff, RetryPolicy
 from daemon.states import BatchState
 
 log = structlog.get_logger(__name__)
 
 TOKEN_RECHECK_SECONDS = 180.0  # while the token is refused, ask GET /me/ this often
+UNRECORDED_RETRY = (0.5, 30.0)  # first and longest wait before answers the ledger could not take are recorded again
 
 
 class Runner(Protocol):
@@ -157,6 +158,7 @@ class Uploader:
         self._next_token_check = 0.0
         self._files: dict[int, FileContext] = {}
         self._unrecorded: list[tuple[Future[Any], Work]] = []  # answers whose recording failed: tried again
+        self._unrecorded_backoff = Backoff(*UNRECORDED_RETRY)
         self._unknown_states: set[str] = set()
         self.gave_up_rows = 0  # rows failed because the API kept failing beyond the retry budget
 
@@ -181,6 +183,10 @@ class Uploader:
     def busy(self) -> bool:
         """Whether any request is in flight (or an answer waits to be recorded)."""
         return bool(self.inflight or self._unrecorded)
+
+    def unrecorded_retry_at(self) -> float | None:
+        """Monotonic time when kept answers are recorded again, if any are kept."""
+        return self._unrecorded_backoff.next_at if self._unrecorded else None
 
     def reconfigure(self, settings: Settings) -> list[str]:
         """Take over what SIGHUP may change (rate, retry and poll policy, breaker); the names applied."""
@@ -294,9 +300,13 @@ class Uploader:
     def collect(self, timeout: float, now: Callable[[], float]) -> int:
         """Wait up to `timeout` for answers and record them; returns how many were recorded."""
         recorded = 0
-        retry, self._unrecorded = self._unrecorded, []
+        retry: list[tuple[Future[Any], Work]] = []
+        if self._unrecorded and self.monotonic() >= self._unrecorded_backoff.next_at:
+            retry, self._unrecorded = self._unrecorded, []
         for future, work in retry:
             recorded += self._record_safely(future, work, now())
+        if retry and not self._unrecorded:
+            self._unrecorded_backoff = Backoff(*UNRECORDED_RETRY)
         if not self.inflight:
             return recorded
         done = self.runner.wait(list(self.inflight), 0.0 if retry else timeout)
@@ -311,30 +321,44 @@ class Uploader:
                 for future, work in answers:
                     self._record(work, future, now())
         except Exception as exc:
-            self._unrecorded.extend(answers)
-            log.error(
-                "answer_not_recorded",
-                error=f"{type(exc).__name__}: {exc}",
-                answers=len(answers),
-                action="tried again shortly, one by one",
-            )
+            self._kept(exc, answers)
             return recorded
         return recorded + len(answers)
 
     def _record_safely(self, future: Future[Any], work: Work, now: float) -> int:
-        """Record an answer; if the ledger cannot take it now (disk full, locked), keep it and try again."""
+        """Record an answer, all of it or nothing; if the ledger cannot take it now (disk full, locked), keep it and
+        try again after a backoff."""
         try:
-            self._record(work, future, now)
+            with self.ledger.grouped():
+                self._record(work, future, now)
+        except StateConflict as exc:
+            # Its batch is no longer where the answer found it: recording it again would change nothing true.
+            log.error("answer_dropped", error=str(exc), kind=str(work.kind))
+            return 0
         except Exception as exc:
-            self._unrecorded.append((future, work))
-            log.error("answer_not_recorded", error=f"{type(exc).__name__}: {exc}", action="tried again shortly")
+            self._kept(exc, [(future, work)])
             return 0
         return 1
 
+    def _kept(self, exc: Exception, answers: list[tuple[Future[Any], Work]]) -> None:
+        """Answers the ledger could not take: kept, recorded one by one when the backoff ends."""
+        self._unrecorded.extend(answers)
+        wait = self._unrecorded_backoff.failed(self.monotonic(), f"{type(exc).__name__}: {exc}")
+        log.error(
+            "answer_not_recorded",
+            error=f"{type(exc).__name__}: {exc}",
+            answers=len(answers),
+            retry_in=wait,
+            action="tried again, one by one",
+        )
+
     def drain(self, now: Callable[[], float], *, deadline: float = math.inf) -> None:
         """Wait for every request in flight (each is bounded by its timeouts) and record the answers."""
-        while self.busy and self.monotonic() < deadline:
+        while self.inflight and self.monotonic() < deadline:
             self.collect(1.0, now)
+        if self._unrecorded:  # one last try; what the ledger still cannot take is sent again after the restart
+            self._unrecorded_backoff.next_at = 0.0
+            self.collect(0.0, now)
 
     def close(self) -> None:
         """Stop the workers (after drain)."""

@@ -15,6 +15,7 @@ Run many:          .venv/bin/python tests/simulation.py --schedules 100000 --job
 """
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -217,6 +218,7 @@ def make_schedule(seed: int) -> Schedule:
         "blackhole",
         "outbox_gone",
         "archive_gone",
+        "ledger_full",
         "clock_jump",
         "sighup",
         "crash",
@@ -304,6 +306,8 @@ max_server_wait_seconds = 120
         self.settings = load_settings(self.config, env={"SCM_API__TOKEN": TOKEN})
         self.crashes = 0
         self.turns = 0
+        self.disk_full = False  # the ledger_full fault
+        self.disk_rng = random.Random(schedule.seed ^ 0xD15C)
         self.next_event = float("inf")  # clock time of the next scheduled drop or fault
         self.service = self.boot()
         self.dropped: list[bool] = [False] * len(schedule.drops)  # whether each drop happened
@@ -314,6 +318,7 @@ max_server_wait_seconds = 120
         """A new process: new objects on the same ledger, recovered."""
         settings = self.settings
         ledger = Ledger(settings.paths.ledger, clock=self.clock.wall)
+        self.fill_disk_under(ledger)
         client = ScantrustClient(
             settings.api.base_url,
             SecretStr(TOKEN),
@@ -346,12 +351,37 @@ max_server_wait_seconds = 120
             idle_wait=self.idle,
             reload_settings=lambda: self.settings,
         )
-        service.recover()
+        service.idle_wait = self.booting_wait
+        service.start()
+        service.idle_wait = self.idle
         return service
+
+    def fill_disk_under(self, ledger: Ledger) -> None:
+        """While `ledger_full` is on, half the write transactions fail at their commit as on a full disk: rolled
+        back whole, with the error SQLite gives. The seam is the ledger's transaction, the one place writes go."""
+        world = self
+
+        def failing(transaction: Callable[[], Any]) -> Callable[[], Any]:
+            @contextlib.contextmanager
+            def wrapped() -> Iterator[Any]:
+                outermost = ledger._in_group() is None
+                with transaction() as value:
+                    yield value
+                    if outermost and world.disk_full and world.disk_rng.random() < 0.5:
+                        raise sqlite3.OperationalError("database or disk is full")
+
+            return wrapped
+
+        ledger.begin = failing(ledger.begin)  # type: ignore[method-assign]
+        ledger.grouped = failing(ledger.grouped)  # type: ignore[method-assign]
 
     def horizon(self) -> float:
         """The clock time up to which nothing but the service's own deadlines can happen."""
         return min(self.next_event, self.clock.mono + self.service.next_wake())
+
+    def booting_wait(self, until_work: float) -> None:
+        """The idle wait while a process starts: no scheduled event runs meanwhile (a crash is being handled)."""
+        self.clock.advance(until_work)
 
     def idle(self, until_work: float) -> None:
         """The service's idle wait: jump to its next deadline, or to the next scheduled event if that is sooner."""
@@ -403,6 +433,8 @@ max_server_wait_seconds = 120
                 folder.rename(away)
             elif not on and away.exists():
                 away.rename(folder)
+        elif kind == "ledger_full":
+            self.disk_full = on
         elif kind == "clock_jump":
             self.clock.wall_offset += fault.value
         elif kind == "sighup":

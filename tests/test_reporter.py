@@ -33,6 +33,8 @@ def test_report_names_never_collide(tmp_path: Path) -> None:
     assert choose_base(tmp_path, "orders") == "orders-2"
     (tmp_path / "orders-2.rejected.csv").write_text("")
     assert choose_base(tmp_path, "orders") == "orders-3"
+    # Fixed for another file whose reports are not written yet (its delivery failed): taken as well.
+    assert choose_base(tmp_path, "orders", reserved={"orders-3"}) == "orders-4"
 
 
 def test_a_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
