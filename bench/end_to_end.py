@@ -191,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for rows in sizes:
             r = one_size(args, rows, emulator, base_url)
             results.append(r)
-            share = r["calls"] / r["wall"] / ceiling if ceiling else 0.0
+            share = (r["calls"] + r["jobs"]) / r["wall"] / ceiling if ceiling else 0.0  # of upload calls/s
             print(
                 f"{rows:>10,} {r['exit']:>4} {r['wall']:>8.1f} {r['rate']:>9,.0f} {share:>10.0%} "
                 f"{r['rss']:>6.0f} MB {r['calls']:>7} {r['jobs']:>6}",
