@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
@@ -21,6 +22,7 @@ from daemon.folders import FolderError, ledger_lock, prepare_folders, refuse_net
 from daemon.ledger import Ledger
 from daemon.logs import configure_logging
 from daemon.notify import Notifier
+from daemon.progress import snapshot as progress_snapshot
 from daemon.sandbox import Emulator, EmulatorConfig, serve_forever
 from daemon.schema import LedgerVersionError
 from daemon.service import ConfigurationPausedError, Service, TokenRefusedError
@@ -250,6 +252,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_OK
     with _existing_ledger(args) as ledger:
         data = ledger.overview()
+        data["active_files"] = progress_snapshot(ledger, time.time())
     print(json.dumps(data, indent=2) if args.json else render_overview(data))
     return EXIT_OK
 

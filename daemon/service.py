@@ -21,6 +21,7 @@ from daemon.ledger import Clock, Ledger, utcnow
 from daemon.mounts import MOUNTINFO
 from daemon.notify import Notifier
 from daemon.pacing import Pace
+from daemon.progress import ProgressTracker
 from daemon.reload import adopt, changes
 from daemon.retry import Backoff
 from daemon.states import FileState
@@ -125,6 +126,7 @@ class Service:
         self.reload_settings = reload_settings
         self.reload_requested = False  # set by SIGHUP's handler; the loop re-reads the configuration
         self._next_status = 0.0
+        self.progress = ProgressTracker(ledger)  # file_progress events and the per-file STATUS= text
         self.flow = FileFlow(
             settings, ledger=ledger, scanner=scanner, wake=self.wake, stopping=self.stop_event, monotonic=monotonic
         )
@@ -402,20 +404,25 @@ class Service:
 
     def _report_status(self) -> None:
         now = self.monotonic()
-        if not self.notifier.enabled or now < self._next_status:
+        if now < self._next_status:
             return
         self._next_status = now + 1.0
+        pause = self.uploader.pause
+        active = self.progress.sample(self.epoch(), paused=pause.reason if pause is not None else None)
+        if not self.notifier.enabled:
+            return
         files = len(self.ledger.files([FileState.RECEIVED, FileState.ACTIVE, FileState.REPORTING]))
         if files or self.uploader.busy:
             text = f"working: {files} file(s) in progress, {len(self.uploader.inflight)} request(s) in flight"
         else:
             text = f"idle: watching {self.settings.paths.inbox}"
+        if active:
+            text = "uploading " + "; ".join(p.text() for p in active[:3]) + ". " + text
         if self.scanner.waiting:
             text += f", {self.scanner.waiting} file(s) settling"
         problems = [b.error for b in self.flow.delivery.values()] + [f"{p}: {b.error}" for p, b in self._parts.items()]
         if problems:
             text = f"PROBLEM: {problems[0]} (retried). " + text
-        pause = self.uploader.pause
         if pause is not None and pause.cause == "token":
             text = "uploads paused: the API refused the token; renew it. " + text
         elif pause is not None:

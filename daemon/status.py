@@ -19,6 +19,12 @@ def render_overview(data: dict[str, Any]) -> str:
         f"in flight: {data['in_flight']} batch(es)"
         + (f"; next retry at {data['next_retry_at']}" if data["next_retry_at"] else ""),
     ]
+    if data.get("active_files"):
+        lines.append("active files:")
+        lines.extend(
+            f"  {a['file']}: {a['rows_final']:,} / {a['rows_total']:,} rows ({a['percent']} %)"
+            for a in data["active_files"]
+        )
     if data["tasks_in_flight"]:
         lines.append(f"async tasks being followed: {len(data['tasks_in_flight'])}")
         lines.extend(

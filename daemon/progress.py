@@ -1,0 +1,143 @@
+"""Progress of each active file: rows final / total, rows per second over the last minute, an ETA.
+
+The decisions (the pace, the ETA, when to log) are pure functions; `ProgressTracker` feeds them from the ledger
+with one cheap query per active file (`Ledger.row_counts`) and logs `file_progress` events.
+"""
+
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import structlog
+
+from daemon.ledger import Ledger
+from daemon.states import FileState, RowStatus
+
+log = structlog.get_logger(__name__)
+
+WINDOW_SECONDS = 60.0  # the pace is measured over this much of the recent past
+LOG_EVERY_SECONDS = 10.0  # at most one file_progress event per file this often, besides each 10 % step
+OPEN_STATUSES = frozenset({RowStatus.PENDING, RowStatus.QUEUED})
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where one file stands."""
+
+    file_id: int
+    name: str
+    final: int
+    total: int
+    rate: float | None  # rows per second over the last minute; None until there are two samples
+    eta: float | None  # epoch seconds when the file should be done at the current pace; None when unknown
+    paused: str | None = None  # why no ETA: uploads are paused
+
+    @property
+    def percent(self) -> int:
+        """Whole per cent of rows final (100 for a file with no rows)."""
+        return percent(self.final, self.total)
+
+    def text(self) -> str:
+        """'orders.csv: 45,000 / 120,000 rows (37 %), ETA 14:05' (or 'paused: ...' instead of the ETA)."""
+        head = f"{self.name}: {self.final:,} / {self.total:,} rows ({self.percent} %)"
+        if self.paused:
+            return f"{head}, paused: {self.paused}"
+        if self.eta is not None:
+            return f"{head}, ETA {datetime.fromtimestamp(self.eta, UTC).strftime('%H:%M')} UTC"
+        return head
+
+    def as_dict(self) -> dict[str, object]:
+        """For `status --json` and the log."""
+        return {
+            "file": self.name,
+            "rows_final": self.final,
+            "rows_total": self.total,
+            "percent": self.percent,
+            "rows_per_second": None if self.rate is None else round(self.rate, 1),
+            "eta": None if self.eta is None else datetime.fromtimestamp(self.eta, UTC).isoformat(timespec="seconds"),
+            "paused": self.paused,
+        }
+
+
+def percent(final: int, total: int) -> int:
+    """Whole per cent done, never over 100; an empty file is done."""
+    if total <= 0:
+        return 100
+    return min(100, final * 100 // total)
+
+
+def rate(samples: list[tuple[float, int]], now: float, window: float = WINDOW_SECONDS) -> float | None:
+    """Rows per second between the oldest sample within `window` of `now` and the newest; None if unknown."""
+    recent = [s for s in samples if now - s[0] <= window]
+    if len(recent) < 2:
+        return None
+    (t0, n0), (t1, n1) = recent[0], recent[-1]
+    if t1 <= t0:
+        return None
+    return max(0.0, (n1 - n0) / (t1 - t0))
+
+
+def eta(final: int, total: int, pace: float | None, now: float) -> float | None:
+    """When the remaining rows are done at `pace` rows per second; None when there is no pace."""
+    if final >= total:
+        return now
+    if pace is None or pace <= 0:
+        return None
+    return now + (total - final) / pace
+
+
+def should_log(last_at: float | None, last_percent: int | None, now: float, current: int) -> bool:
+    """Log when nothing was logged yet, at each new 10 % step, or when LOG_EVERY_SECONDS have passed."""
+    if last_at is None or last_percent is None:
+        return True
+    if current // 10 > last_percent // 10:
+        return True
+    return now - last_at >= LOG_EVERY_SECONDS
+
+
+@dataclass
+class _Track:
+    samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=120))
+    logged_at: float | None = None
+    logged_percent: int | None = None
+
+
+class ProgressTracker:
+    """Samples each active file's counts (one query per file) and logs `file_progress` when due."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self._tracks: dict[int, _Track] = {}
+        self.current: list[Progress] = []
+
+    def sample(self, now: float, *, paused: str | None = None) -> list[Progress]:
+        """Measure every active file at epoch second `now`; forget files no longer active."""
+        active = self.ledger.files([FileState.ACTIVE])
+        seen: list[Progress] = []
+        for f in active:
+            counts = self.ledger.row_counts(f.id)
+            total = sum(counts.values())
+            final = total - sum(n for s, n in counts.items() if s in OPEN_STATUSES)
+            track = self._tracks.setdefault(f.id, _Track())
+            track.samples.append((now, final))
+            pace = rate(list(track.samples), now)
+            p = Progress(f.id, f.name, final, total, pace, None if paused else eta(final, total, pace, now), paused)
+            if should_log(track.logged_at, track.logged_percent, now, p.percent):
+                track.logged_at, track.logged_percent = now, p.percent
+                log.info("file_progress", **p.as_dict())
+            seen.append(p)
+        for gone in set(self._tracks) - {f.id for f in active}:
+            del self._tracks[gone]
+        self.current = seen
+        return seen
+
+
+def snapshot(ledger: Ledger, now: float) -> list[dict[str, object]]:
+    """Progress of every active file from the ledger alone (for `status`: no pace, since there is one sample)."""
+    out: list[dict[str, object]] = []
+    for f in ledger.files([FileState.ACTIVE]):
+        counts = ledger.row_counts(f.id)
+        total = sum(counts.values())
+        final = total - sum(n for s, n in counts.items() if s in OPEN_STATUSES)
+        out.append(Progress(f.id, f.name, final, total, None, eta(final, total, None, now)).as_dict())
+    return out

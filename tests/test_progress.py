@@ -1,0 +1,76 @@
+"""Per-file progress: the pure pace/ETA/log decisions (hypothesis) and the tracker over a real SQLite ledger."""
+
+from pathlib import Path
+
+import structlog
+from hypothesis import given
+from hypothesis import strategies as st
+from test_ledger import add_file, add_rows
+
+from daemon.ledger import Ledger
+from daemon.progress import ProgressTracker, eta, percent, rate, should_log, snapshot
+from daemon.states import FileState
+
+
+@given(st.integers(0, 10**7), st.integers(0, 10**7))
+def test_percent_is_within_bounds(final: int, total: int) -> None:
+    p = percent(min(final, total), total)
+    assert 0 <= p <= 100
+    assert (p == 100) == (total == 0 or final >= total)
+
+
+@given(st.lists(st.tuples(st.floats(0, 1000), st.integers(0, 10**6)), max_size=20), st.floats(0, 2000))
+def test_rate_never_negative_and_only_from_the_window(samples: list[tuple[float, int]], now: float) -> None:
+    samples = sorted(samples)
+    r = rate(samples, now)
+    assert r is None or r >= 0
+    if len([s for s in samples if now - s[0] <= 60]) < 2:
+        assert r is None
+
+
+def test_rate_and_eta_from_a_steady_pace() -> None:
+    assert rate([(0.0, 0), (10.0, 100), (20.0, 200)], 20.0) == 10.0
+    assert rate([(0.0, 0), (100.0, 100), (110.0, 200)], 110.0) == 10.0  # the first sample is outside the minute
+    assert eta(200, 1200, 10.0, 20.0) == 120.0
+    assert eta(5, 10, None, 3.0) is None
+    assert eta(10, 10, None, 3.0) == 3.0
+
+
+@given(st.floats(0, 100), st.integers(0, 100), st.floats(0, 100), st.integers(0, 100))
+def test_should_log_at_most_every_ten_seconds_unless_a_ten_percent_step(
+    last_at: float, last_pct: int, dt: float, current: int
+) -> None:
+    logged = should_log(last_at, last_pct, last_at + dt, current)
+    if dt < 10 and current // 10 <= last_pct // 10:
+        assert not logged
+    else:
+        assert logged
+
+
+def test_tracker_reads_the_ledger_and_logs_file_progress(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    fid = add_file(ledger, "1" * 64, "<orders>.csv")
+    add_rows(ledger, fid, [(f"K{i}", f"h{i}") for i in range(10)])
+    ledger.transition_file(fid, FileState.ACTIVE)
+    ledger.add_batches(fid, [("sync", [2, 3, 4, 5], None)])
+    batch, _ = ledger.start_sending(ledger.due_batches(now=0, limit=1)[0].id)
+    ledger.complete_sync(batch, "extended_id", ["K0", "K1", "K2", "K3"], changed={"K0", "K1", "K2", "K3"})
+    tracker = ProgressTracker(ledger)
+    with structlog.testing.capture_logs() as logs:
+        first = tracker.sample(1000.0)
+        tracker.sample(1001.0)  # under 10 s and no new 10 % step: not logged
+        paused = tracker.sample(1011.0, paused="the API refused the token")
+    assert [(p.final, p.total, p.percent) for p in first] == [(4, 10, 40)]
+    assert first[0].eta is None  # one sample: no pace yet
+    assert "<orders>.csv: 4 / 10 rows (40 %)" in first[0].text()
+    assert paused[0].eta is None
+    assert "paused: the API refused the token" in paused[0].text()
+    events = [e for e in logs if e["event"] == "file_progress"]
+    assert len(events) == 2
+    assert events[0]["rows_final"] == 4
+    assert events[0]["rows_total"] == 10
+    assert snapshot(ledger, 0.0)[0]["percent"] == 40
+    ledger.transition_file(fid, FileState.REPORTING, outcome="completed")
+    assert tracker.sample(1012.0) == []
+    assert snapshot(ledger, 0.0) == []
+    ledger.close()
