@@ -11,13 +11,12 @@ from datetime import UTC, datetime
 import structlog
 
 from daemon.ledger import Ledger
-from daemon.states import FileState, RowStatus
+from daemon.states import FileState
 
 log = structlog.get_logger(__name__)
 
 WINDOW_SECONDS = 60.0  # the pace is measured over this much of the recent past
 LOG_EVERY_SECONDS = 10.0  # at most one file_progress event per file this often, besides each 10 % step
-OPEN_STATUSES = frozenset({RowStatus.PENDING, RowStatus.QUEUED})
 
 
 @dataclass(frozen=True)
@@ -103,11 +102,16 @@ class _Track:
 
 
 class ProgressTracker:
-    """Samples each active file's counts (one query per file) and logs `file_progress` when due."""
+    """Samples each active file's counts and logs `file_progress` when due.
+
+    A file's row total is counted once; each sample counts only its open rows (from the partial index of open
+    rows), so a sample costs the rows still to go, never the rows already uploaded.
+    """
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self._tracks: dict[int, _Track] = {}
+        self._totals: dict[int, int] = {}
         self.current: list[Progress] = []
 
     def sample(self, now: float, *, paused: str | None = None) -> list[Progress]:
@@ -115,9 +119,10 @@ class ProgressTracker:
         active = self.ledger.files([FileState.ACTIVE])
         seen: list[Progress] = []
         for f in active:
-            counts = self.ledger.row_counts(f.id)
-            total = sum(counts.values())
-            final = total - sum(n for s, n in counts.items() if s in OPEN_STATUSES)
+            total = self._totals.get(f.id)
+            if total is None:
+                total = self._totals[f.id] = self.ledger.row_total(f.id)
+            final = total - self.ledger.open_row_count(f.id)
             track = self._tracks.setdefault(f.id, _Track())
             track.samples.append((now, final))
             pace = rate(list(track.samples), now)
@@ -128,6 +133,7 @@ class ProgressTracker:
             seen.append(p)
         for gone in set(self._tracks) - {f.id for f in active}:
             del self._tracks[gone]
+            self._totals.pop(gone, None)
         self.current = seen
         return seen
 
@@ -136,8 +142,7 @@ def snapshot(ledger: Ledger, now: float) -> list[dict[str, object]]:
     """Progress of every active file from the ledger alone (for `status`: no pace, since there is one sample)."""
     out: list[dict[str, object]] = []
     for f in ledger.files([FileState.ACTIVE]):
-        counts = ledger.row_counts(f.id)
-        total = sum(counts.values())
-        final = total - sum(n for s, n in counts.items() if s in OPEN_STATUSES)
+        total = ledger.row_total(f.id)
+        final = total - ledger.open_row_count(f.id)
         out.append(Progress(f.id, f.name, final, total, None, eta(final, total, None, now)).as_dict())
     return out

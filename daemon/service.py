@@ -33,6 +33,7 @@ log = structlog.get_logger(__name__)
 IDLE_WAIT = 0.2  # longest pause of the loop when nothing is in flight
 STEP_RETRY = (1.0, 60.0)  # first and longest wait before a part of the loop runs again after it failed
 ONCE_DELIVERY_ATTEMPTS = 3  # run --once gives up delivering a file's reports after this many failures (exit 1)
+PROGRESS_EVERY = 5.0  # seconds between progress samples (a count of each active file's open rows)
 STOP_DEADLINE = 120.0  # seconds a graceful stop waits for requests in flight (each is bounded by its timeouts)
 
 
@@ -126,6 +127,7 @@ class Service:
         self.reload_settings = reload_settings
         self.reload_requested = False  # set by SIGHUP's handler; the loop re-reads the configuration
         self._next_status = 0.0
+        self._next_progress = 0.0
         self.progress = ProgressTracker(ledger)  # file_progress events and the per-file STATUS= text
         self.flow = FileFlow(
             settings, ledger=ledger, scanner=scanner, wake=self.wake, stopping=self.stop_event, monotonic=monotonic
@@ -408,7 +410,11 @@ class Service:
             return
         self._next_status = now + 1.0
         pause = self.uploader.pause
-        active = self.progress.sample(self.epoch(), paused=pause.reason if pause is not None else None)
+        if now >= self._next_progress:
+            self._next_progress = now + PROGRESS_EVERY
+            reason = pause.reason if pause is not None else None
+            self._guarded("progress", lambda: len(self.progress.sample(self.epoch(), paused=reason)), default=0)
+        active = self.progress.current
         if not self.notifier.enabled:
             return
         files = len(self.ledger.files([FileState.RECEIVED, FileState.ACTIVE, FileState.REPORTING]))

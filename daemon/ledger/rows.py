@@ -133,6 +133,23 @@ class RowStore(LedgerBase):
             ).first()
         return row is not None
 
+    def open_row_count(self, file_id: int) -> int:
+        """How many of the file's rows still wait for an outcome: from the partial index of open rows alone, so the
+        cost is the open rows, not the file's."""
+        with self.connect() as conn:
+            return int(
+                conn.exec_driver_sql(
+                    "SELECT count(*) FROM rows INDEXED BY rows_open "
+                    "WHERE file_id=? AND status IN ('pending', 'queued')",
+                    (file_id,),
+                ).scalar_one()
+            )
+
+    def row_total(self, file_id: int) -> int:
+        """How many rows the file has (a pass over its rows: ask once per file)."""
+        with self.connect() as conn:
+            return int(conn.exec_driver_sql("SELECT count(*) FROM rows WHERE file_id=?", (file_id,)).scalar_one())
+
     def row_counts(self, file_id: int) -> dict[RowStatus, int]:
         """How many of the file's rows are in each status."""
         with self.connect() as conn:
