@@ -150,6 +150,7 @@ class Service:
             SecretStr(api.require_token()),
             connect_timeout=api.connect_timeout,
             read_timeout=api.read_timeout,
+            request_deadline=api.request_deadline,
             pool_size=api.max_in_flight,
         )
         service: Service

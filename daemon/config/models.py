@@ -52,6 +52,7 @@ class ApiSettings(BaseModel):
     token_file: str = ""
     connect_timeout: Seconds = 10.0
     read_timeout: Seconds = 90.0
+    request_deadline: float | None = Field(default=None, gt=0)  # whole answer; None: read_timeout + 30 s
     requests_per_second: float = Field(default=8.0, gt=0)
     max_in_flight: int = Field(default=8, ge=1)
 
