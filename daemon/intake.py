@@ -198,7 +198,7 @@ def read(
     sheet = settings.intake.sheet or None
     clear_empty = upload.empty_cells == "clear"
     try:
-        with open_table(path, sheet=sheet) as table:
+        with open_table(path, sheet=sheet, limits=settings.intake.limits()) as table:
             layout = map_headers(
                 table.headers,
                 data_key=upload.data_key,
@@ -221,7 +221,7 @@ def read(
             ledger.discard_rows(file_id)
             if problem_columns is not None:
                 problem_columns.clear()
-            with open_table(path, sheet=sheet) as table:
+            with open_table(path, sheet=sheet, limits=settings.intake.limits()) as table:
                 records = _row_records(
                     table,
                     layout,

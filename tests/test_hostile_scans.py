@@ -67,9 +67,7 @@ cell = st.tuples(st.integers(0, 50), st.integers(0, 40), st.sampled_from([None, 
 
 @settings(max_examples=40, deadline=None)
 @given(cells=st.lists(cell, max_size=60), padding=st.sampled_from([0, 3, 2000]))
-def test_error_cells_match_the_reference(
-    tmp_path_factory: object, cells: list[tuple[int, int, str | None]], padding: int
-) -> None:
+def test_error_cells_match_the_reference(cells: list[tuple[int, int, str | None]], padding: int) -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
