@@ -52,4 +52,5 @@ def test_bombs_beside_a_good_file_fail_and_the_good_file_is_uploaded(tmp_path: P
     }
     # Issue 11, file-system hygiene: what the service writes is not for others (umask 027).
     written = [project.ledger, *project.outbox.iterdir()]
-    assert written and all(p.stat().st_mode & 0o007 == 0 for p in written), [oct(p.stat().st_mode) for p in written]
+    assert written
+    assert all(p.stat().st_mode & 0o007 == 0 for p in written), [oct(p.stat().st_mode) for p in written]
