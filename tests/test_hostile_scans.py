@@ -32,11 +32,16 @@ def column_letters(index: int) -> str:
     return letters
 
 
+def unique(cells: list[tuple[int, int, str | None]]) -> dict[tuple[int, int], str | None]:
+    """One value per cell, the last given."""
+    return {(row, col): error for row, col, error in cells}
+
+
 def sheet_xml(cells: list[tuple[int, int, str | None]], padding: int) -> str:
     """Cells (row, col, error text or None for a plain value); `padding` adds hostile attribute runs."""
     rows: dict[int, list[str]] = {}
     noise = " x=" + '"' + "t" * padding + '"' if padding else ""
-    for row, col, error in sorted(set(cells)):
+    for (row, col), error in sorted(unique(cells).items()):
         ref = f"{column_letters(col)}{row + 1}"
         if error is None:
             rows.setdefault(row, []).append(f'<c r="{ref}"{noise}><v>1</v></c>')
@@ -56,7 +61,7 @@ def workbook(path: Path, sheet: str) -> Path:
 
 def reference(cells: list[tuple[int, int, str | None]]) -> dict[int, dict[int, str]]:
     found: dict[int, dict[int, str]] = {}
-    for row, col, error in set(cells):
+    for (row, col), error in unique(cells).items():
         if error is not None:
             found.setdefault(row, {})[col] = error
     return found
