@@ -82,17 +82,40 @@ def check_workbook(path: Path, limits: ReadLimits) -> None:
             _check_ods(path, archive, limits)
 
 
+def _column_letters(index: int) -> str:
+    letters = ""
+    while index:
+        index, rest = divmod(index - 1, 26)
+        letters = chr(65 + rest) + letters
+    return letters
+
+
+def _far_references(limits: ReadLimits) -> re.Pattern[bytes]:
+    """Cell references with as many column letters or row digits as the limits, or more: the only candidates.
+
+    Ordinary sheets have no such reference, so the Python loop sees almost no matches (the 200k-row ingest
+    stays fast); each alternative is a flat run, so the scan is linear.
+    """
+    letters, digits = len(_column_letters(limits.max_columns)), len(str(limits.max_rows))
+    return re.compile(
+        rb"""\sr=["']([A-Z]{%d,}[0-9]+|[A-Z]+[0-9]{%d,})["']""" % (letters, digits)
+    )
+
+
 def _check_xlsx_sheet(path: Path, archive: zipfile.ZipFile, member: str, limits: ReadLimits) -> None:
     """The furthest cell reference of a sheet, streamed (the <dimension> alone may lie or be missing)."""
     rows = columns = 0
     tail = b""
+    far = _far_references(limits)
     with archive.open(member) as stream:
         while chunk := stream.read(_CHUNK):
             text = tail + chunk
-            for match in _CELL_REF.finditer(text):
-                columns = max(columns, _column(match.group(1)))
-                rows = max(rows, int(match.group(2)))
-            tail = text[-16:]
+            for match in far.finditer(text):
+                reference = _CELL_REF.fullmatch(b' r="' + match.group(1) + b'"')
+                if reference is not None:
+                    columns = max(columns, _column(reference.group(1)))
+                    rows = max(rows, int(reference.group(2)))
+            tail = text[-24:]
     _refuse_size(path, rows, columns, limits, f"sheet {member.rsplit('/', 1)[-1]}")
 
 
