@@ -97,9 +97,7 @@ def _far_references(limits: ReadLimits) -> re.Pattern[bytes]:
     stays fast); each alternative is a flat run, so the scan is linear.
     """
     letters, digits = len(_column_letters(limits.max_columns)), len(str(limits.max_rows))
-    return re.compile(
-        rb"""\sr=["']([A-Z]{%d,}[0-9]+|[A-Z]+[0-9]{%d,})["']""" % (letters, digits)
-    )
+    return re.compile(rb"""\sr=["']([A-Z]{%d,}[0-9]+|[A-Z]+[0-9]{%d,})["']""" % (letters, digits))
 
 
 def _check_xlsx_sheet(path: Path, archive: zipfile.ZipFile, member: str, limits: ReadLimits) -> None:
