@@ -4,7 +4,9 @@ What its failures raise (the error tree, classify) is in daemon.errors, how it r
 both are re-exported here, so `from daemon.api import Rejected, TaskStatus, classify` works.
 """
 
+import json
 import threading
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -47,6 +49,7 @@ from daemon.errors import (
     parse_retry_after,
     status_error,
 )
+from daemon.logs import redact, register_secret
 
 __all__ = [
     "ApiError",
@@ -77,6 +80,9 @@ TASK_PATH = "/api/v2/scm/tasks/{task_id}/"
 TASK_PATH_BARE = "/api/v2/scm/tasks/{task_id}"
 _REDIRECTS = frozenset({301, 302, 307, 308})
 MAX_REDIRECTS = 3
+MAX_ANSWER_BYTES = 8 << 20  # a larger answer is not read further: a transient error, never gigabytes in memory
+DEADLINE_MARGIN = 30.0  # api.request_deadline defaults to read_timeout + this
+_BODY_CHUNK = 64 * 1024
 
 
 class _UatAuth(requests.auth.AuthBase):
@@ -109,14 +115,20 @@ class ScantrustClient:
         read_timeout: float,
         pool_size: int = 8,
         adapter: requests.adapters.BaseAdapter | None = None,
+        request_deadline: float | None = None,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"API base URL {base_url!r} is not an http(s) URL; set api.base_url")
         self.base_url = base_url.rstrip("/")
         self._token = token
+        register_secret(token.get_secret_value())  # the one scrub (logs.redact) removes it from all we keep
         self._auth = _UatAuth(token)
         self._timeout = (connect_timeout, read_timeout)
+        # read_timeout bounds each socket read; this bounds the whole answer, so a trickle cannot hold a slot.
+        self._deadline = request_deadline if request_deadline is not None else read_timeout + DEADLINE_MARGIN
+        self._max_bytes = max_answer_bytes
         # A Session is not documented as thread-safe, so each worker thread gets its own; they share one
         # adapter, whose urllib3 pool is thread-safe, so any free thread reuses the keep-alive connections.
         self._adapter = adapter or HTTPAdapter(pool_connections=2, pool_maxsize=pool_size, max_retries=0)
@@ -134,6 +146,7 @@ class ScantrustClient:
     def set_token(self, token: SecretStr) -> None:
         """Use a renewed token from the next request on (every worker's session shares the one auth object)."""
         self._token = token
+        register_secret(token.get_secret_value())
         self._auth.token = token
 
     def me(self) -> dict[str, Any]:
@@ -207,15 +220,16 @@ class ScantrustClient:
                 with self._slots:
                     # requests' own redirect handling is off: it would decide alone where the token goes.
                     response = self._session().request(
-                        method, url, json=payload, timeout=self._timeout, allow_redirects=False
+                        method, url, json=payload, timeout=self._timeout, allow_redirects=False, stream=True
                     )
+                    raw = _read_body(what, response, self._deadline, self._max_bytes)
             except requests.RequestException as exc:
                 # `from None`: a requests exception holds the prepared request, Authorization header included, and
                 # a traceback renderer that shows causes or locals would print it.
                 raise _transport_error(what, exc, self._token) from None
             location = response.headers.get("Location")
             if not (follow_redirects and response.status_code in _REDIRECTS and location):
-                return _read_answer(what, response, self._token)
+                return _read_answer(what, response, raw, self._token)
             target = urljoin(url, location)
             if not _same_origin(target, self.base_url):
                 shown = urlsplit(target)
@@ -265,25 +279,85 @@ def _transport_error(what: str, exc: requests.RequestException, token: SecretStr
     return ProtocolError(f"{what}: the request could not be made ({cause})", ambiguous=False)
 
 
-def _read_answer(what: str, response: requests.Response, token: SecretStr) -> object:
+def _read_body(what: str, response: requests.Response, deadline: float, max_bytes: int) -> bytes:
+    """The whole answer body, read as a stream: at most `max_bytes`, within `deadline` seconds of the request.
+
+    A watchdog closes the response at the deadline, which ends a read blocked on a trickling answer.
+    """
+    expired = threading.Event()
+
+    def stop() -> None:
+        expired.set()
+        response.close()
+
+    started = time.monotonic()
+    timer = threading.Timer(max(0.0, deadline - response.elapsed.total_seconds()), stop)
+    timer.daemon = True
+    timer.start()
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        read1 = response.raw.read1 if hasattr(response.raw, "read1") else None
+        while not expired.is_set():
+            chunk = read1(_BODY_CHUNK) if read1 is not None else response.raw.read(_BODY_CHUNK)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > max_bytes:
+                raise Transient(
+                    f"{what}: the answer is larger than {max_bytes // (1 << 20)} MiB; not read further",
+                    status=response.status_code,
+                    detail="answer too large",
+                    ambiguous=True,
+                )
+            chunks.append(chunk)
+    except (OSError, ValueError, AttributeError, urllib3.exceptions.HTTPError) as exc:
+        if not expired.is_set():
+            raise requests.exceptions.ChunkedEncodingError(str(exc)) from None
+    finally:
+        timer.cancel()
+        response.close()
+    if expired.is_set():
+        raise Timeout(
+            f"{what}: the answer took more than {deadline:g} s in all (api.request_deadline); not read further "
+            f"(read {total} bytes in {time.monotonic() - started:.0f} s)",
+            ambiguous=True,
+        )
+    return b"".join(chunks)
+
+
+def _read_answer(what: str, response: requests.Response, raw: bytes, token: SecretStr) -> object:
     status = response.status_code
-    body = _json_or_none(response)
+    body = _json_or_none(raw, token)
     if 200 <= status <= 299:
         if body is None:
             raise ProtocolError(f"{what} answered {status} with a body that is not JSON", status=status)
         return body
     if not 400 <= status <= 599:
         raise ProtocolError(f"{what} answered an unexpected {status}", status=status, ambiguous=False)
-    detail = _scrub(error_detail(body, response.text) or response.reason or "", token)
+    text = _scrub(raw.decode("utf-8", "replace"), token)
+    detail = _scrub(error_detail(body, text) or response.reason or "", token)
     retry_after = parse_retry_after(response.headers.get("Retry-After"), detail, now=datetime.now(UTC))
     raise status_error(what, status, detail, retry_after, body)
 
 
-def _json_or_none(response: requests.Response) -> object:
+def _json_or_none(raw: bytes, token: SecretStr) -> object:
+    """The parsed answer with the token scrubbed from every string (keys too), or None if it is not JSON."""
     try:
-        return response.json()
-    except ValueError:  # requests' JSONDecodeError is a ValueError
+        return _scrub_tree(json.loads(raw), token)
+    except (ValueError, RecursionError):  # not JSON (or nested beyond reason)
         return None
+
+
+def _scrub_tree(value: object, token: SecretStr) -> object:
+    """A parsed answer with every string scrubbed: whatever the API echoes, nothing we keep holds the token."""
+    if isinstance(value, str):
+        return _scrub(value, token)
+    if isinstance(value, list):
+        return [_scrub_tree(item, token) for item in value]
+    if isinstance(value, dict):
+        return {_scrub(str(k), token): _scrub_tree(v, token) for k, v in value.items()}
+    return value
 
 
 def _key_of(item: Mapping[str, object], data_key: str) -> str | None:
@@ -292,5 +366,6 @@ def _key_of(item: Mapping[str, object], data_key: str) -> str | None:
 
 
 def _scrub(text: str, token: SecretStr) -> str:
+    """The one scrub (logs.redact, which knows every registered secret), plus this client's own token."""
     secret = token.get_secret_value()
-    return text.replace(secret, "**********") if secret else text
+    return redact(text.replace(secret, "***") if secret else text)

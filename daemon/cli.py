@@ -299,6 +299,7 @@ def _check(settings: Settings, *, sandbox: bool) -> int:
         SecretStr(settings.api.require_token()),
         connect_timeout=settings.api.connect_timeout,
         read_timeout=settings.api.read_timeout,
+        request_deadline=settings.api.request_deadline,
     )
     try:
         me = client.me()

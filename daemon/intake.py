@@ -25,12 +25,12 @@ from daemon.normalize import (
     row_hasher,
 )
 from daemon.readers import Table, UnreadableFile, open_table
+from daemon.reporter import unescape
 from daemon.states import FileState, Outcome, RowStatus
 
 log = structlog.get_logger(__name__)
 
 HASH_CHUNK = 1 << 20
-ESCAPED = frozenset("=+-@")  # report CSVs prefix cells starting with these with "'"; reading them back undoes it
 TEXT_FORMATS = frozenset({"csv", "tsv", "txt"})
 PROBLEM_COLUMNS_KEPT = 1000
 _CELLS_JSON = json_encoder()  # the ledger's cells column: json.dumps of the row's cells
@@ -44,14 +44,6 @@ def fingerprint(path: Path) -> tuple[str, int, int]:
         while chunk := f.read(HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest(), before.st_size, before.st_mtime_ns
-
-
-def unescape(cells: list[str]) -> list[str]:
-    """Undo the Excel-safety escape of our own report CSVs, so a corrected rejected.csv reads back as it was."""
-    for i, cell in enumerate(cells):
-        if len(cell) > 1 and cell[0] == "'" and cell[1] in ESCAPED:
-            cells[i] = type(cell)(cell[1:])
-    return cells
 
 
 def _row_records(
@@ -206,7 +198,7 @@ def read(
     sheet = settings.intake.sheet or None
     clear_empty = upload.empty_cells == "clear"
     try:
-        with open_table(path, sheet=sheet) as table:
+        with open_table(path, sheet=sheet, limits=settings.intake.limits()) as table:
             layout = map_headers(
                 table.headers,
                 data_key=upload.data_key,
@@ -229,7 +221,7 @@ def read(
             ledger.discard_rows(file_id)
             if problem_columns is not None:
                 problem_columns.clear()
-            with open_table(path, sheet=sheet) as table:
+            with open_table(path, sheet=sheet, limits=settings.intake.limits()) as table:
                 records = _row_records(
                     table,
                     layout,

@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from daemon.ledger import FileInfo, Ledger
+from daemon.logs import redact
 from daemon.names import NAME_MAX, first_free, fit_name
 from daemon.states import ERROR_ROW_STATUSES, Outcome, RowStatus
 
-EXCEL_TRIGGERS = ("=", "+", "-", "@")  # a cell starting with one of these is a formula to Excel
+# The one home of the formula triggers: a cell starting with one of these is a formula to Excel (tab and CR too,
+# which Excel drops before reading the rest). Report cells starting with them get a "'"; intake undoes it.
+EXCEL_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 
 
 @cache
@@ -64,6 +67,19 @@ def choose_base(outbox: Path, stem: str, reserved: Collection[str] = ()) -> str:
 def excel_safe(value: str) -> str:
     """Escape a cell that Excel would run as a formula."""
     return "'" + value if value.startswith(EXCEL_TRIGGERS) else value
+
+
+def unescape(cells: list[str]) -> list[str]:
+    """Undo excel_safe in place, so a corrected rejected.csv reads back as it was."""
+    for i, cell in enumerate(cells):
+        if len(cell) > 1 and cell[0] == "'" and cell[1:2] in EXCEL_TRIGGERS:
+            cells[i] = type(cell)(cell[1:])
+    return cells
+
+
+def _report_row(cells: list[object]) -> list[str]:
+    """The single place a report row is made: every cell, whatever its source, scrubbed and Excel-safe."""
+    return [excel_safe(redact("" if cell is None else str(cell))) for cell in cells]
 
 
 def outcome_for(counts: Mapping[RowStatus, int]) -> Outcome:
@@ -131,9 +147,9 @@ def write_reports(ledger: Ledger, file: FileInfo, outbox: Path, finished_at: str
     data_key = file.data_key
     with atomic_write(outbox / names.report) as f:
         writer = csv.writer(f)
-        writer.writerow(["row", data_key, "status", "detail", "batch", "task_id"])
+        writer.writerow(_report_row(["row", data_key, "status", "detail", "batch", "task_id"]))
         for line, key, status, detail, seq, task_id in ledger.report_rows(file.id):
-            writer.writerow([line, excel_safe(key or ""), status, excel_safe(detail), seq or "", task_id or ""])
+            writer.writerow(_report_row([line, key, status, detail, seq, task_id]))
 
     counts = ledger.row_counts(file.id)
     rejected_written = any(counts.get(s) for s in ERROR_ROW_STATUSES)
@@ -141,9 +157,9 @@ def write_reports(ledger: Ledger, file: FileInfo, outbox: Path, finished_at: str
         headers = file.layout.get("headers", [])
         with atomic_write(outbox / names.rejected) as f:
             writer = csv.writer(f)
-            writer.writerow([*map(excel_safe, headers), "error"])
+            writer.writerow(_report_row([*headers, "error"]))
             for _line, cells, _status, detail in ledger.error_rows(file.id):
-                writer.writerow([*(excel_safe(c) for c in cells), excel_safe(detail)])
+                writer.writerow(_report_row([*cells, detail]))
 
     batches, api_calls, extra_calls = ledger.batch_totals(file.id)
     summary = build_summary(
@@ -158,6 +174,6 @@ def write_reports(ledger: Ledger, file: FileInfo, outbox: Path, finished_at: str
         tasks=ledger.tasks(file.id),
     )
     with atomic_write(outbox / names.summary, encoding="utf-8") as f:
-        json.dump(summary, f, indent=2, ensure_ascii=False)
+        f.write(redact(json.dumps(summary, indent=2, ensure_ascii=False)))
         f.write("\n")
     return names

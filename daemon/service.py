@@ -1,6 +1,7 @@
 """The service loop: scan, take, plan, upload, report; one step at a time, every step resumable after a crash."""
 
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from daemon.states import FileState
 from daemon.uploader import Uploader, policy_from
 from daemon.watcher import EMPTY_GRACE_SECONDS, InboxEvents, InboxScanner
 
+SERVICE_UMASK = 0o027
 log = structlog.get_logger(__name__)
 
 IDLE_WAIT = 0.2  # longest pause of the loop when nothing is in flight
@@ -147,6 +149,7 @@ class Service:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> "Service":
         """The production service: SQLite ledger, HTTP client, worker threads, inotify or polling watcher."""
+        os.umask(SERVICE_UMASK)  # ledger, reports, archived copies: the service's group may read, others nothing
         refuse_network_ledger(settings.paths.ledger, mountinfo)
         ledger = Ledger(settings.paths.ledger)
         api, retry = settings.api, settings.retry
@@ -155,6 +158,7 @@ class Service:
             SecretStr(api.require_token()),
             connect_timeout=api.connect_timeout,
             read_timeout=api.read_timeout,
+            request_deadline=api.request_deadline,
             pool_size=api.max_in_flight,
         )
         service: Service

@@ -2,6 +2,7 @@
 
 import fnmatch
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -54,6 +55,7 @@ class InboxScanner:
         self.ignore = list(ignore)
         self.empty_grace = empty_grace
         self._seen: dict[str, Sighting] = {}
+        self._warned: set[str] = set()  # FIFOs, sockets, devices, symlinks: one warning each
         self._last_scan = -float("inf")
 
     @property
@@ -84,6 +86,10 @@ class InboxScanner:
                 continue
             try:
                 if not entry.is_file(follow_symlinks=False):
+                    # Never opened, never moved (a FIFO would block the loop; a symlink may point anywhere).
+                    if not entry.is_dir(follow_symlinks=False) and path not in self._warned:
+                        self._warned.add(path)
+                        log.warning("inbox_entry_ignored", file=entry.name, kind=_kind(entry))
                     continue
                 st = entry.stat(follow_symlinks=False)
             except OSError:
@@ -104,6 +110,18 @@ class InboxScanner:
     def taken(self, path: Path) -> None:
         """Forget a file's sighting once it is claimed (or must be looked at afresh)."""
         self._seen.pop(str(path), None)
+
+
+def _kind(entry: os.DirEntry[str]) -> str:
+    """What a non-regular inbox entry is, for its warning."""
+    if entry.is_symlink():
+        return "symlink"
+    mode = entry.stat(follow_symlinks=False).st_mode
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special file"
 
 
 class _Wake(FileSystemEventHandler):

@@ -3,6 +3,7 @@
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -21,6 +22,7 @@ from daemon.api import (
     ScantrustClient,
     SyncResult,
     Throttled,
+    Timeout,
     TokenRefused,
     Transient,
     TransportError,
@@ -429,3 +431,84 @@ def test_parse_retry_after(header: str | None, detail: str, expected: float | No
 )
 def test_classify(error: BaseException, kind: ErrorKind) -> None:
     assert classify(error) is kind
+
+
+# Hostile answers (issue 11, findings 4, 6, 7): trickled, huge, non-JSON, echoing the token.
+
+
+def trickling(total: int) -> object:
+    def behaviour(conn: socket.socket, stopped: threading.Event) -> None:
+        conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {total}\r\nConnection: close\r\n\r\n".encode())
+        for _ in range(total):
+            if stopped.is_set():
+                return
+            try:
+                conn.sendall(b" ")
+            except OSError:
+                return
+            time.sleep(0.1)
+
+    return behaviour
+
+
+def test_a_trickled_answer_ends_at_the_request_deadline(raw: RawFactory) -> None:
+    # Each byte comes well within read_timeout, so only the whole-answer deadline can end it.
+    server = raw(trickling(10_000))  # type: ignore[arg-type]
+    api = make_client(server.base_url, read_timeout=5.0)
+    api._deadline = 1.0
+    with pytest.raises(Timeout) as caught:
+        api.me()
+    api.close()
+    assert "api.request_deadline" in str(caught.value)
+
+
+def test_a_huge_answer_is_a_transient_error_read_no_further(raw: RawFactory) -> None:
+    size = 64 << 20
+
+    def behaviour(conn: socket.socket, stopped: threading.Event) -> None:
+        conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n".encode())
+        block = b"[" + b" " * 65535
+        sent = 0
+        try:
+            while sent < size and not stopped.is_set():
+                conn.sendall(block)
+                sent += len(block)
+        except OSError:
+            return
+
+    server = raw(behaviour)
+    api = make_client(server.base_url)
+    with pytest.raises(Transient) as caught:
+        api.me()
+    api.close()
+    assert "larger than 8 MiB" in str(caught.value)
+
+
+@pytest.mark.parametrize("body", [b"<html>oops</html>", b"[1, 2", b"[" * 100_000 + b"]" * 100_000])
+def test_a_non_json_200_is_a_classified_error(raw: RawFactory, body: bytes) -> None:
+    server = raw(
+        lambda conn, _: conn.sendall(
+            f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
+        )
+    )
+    api = make_client(server.base_url)
+    with pytest.raises(ProtocolError):
+        api.me()
+    api.close()
+
+
+def test_item_errors_echoing_the_token_are_scrubbed(raw: RawFactory) -> None:
+    body = json.dumps([{"extended_id": [f"Authorization: UAT {TOKEN}"]}, {}]).encode()
+    server = raw(
+        lambda conn, _: conn.sendall(
+            f"HTTP/1.1 400 X\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
+        )
+    )
+    api = make_client(server.base_url)
+    with pytest.raises(Rejected) as caught:
+        api.upload_sync("extended_id", [{"extended_id": code(1)}, {"extended_id": code(2)}])
+    api.close()
+    assert caught.value.item_errors is not None
+    assert TOKEN not in repr(caught.value.item_errors)
+    assert TOKEN not in repr(caught.value.body)
+    assert TOKEN not in str(caught.value)

@@ -7,8 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.intake import unescape
-from daemon.reporter import atomic_write, choose_base, excel_safe, outcome_for
+from daemon.reporter import atomic_write, choose_base, excel_safe, outcome_for, unescape
 from daemon.states import Outcome, RowStatus
 
 
@@ -66,3 +65,14 @@ def test_reports_are_readable_as_the_umask_allows_not_private(tmp_path: Path) ->
     mask = os.umask(0o022)
     os.umask(mask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_every_report_cell_is_excel_safe_and_scrubbed_whatever_its_source() -> None:
+    # Issue 11, findings 4 and 5: a task id from the API and an API message echoing the token.
+    from daemon.logs import register_secret
+    from daemon.reporter import _report_row
+
+    register_secret("s3cr3t-token-for-the-report-test")
+    row = _report_row([7, "=1+1", "failed", "UAT s3cr3t-token-for-the-report-test refused", 3, '=HYPERLINK("x")'])
+    assert row == ["7", "'=1+1", "failed", "UAT *** refused", "3", '\'=HYPERLINK("x")']
+    assert _report_row([None, "\tx", "@SUM(A1)"]) == ["", "'\tx", "'@SUM(A1)"]

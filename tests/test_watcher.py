@@ -250,3 +250,25 @@ def test_running_out_of_inotify_instances_leaves_the_scan_alone(
         ("watcher_unavailable", "[Errno 24] inotify instance limit reached")
     ]
     assert not watcher.alive()
+
+
+def test_fifos_sockets_and_symlinks_are_ignored_with_one_warning_each(inbox: Path, tmp_path: Path) -> None:
+    # Issue 11: a FIFO must never be opened (it would block the loop); a symlink may point anywhere.
+    import socket
+
+    os.mkfifo(inbox / "pipe.csv")
+    outside = write(tmp_path / "outside.csv", "extended_id\n")
+    (inbox / "link.csv").symlink_to(outside)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(inbox / "sock.csv"))
+    good = write(inbox / "good.csv", "extended_id\n")
+    scanner = InboxScanner(inbox, settle_seconds=0, ignore=IGNORE)
+    with capture_logs() as logs:
+        scanner.scan(1.0, claimed=())
+        assert scanner.scan(2.0, claimed=()) == [good]
+        scanner.scan(3.0, claimed=())
+    listener.close()
+    warned = sorted((e["file"], e["kind"]) for e in logs if e["event"] == "inbox_entry_ignored")
+    assert warned == [("link.csv", "symlink"), ("pipe.csv", "fifo"), ("sock.csv", "socket")]
+    assert (inbox / "pipe.csv").exists()
+    assert (inbox / "link.csv").is_symlink()

@@ -19,6 +19,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from daemon.readers.limits import ReadLimits
+
 SYSTEM_CONFIG = Path("/etc/scm-daemon/config.toml")
 CREDENTIAL_NAME = "scantrust-token"  # systemd LoadCredential=scantrust-token:/path/to/file
 KEY_COLUMNS = frozenset({"extended_id", "serial_number"})
@@ -52,6 +54,7 @@ class ApiSettings(BaseModel):
     token_file: str = ""
     connect_timeout: Seconds = 10.0
     read_timeout: Seconds = 90.0
+    request_deadline: float | None = Field(default=None, gt=0)  # whole answer; None: read_timeout + 30 s
     requests_per_second: float = Field(default=8.0, gt=0)
     max_in_flight: int = Field(default=8, ge=1)
 
@@ -114,6 +117,15 @@ class IntakeSettings(BaseModel):
 
     model_config = _SECTION
     sheet: str = ""
+    # Limits on what a file may declare (issue 11): generous, so only a broken or hostile file meets them.
+    max_rows: int = Field(default=1_048_576, ge=1)
+    max_columns: int = Field(default=1024, ge=1)
+    max_cell_chars: int = Field(default=32_767, ge=1)
+    max_file_mb: int = Field(default=512, ge=1)
+
+    def limits(self) -> ReadLimits:
+        """The limits as the readers take them."""
+        return ReadLimits(self.max_rows, self.max_columns, self.max_cell_chars, self.max_file_mb)
 
 
 class PathsSettings(BaseModel):

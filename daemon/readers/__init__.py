@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from daemon.readers.excel import cell_text, number_text, open_excel_table
+from daemon.readers.limits import ReadLimits, check_workbook
 from daemon.readers.table import CellError, Number, Row, Table, TableInfo, UnreadableFile
 from daemon.readers.text import DELIMITERS, detect_encoding, open_text_table, sniff_delimiter
 
@@ -21,6 +22,7 @@ __all__ = [
     "SUPPORTED_SUFFIXES",
     "CellError",
     "Number",
+    "ReadLimits",
     "Row",
     "Table",
     "TableInfo",
@@ -37,7 +39,7 @@ EXCEL_SUFFIXES = frozenset({".xlsx", ".xlsm", ".xls", ".ods"})
 SUPPORTED_SUFFIXES: frozenset[str] = TEXT_SUFFIXES | EXCEL_SUFFIXES
 
 
-def open_table(path: Path, *, sheet: str | None = None) -> Table:
+def open_table(path: Path, *, sheet: str | None = None, limits: ReadLimits | None = None) -> Table:
     """Open a table file for reading by its suffix; `sheet` picks an Excel sheet ("" or None: the first one).
 
     Raises UnreadableFile when the file is missing, of an unsupported type, not what its suffix says, empty,
@@ -47,9 +49,11 @@ def open_table(path: Path, *, sheet: str | None = None) -> Table:
     if suffix not in SUPPORTED_SUFFIXES:
         supported = " ".join(sorted(SUPPORTED_SUFFIXES))
         raise UnreadableFile(f"{path.name} is not a supported table file; use one of: {supported}")
+    limits = limits or ReadLimits()
     try:
         if suffix in TEXT_SUFFIXES:
-            return open_text_table(path, suffix[1:])
+            return open_text_table(path, suffix[1:], limits)
+        check_workbook(path, limits)
         return open_excel_table(path, suffix[1:], sheet or None)
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         raise UnreadableFile(f"{path.name} cannot be opened: {exc.strerror}") from exc

@@ -12,6 +12,7 @@ from typing import TextIO
 
 import structlog
 
+from daemon.readers.limits import ReadLimits
 from daemon.readers.table import Row, Table, TableInfo, UnreadableFile, fit, header_cells, mark_errors
 
 log = structlog.get_logger(__name__)
@@ -146,7 +147,7 @@ def _read_sample(path: Path, encoding: str) -> tuple[str, bool]:
         return sample, f.read(1) == ""
 
 
-def open_text_table(path: Path, fmt: str) -> Table:
+def open_text_table(path: Path, fmt: str, limits: ReadLimits | None = None) -> Table:
     """Open a delimited text file: detect encoding and delimiter, read up to the header row."""
     encoding = detect_encoding(path)
     sample, complete = _read_sample(path, encoding)
@@ -167,7 +168,7 @@ def open_text_table(path: Path, fmt: str) -> Table:
         raise
     info = TableInfo(format=fmt, encoding=encoding, delimiter=delimiter, sheet=None, header_row=header_row)
     log.debug("table_opened", file=path.name, format=fmt, encoding=encoding, delimiter=delimiter)
-    return Table(info, headers, _rows(path, f, records, len(headers)), f.close)
+    return Table(info, headers, _rows(path, f, records, len(headers), limits or ReadLimits()), f.close)
 
 
 def _find_header(path: Path, records: Iterator[tuple[int, list[str]]]) -> tuple[int, list[str]]:
@@ -181,12 +182,31 @@ def _find_header(path: Path, records: Iterator[tuple[int, list[str]]]) -> tuple[
     raise UnreadableFile(f"{path.name} has no header row: the file is empty")
 
 
-def _rows(path: Path, f: TextIO, records: Iterator[tuple[int, list[str]]], width: int) -> Iterator[Row]:
+def _rows(
+    path: Path, f: TextIO, records: Iterator[tuple[int, list[str]]], width: int, limits: ReadLimits
+) -> Iterator[Row]:
     """Trimmed, fitted, non-empty data rows; the hot loop of a million-row ingest, so kept plain."""
     strip, join = str.strip, "".join
+    max_rows, max_columns, max_chars = limits.max_rows, limits.max_columns, limits.max_cell_chars
     number = 0
     try:
         for number, record in records:
+            if number > max_rows:
+                raise UnreadableFile(
+                    f"{path.name}: row {number} is beyond the limit of {max_rows} rows (intake.max_rows)"
+                )
+            if len(record) > max_columns:
+                raise UnreadableFile(
+                    f"{path.name}: row {number} has {len(record)} columns, beyond the limit of {max_columns} "
+                    "(intake.max_columns)"
+                )
+            if len(join(record)) > max_chars:
+                for index, cell in enumerate(record):
+                    if len(cell) > max_chars:
+                        raise UnreadableFile(
+                            f"{path.name}: row {number}, column {index + 1} holds {len(cell)} characters, beyond the "
+                            f"limit of {max_chars} (intake.max_cell_chars)"
+                        )
             cells = list(map(strip, record))
             if not any(cells):
                 continue

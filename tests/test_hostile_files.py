@@ -1,0 +1,56 @@
+"""Issue 11, findings 1 and 2: workbook bombs are refused by cheap pre-checks with a reason; the service stays up
+and the good file beside them is uploaded. The corpus (tests/hostile_corpus.py) is replayed on every run."""
+
+from pathlib import Path
+
+import pytest
+from hostile_corpus import far_cell_xlsx, repeated_ods, wide_csv
+from support import Project, csv_text, make_project
+
+from daemon.readers import ReadLimits, UnreadableFile, open_table
+from daemon.sandbox import Emulator
+
+CORPUS = {
+    "far.xlsx": (far_cell_xlsx, "reaches column 16384"),
+    "repeated.ods": (repeated_ods, "reaches column 16384"),
+    "wide.csv": (wide_csv, "has 5000 columns"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_each_hostile_file_is_refused_with_a_reason(tmp_path: Path, name: str) -> None:
+    make, reason = CORPUS[name]
+    path = tmp_path / name
+    content = make()
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(UnreadableFile) as caught, open_table(path, limits=ReadLimits()) as table:
+        list(table.rows())
+    assert reason in str(caught.value)
+    assert name in str(caught.value)
+
+
+def test_a_long_cell_names_its_row_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "long.csv"
+    path.write_text("extended_id,batch\nCODE1," + "y" * 50 + "\n")
+    with pytest.raises(UnreadableFile) as caught, open_table(path, limits=ReadLimits(max_cell_chars=10)) as table:
+        list(table.rows())
+    assert "row 2, column 2 holds 50 characters" in str(caught.value)
+
+
+def test_bombs_beside_a_good_file_fail_and_the_good_file_is_uploaded(tmp_path: Path, emulator: Emulator) -> None:
+    project: Project = make_project(tmp_path / "site", emulator.base_url)
+    emulator.configure(known_codes=frozenset({"CODE00000001", "CODE00000002"}))
+    project.drop("far.xlsx", far_cell_xlsx())
+    project.drop("repeated.ods", repeated_ods())
+    project.drop("good.csv", csv_text(["extended_id", "batch"], [("CODE00000001", "b1"), ("CODE00000002", "b2")]))
+    done = project.cli("run", "--once")
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert sorted(p.name for p in project.failed.iterdir() if p.is_file()) >= ["far.xlsx", "repeated.ods"]
+    assert emulator.all_data("extended_id") == {
+        "CODE00000001": {"batch": "b1"},
+        "CODE00000002": {"batch": "b2"},
+    }
+    # Issue 11, file-system hygiene: what the service writes is not for others (umask 027).
+    written = [project.ledger, *project.outbox.iterdir()]
+    assert written
+    assert all(p.stat().st_mode & 0o007 == 0 for p in written), [oct(p.stat().st_mode) for p in written]
