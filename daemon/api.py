@@ -297,9 +297,10 @@ def _read_body(what: str, response: requests.Response, deadline: float, max_byte
     chunks: list[bytes] = []
     total = 0
     try:
-        read1 = response.raw.read1 if hasattr(response.raw, "read1") else None
+        # read1 returns what has arrived (a trickle cannot hold the loop past the deadline) and decodes a gzip or
+        # deflate answer (requests asks for them); the limit counts decoded bytes, so a compressed bomb is refused.
         while not expired.is_set():
-            chunk = read1(_BODY_CHUNK) if read1 is not None else response.raw.read(_BODY_CHUNK)
+            chunk = response.raw.read1(_BODY_CHUNK, decode_content=True)
             if not chunk:
                 break
             total += len(chunk)
@@ -311,8 +312,10 @@ def _read_body(what: str, response: requests.Response, deadline: float, max_byte
                     ambiguous=True,
                 )
             chunks.append(chunk)
-    except (OSError, ValueError, AttributeError, urllib3.exceptions.HTTPError) as exc:
+    except (OSError, ValueError, AttributeError, urllib3.exceptions.HTTPError, requests.RequestException) as exc:
         if not expired.is_set():
+            if isinstance(exc, requests.RequestException):
+                raise
             raise requests.exceptions.ChunkedEncodingError(str(exc)) from None
     finally:
         timer.cancel()

@@ -1,5 +1,6 @@
 """The API client against the emulator, and against tiny raw servers that misbehave on purpose."""
 
+import gzip
 import json
 import socket
 import threading
@@ -493,6 +494,27 @@ def test_a_non_json_200_is_a_classified_error(raw: RawFactory, body: bytes) -> N
     )
     api = make_client(server.base_url)
     with pytest.raises(ProtocolError):
+        api.me()
+    api.close()
+
+
+GZIP_HEAD = "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+
+
+def test_a_gzipped_answer_is_decoded(raw: RawFactory) -> None:
+    """requests asks for gzip; a server (or proxy) that compresses must be read as the JSON it is."""
+    body = gzip.compress(json.dumps({"id": 7, "email": "ops@example.com"}).encode())
+    server = raw(lambda conn, _: conn.sendall(GZIP_HEAD.format(length=len(body)).encode() + body))
+    api = make_client(server.base_url)
+    assert api.me() == {"id": 7, "email": "ops@example.com"}
+    api.close()
+
+
+def test_a_compressed_bomb_is_refused_by_its_decoded_size(raw: RawFactory) -> None:
+    body = gzip.compress(b"[" + b" " * (32 << 20) + b"]")
+    server = raw(lambda conn, _: conn.sendall(GZIP_HEAD.format(length=len(body)).encode() + body))
+    api = make_client(server.base_url)
+    with pytest.raises(Transient, match="larger than 8 MiB"):
         api.me()
     api.close()
 
