@@ -181,39 +181,52 @@ class FileFlow:
         return now >= self._next_scan or (self.wake.is_set() and now >= self._last_scan + EVENT_SCAN_GAP)
 
     def plan(self) -> int:
-        """Put the plannable rows of files that may have some into batches; returns the rows planned or skipped."""
+        """Put the plannable rows of files that may have some into batches; returns the rows planned or skipped.
+
+        A file whose planning fails (a full disk) stays to be planned again, and the others are still planned: the
+        first failure is raised at the end, for the loop's error boundary to log and back off.
+        """
         planned = 0
+        failure: Exception | None = None
         for file_id in sorted(self._to_plan):
-            f = self.ledger.file(file_id)
-            if f.state is not FileState.ACTIVE:
-                self._to_plan.discard(file_id)
-                continue
-            skipped = self.ledger.skip_uploaded(file_id, f.data_key)
-            groups = self.ledger.plannable_groups(file_id)
-            if groups:
-                upload = self.settings.upload
-                p = plan_batches(
-                    groups,
-                    mode=f.mode,  # as configured when the file was taken
-                    sync_batch_size=upload.sync_batch_size,
-                    async_batch_size=upload.async_batch_size,
-                )
-                self.ledger.add_batches(file_id, [(b.kind, b.lines, b.data_hash) for b in p.batches])
-                log.info(
-                    "file_planned",
-                    file=f.name,
-                    file_id=file_id,
-                    groups=p.groups,
-                    sync_calls=p.sync_calls,
-                    async_jobs=p.async_jobs,
-                    sync_only_calls=p.sync_only_calls,
-                    skipped=skipped,
-                )
-            planned += skipped + sum(len(lines) for lines in groups.values())
-            self._to_plan.discard(file_id)  # only now: a failure above (a full disk) leaves it to be planned again
-            if self.ledger.has_pending_rows(file_id):
-                self._blocked.add(file_id)
+            try:
+                planned += self._plan_file(file_id)
+            except Exception as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
         return planned
+
+    def _plan_file(self, file_id: int) -> int:
+        f = self.ledger.file(file_id)
+        if f.state is not FileState.ACTIVE:
+            self._to_plan.discard(file_id)
+            return 0
+        skipped = self.ledger.skip_uploaded(file_id, f.data_key)
+        groups = self.ledger.plannable_groups(file_id)
+        if groups:
+            upload = self.settings.upload
+            p = plan_batches(
+                groups,
+                mode=f.mode,  # as configured when the file was taken
+                sync_batch_size=upload.sync_batch_size,
+                async_batch_size=upload.async_batch_size,
+            )
+            self.ledger.add_batches(file_id, [(b.kind, b.lines, b.data_hash) for b in p.batches])
+            log.info(
+                "file_planned",
+                file=f.name,
+                file_id=file_id,
+                groups=p.groups,
+                sync_calls=p.sync_calls,
+                async_jobs=p.async_jobs,
+                sync_only_calls=p.sync_only_calls,
+                skipped=skipped,
+            )
+        self._to_plan.discard(file_id)  # only now: a failure above leaves it to be planned again
+        if self.ledger.has_pending_rows(file_id):
+            self._blocked.add(file_id)
+        return skipped + sum(len(lines) for lines in groups.values())
 
     def finish(self) -> int:
         """Close files whose rows are all final and deliver their reports; returns how many were delivered."""
