@@ -47,6 +47,7 @@ from daemon.errors import (
     error_detail,
     item_errors,
     parse_retry_after,
+    plain_transport_error,
     status_error,
 )
 from daemon.logs import redact, register_secret
@@ -226,7 +227,7 @@ class ScantrustClient:
             except requests.RequestException as exc:
                 # `from None`: a requests exception holds the prepared request, Authorization header included, and
                 # a traceback renderer that shows causes or locals would print it.
-                raise _transport_error(what, exc, self._token) from None
+                raise _transport_error(what, exc, self._token, self.base_url, self._timeout[1]) from None
             location = response.headers.get("Location")
             if not (follow_redirects and response.status_code in _REDIRECTS and location):
                 return _read_answer(what, response, raw, self._token)
@@ -255,14 +256,20 @@ def _same_origin(url: str, base_url: str) -> bool:
     return a.scheme == b.scheme and (a.hostname or "").lower() == (b.hostname or "").lower() and ports[0] == ports[1]
 
 
-def _transport_error(what: str, exc: requests.RequestException, token: SecretStr) -> ApiError:
-    cause = _scrub(f"{type(exc).__name__}: {exc}", token)
+def _transport_error(
+    what: str, exc: requests.RequestException, token: SecretStr, base_url: str, read: float
+) -> ApiError:
+    parts = urlsplit(base_url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    words = plain_transport_error(exc, parts.hostname or base_url, port, read)
+    # The library's own text (pool, "max retries", errno) only at debug level: it reads as if we had retried.
+    log.debug("transport_error", request=what, error=_scrub(f"{type(exc).__name__}: {exc}", token))
     if isinstance(exc, requests.ConnectTimeout):
-        return TransportError(f"{what}: could not connect in time ({cause})", ambiguous=False)
+        return TransportError(f"{what}: {words}", ambiguous=False)
     if isinstance(exc, requests.ReadTimeout):
-        return Timeout(f"{what}: no answer within the read timeout ({cause})", ambiguous=True)
+        return Timeout(f"{what}: {words}", ambiguous=True)
     if isinstance(exc, requests.exceptions.ChunkedEncodingError | requests.exceptions.ContentDecodingError):
-        return TransportError(f"{what}: the answer broke off ({cause})", ambiguous=True)
+        return TransportError(f"{what}: {words}", ambiguous=True)
     if isinstance(exc, requests.ConnectionError):
         reason = exc.args[0] if exc.args else None
         if isinstance(reason, urllib3.exceptions.MaxRetryError):
@@ -274,8 +281,9 @@ def _transport_error(what: str, exc: requests.RequestException, token: SecretStr
             | urllib3.exceptions.SSLError
             | urllib3.exceptions.ProxyError,
         )
-        return TransportError(f"{what}: connection failed ({cause})", ambiguous=not never_sent)
+        return TransportError(f"{what}: {words}", ambiguous=not never_sent)
     # Invalid URL, unserializable body and the like: a bug or a bad setting, which retrying cannot fix.
+    cause = _scrub(f"{type(exc).__name__}: {exc}", token)
     return ProtocolError(f"{what}: the request could not be made ({cause})", ambiguous=False)
 
 

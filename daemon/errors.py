@@ -23,12 +23,15 @@ opened, 4xx, 501, 503 (refused before the application), 504 (API.md: the sync ca
 """
 
 import re
+import socket
+import ssl
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
 import requests
+import urllib3
 
 MAX_DETAIL = 500
 _THROTTLE_WAIT = re.compile(r"available in (\d+(?:\.\d+)?) second", re.IGNORECASE)
@@ -146,6 +149,63 @@ def _class_for_status(status: int) -> type[HTTPStatusError]:
     if status == 404:
         return NotFound
     return Rejected
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception, its args that are exceptions (urllib3's MaxRetryError.reason) and its causes, outermost first."""
+    seen: list[BaseException] = []
+    todo: list[BaseException] = [exc]
+    while todo and len(seen) < 20:
+        current = todo.pop(0)
+        if any(current is s for s in seen):
+            continue
+        seen.append(current)
+        todo += [a for a in current.args if isinstance(a, BaseException)]
+        if isinstance(current, urllib3.exceptions.MaxRetryError) and current.reason is not None:
+            todo.append(current.reason)
+        for linked in (current.__cause__, current.__context__):
+            if linked is not None:
+                todo.append(linked)
+    return seen
+
+
+def plain_transport_error(exc: BaseException, host: str, port: int | None, read_timeout: float) -> str:
+    """A transport failure in a few words a person can act on, without the HTTP library's text.
+
+    "cannot connect to HOST:PORT (connection refused)", "no answer from HOST within 90 s", "TLS certificate of
+    HOST not trusted", "name HOST not found (DNS)"; the full exception belongs only in the debug log.
+    """
+    where = f"{host}:{port}" if port else host
+    chain = _chain(exc)
+    text = " ".join(str(e) for e in chain).lower()
+
+    def has(kind: type[BaseException] | tuple[type[BaseException], ...]) -> bool:
+        return any(isinstance(e, kind) for e in chain)
+
+    if has(requests.exceptions.SSLError) or has(ssl.SSLError) or has(urllib3.exceptions.SSLError):
+        if "certificate" in text or has(ssl.SSLCertVerificationError):
+            return f"TLS certificate of {host} not trusted"
+        return f"TLS handshake with {where} failed"
+    if has(socket.gaierror) or "name or service not known" in text or "nodename nor servname" in text:
+        return f"name {host} not found (DNS)"
+    if "temporary failure in name resolution" in text or "failed to resolve" in text:
+        return f"name {host} not found (DNS)"
+    if has(requests.ReadTimeout) or has(urllib3.exceptions.ReadTimeoutError):
+        return f"no answer from {host} within {read_timeout:g} s"
+    # Before the timeout: urllib3's NewConnectionError is a subclass of ConnectTimeoutError.
+    if has(ConnectionRefusedError) or "connection refused" in text:
+        return f"cannot connect to {where} (connection refused)"
+    if has(requests.ConnectTimeout) or has(urllib3.exceptions.ConnectTimeoutError):
+        return f"cannot connect to {where} (no answer to the connection attempt)"
+    if has(ConnectionResetError) or "connection reset" in text or "connection aborted" in text:
+        return f"connection to {where} was reset"
+    if has((requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)):
+        return f"the answer from {where} broke off"
+    if "network is unreachable" in text or "no route to host" in text:
+        return f"cannot connect to {where} (network unreachable)"
+    if has(requests.exceptions.ProxyError):
+        return f"cannot connect to {where} through the proxy"
+    return f"cannot connect to {where} ({type(exc).__name__})"
 
 
 def status_error(what: str, status: int, detail: str, retry_after: float | None, body: object) -> HTTPStatusError:

@@ -97,7 +97,9 @@ def transport(name: str, config: EmulatorConfig = SCENARIO_CONFIG) -> Iterator[T
         emulator.stop()
 
 
-_ENDPOINT = re.compile(r"host='[^']*', port=\d+|https?://[^/\s'\"]+| at 0x[0-9a-f]+")
+_ENDPOINT = re.compile(
+    r"host='[^']*', port=\d+|https?://[^/\s'\"]+| at 0x[0-9a-f]+|\b(?:127\.0\.0\.1|sandbox\.invalid)(?::\d+)?"
+)
 
 
 def normalized(text: str) -> str:
@@ -209,7 +211,7 @@ def scenario(t: Transport) -> Transcript:
     reset = log.step("reset", lambda: client.upload_sync("extended_id", [{"extended_id": code(9), "lot": "R"}]))
     assert isinstance(reset, Failure)
     assert (reset.type, reset.ambiguous) == (TransportError.__name__, True)
-    assert "ConnectionResetError" in reset.message
+    assert "was reset" in reset.message
     emu.configure(reset_rate=0.0)
 
     emu.configure(slow_rate=1.0, slow_seconds=0.2)  # slow, but within the read timeout
@@ -223,7 +225,7 @@ def scenario(t: Transport) -> Transcript:
     hang = log.step("hang", lambda: client.upload_sync("extended_id", [{"extended_id": code(4), "lot": "H"}]))
     assert isinstance(hang, Failure)
     assert (hang.type, hang.ambiguous) == (Timeout.__name__, True)
-    assert "Read timed out. (read timeout=1.0)" in hang.message
+    assert "within 1 s" in hang.message
     t.check_delay(READ_TIMEOUT)
 
     stats = emu.stats()
@@ -486,7 +488,7 @@ def test_the_knobs_can_be_flipped_between_requests() -> None:
         t.adapter.blackhole = True
         blackholed = outcome(t.client.me)
         assert isinstance(blackholed, Failure)
-        assert "could not connect in time" in blackholed.message
+        assert "no answer to the connection attempt" in blackholed.message
         assert t.adapter.last_delay == CONNECT_TIMEOUT
         t.adapter.blackhole = False
         assert t.client.me() == dict(ME_BODY)
