@@ -274,7 +274,7 @@ def item_errors(body: object, codes: Sequence[str | None]) -> dict[int, str] | N
             name = str(key)
             if name in positions:  # a code; it wins over an index, so a serial number "3" is read as a code
                 indexes = positions[name]
-            elif name.isdigit() and int(name) < len(codes):
+            elif name.isascii() and name.isdigit() and int(name) < len(codes):  # "²".isdigit(), int("²") fails
                 indexes = [int(name)]
             elif name in ("detail", "non_field_errors", "code"):
                 continue  # messages about the request as a whole

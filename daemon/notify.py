@@ -53,7 +53,7 @@ class Notifier:
         watchdog: float | None = None
         usec = env.get("WATCHDOG_USEC", "")
         pid = env.get("WATCHDOG_PID", "")
-        if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
+        if usec.isascii() and usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
             watchdog = int(usec) / 1_000_000
         return cls(address, watchdog_seconds=watchdog)
 

@@ -111,3 +111,15 @@ def test_fuzz_for_a_fixed_budget(target: str) -> None:
             check(value)
 
     BUDGET(given(strategy)(bounded))()
+
+
+# What the fuzzing found, replayed on every run: each once crashed the target it names.
+FINDINGS: list[tuple[str, object]] = [
+    ("answer", {"²": [None]}),  # "²".isdigit() is true and int("²") raises: item keys must be ASCII digits
+    ("answer", {"items": {"٣": ["bad"], "²": "x"}}),
+]
+
+
+@pytest.mark.parametrize(("target", "value"), FINDINGS)
+def test_fuzz_findings_stay_fixed(target: str, value: object) -> None:
+    TARGETS[target][1](value)
