@@ -32,7 +32,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from upload import TOKEN, scratch_folder
+from upload import TOKEN, scratch_folder, verdict
 
 from daemon.sandbox import Emulator, EmulatorConfig
 
@@ -212,10 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"bench process peak RSS (emulator and generator): {own:.0f} MB")
-    print(f"budget: {'met' if not missed else 'MISSED'}")
-    for line in missed:
-        print(f"  missed: {line}")
-    return 1 if missed else 0
+    return verdict(missed)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from upload import bound, run_once
+from upload import bound, run_once, verdict
 
 BUDGET = 1.08
 
@@ -67,10 +67,7 @@ def main() -> int:
         missed.append(f"{run.stats.throttled} requests throttled")
     if run.wall > BUDGET * floor:
         missed.append(f"{run.wall:.1f} s is over {BUDGET * floor:.1f} s")
-    print(f"budget: {'met' if not missed else 'MISSED'}")
-    for line in missed:
-        print(f"  missed: {line}")
-    return 1 if missed else 0
+    return verdict(missed)
 
 
 if __name__ == "__main__":

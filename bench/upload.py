@@ -316,6 +316,14 @@ def sweep(args: argparse.Namespace, expected: Plan, latencies: Sequence[float]) 
     return missed
 
 
+def verdict(missed: Sequence[str]) -> int:
+    """Print whether the budget was met and each line it missed; the benchmark's exit status."""
+    print(f"budget: {'met' if not missed else 'MISSED'}")
+    for line in missed:
+        print(f"  missed: {line}")
+    return 1 if missed else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20_000)
@@ -334,10 +342,7 @@ def main() -> int:
     expected = bound(args)
     header(args, expected)
     missed = sweep(args, expected, SWEEP) if args.latency_sweep else single(args, expected)
-    print(f"budget: {'met' if not missed else 'MISSED'}")
-    for line in missed:
-        print(f"  missed: {line}")
-    return 1 if missed else 0
+    return verdict(missed)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -114,24 +114,21 @@ class LedgerBase:
     def _in_group(self) -> Connection | None:
         return self._group if self._group is not None and self._group_thread == threading.get_ident() else None
 
-    @contextmanager
-    def begin(self) -> Iterator[Connection]:
+    def begin(self) -> AbstractContextManager[Connection]:
         """A connection in a transaction: its own, committed at the end, or the one grouped() holds open."""
-        group = self._in_group()
-        if group is not None:
-            yield group
-            return
-        with self.engine.begin() as conn:
-            yield conn
+        return self._group_or(self.engine.begin)
+
+    def connect(self) -> AbstractContextManager[Connection]:
+        """A connection for reads; inside grouped() the group's, so that reads see the group's own writes."""
+        return self._group_or(self.engine.connect)
 
     @contextmanager
-    def connect(self) -> Iterator[Connection]:
-        """A connection for reads; inside grouped() the group's, so that reads see the group's own writes."""
+    def _group_or(self, fresh: Callable[[], AbstractContextManager[Connection]]) -> Iterator[Connection]:
         group = self._in_group()
         if group is not None:
             yield group
             return
-        with self.engine.connect() as conn:
+        with fresh() as conn:
             yield conn
 
     @contextmanager
