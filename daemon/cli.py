@@ -25,7 +25,7 @@ from daemon.notify import Notifier
 from daemon.progress import snapshot as progress_snapshot
 from daemon.sandbox import Emulator, EmulatorConfig, serve_forever
 from daemon.schema import LedgerVersionError
-from daemon.service import ConfigurationPausedError, Service, TokenRefusedError
+from daemon.service import ApiUnreachableError, ConfigurationPausedError, Service, TokenRefusedError
 from daemon.states import FileState
 from daemon.status import render_overview
 from daemon.validate import render_validation, validate_file
@@ -413,6 +413,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TokenRefusedError as exc:
         print(f"scm-daemon: {exc}; rows stay pending. Renew the token and run again.", file=sys.stderr)
         return EXIT_TOKEN
+    except ApiUnreachableError as exc:
+        print(
+            f"scm-daemon: not started: {exc}. No file was taken from the inbox; check the network and "
+            "api.base_url (`scm-daemon check` tells which), then run again.",
+            file=sys.stderr,
+        )
+        return EXIT_UNEXPECTED
     except ConfigurationPausedError as exc:
         print(f"scm-daemon: {exc}; rows stay pending. Fix the configuration and run again.", file=sys.stderr)
         return EXIT_USAGE

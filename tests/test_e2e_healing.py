@@ -221,7 +221,7 @@ def test_a_file_vanishing_while_read_is_forgotten_and_taken_when_it_comes_back(
         assert service.poll() is None
         assert query(project, "SELECT count(*) FROM files") == [(0,)]  # no file record left behind
         assert processing(project) == []
-        assert emulator.stats().total_requests == 0
+        assert emulator.stats().data_requests == 0
 
         project.drop("lot.csv", text)  # the same file, back again
         project.wait_for(project.outbox / "lot.summary.json")
@@ -260,7 +260,7 @@ def test_run_once_ends_when_a_file_vanishes_while_read(tmp_path: Path, emulator:
     assert query(project, "SELECT count(*) FROM files") == [(0,)]
     assert processing(project) == []
     assert list(project.outbox.iterdir()) == []
-    assert emulator.stats().total_requests == 0
+    assert emulator.stats().data_requests == 0
 
 
 # --- 5. an API outage of uploads and task polls while async jobs are in flight -----------------------------------
@@ -483,7 +483,7 @@ def test_an_empty_file_with_run_once_ends_in_failed(tmp_path: Path, emulator: Em
     assert summary["rows"]["total"] == 0
     assert [p.name for p in project.inbox.iterdir()] == [".processing"]
     assert processing(project) == []
-    assert emulator.stats().total_requests == 0
+    assert emulator.stats().data_requests == 0
 
 
 # --- 8. a huge Retry-After ---------------------------------------------------------------------------------------
@@ -597,4 +597,4 @@ def test_leftover_temporary_reports_are_removed_at_start(tmp_path: Path, emulato
     recovered = [e for e in events(done.stdout) if e["event"] == "ledger_recovered"]
     assert len(recovered) == 1
     assert recovered[0]["temp_reports_removed"] == 1
-    assert emulator.stats().total_requests == 0
+    assert emulator.stats().data_requests == 0

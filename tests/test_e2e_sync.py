@@ -117,13 +117,13 @@ def test_the_same_bytes_under_another_name_are_a_duplicate(project: Project, emu
     text = csv_text(["extended_id", "intended_market"], [(code(i), "cn") for i in range(30)])
     project.drop("monday.csv", text)
     assert project.cli("run", "--once").returncode == 0
-    before = emulator.stats().total_requests
+    before = emulator.stats().data_requests
 
     project.drop("monday-copy.csv", text)
     done = project.cli("run", "--once")
     assert done.returncode == 0, done.stderr
 
-    assert emulator.stats().total_requests == before  # not one request
+    assert emulator.stats().data_requests == before  # not one request
     summary = project.summary("monday-copy")
     assert summary["status"] == "duplicate"
     assert "monday.csv" in summary["error"]
@@ -184,7 +184,7 @@ def test_an_unreadable_file_is_reported_and_moved_to_failed(project: Project, em
     assert "no 'extended_id' column" in summary["error"]
     assert "'code'" in summary["error"]
     assert (project.failed / "notes.csv").exists()
-    assert emulator.stats().total_requests == 0
+    assert emulator.stats().data_requests == 0
 
 
 def test_a_name_already_in_the_archive_is_never_overwritten(project: Project, emulator: Emulator) -> None:

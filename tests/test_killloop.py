@@ -129,7 +129,7 @@ def test_a_second_signal_exits_at_once(tmp_path: Path, emulator: Emulator) -> No
     project.drop("slow.csv", csv_text(["extended_id", "batch"], [(code(i), "B") for i in range(5)]))
     service = project.start()
     deadline = time.monotonic() + 30
-    while emulator.stats().total_requests == 0:
+    while emulator.stats().data_requests == 0:
         assert time.monotonic() < deadline, "no request went out"
         time.sleep(0.05)
     service.send_signal(signal.SIGTERM)

@@ -151,3 +151,8 @@ class EmulatorStats:
     def total_requests(self) -> int:
         """Every request received, of any kind."""
         return sum(self.requests.values())
+
+    @property
+    def data_requests(self) -> int:
+        """Requests that send or ask about codes: all but GET /api/v2/me/ (the token and connectivity check)."""
+        return self.total_requests - self.requests.get(("GET", "me"), 0)
