@@ -341,7 +341,7 @@ def test_a_json_section_in_the_environment_merges_with_the_files_table(tmp_path:
 def test_configuration_loading_uses_only_public_pydantic_settings_api() -> None:
     # The loader reads the file and the environment itself and hands Settings plain values; it subclasses no
     # settings source, so no private method of pydantic-settings (which a minor release may change) is overridden.
-    import daemon.config.loading as loading
+    from daemon.config import loading
 
     text = Path(loading.__file__).read_text(encoding="utf-8")
     assert "pydantic_settings" not in text
