@@ -76,6 +76,7 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 ME_PATH = "/api/v2/me/"
+DEBUG_BODY_BYTES = 2000  # of each answer, in the debug log
 TASK_PATH = "/api/v2/scm/tasks/{task_id}/"
 # API.md: the slash form is a guess; the production client polls the bare form (and follows redirects).
 TASK_PATH_BARE = "/api/v2/scm/tasks/{task_id}"
@@ -228,6 +229,14 @@ class ScantrustClient:
                 # `from None`: a requests exception holds the prepared request, Authorization header included, and
                 # a traceback renderer that shows causes or locals would print it.
                 raise _transport_error(what, exc, self._token, self.base_url, self._timeout[1]) from None
+            # What to copy into a report of an API mismatch (`run --log-level debug`); scrubbed like everything.
+            log.debug(
+                "api_answer",
+                request=what,
+                status=response.status_code,
+                content_type=response.headers.get("Content-Type"),
+                body=_scrub(raw[:DEBUG_BODY_BYTES].decode("utf-8", "replace"), self._token),
+            )
             location = response.headers.get("Location")
             if not (follow_redirects and response.status_code in _REDIRECTS and location):
                 return _read_answer(what, response, raw, self._token)

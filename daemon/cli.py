@@ -20,7 +20,7 @@ from daemon.api import ApiError, ErrorKind, ScantrustClient, classify
 from daemon.config import CREDENTIAL_NAME, ConfigError, Settings, find_config_file, load_settings, sandbox_settings
 from daemon.folders import FolderError, ledger_lock, prepare_folders, refuse_network_ledger
 from daemon.ledger import Ledger
-from daemon.logs import configure_logging
+from daemon.logs import LEVELS, configure_logging
 from daemon.notify import Notifier
 from daemon.progress import snapshot as progress_snapshot
 from daemon.sandbox import Emulator, EmulatorConfig, serve_forever
@@ -61,12 +61,20 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return p
 
+    def with_log_level(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--log-level",
+            choices=LEVELS,
+            help="debug also logs every API answer (scrubbed): what to copy into a report of an API mismatch",
+        )
+
     def with_sandbox(p: argparse.ArgumentParser) -> None:
         p.add_argument("--sandbox", action="store_true", help="the ledger of `run --sandbox` (ledger.sandbox.sqlite3)")
 
     run = with_config(sub.add_parser("run", help="watch the inbox, upload, report, until SIGTERM/SIGINT"))
     run.add_argument("--once", action="store_true", help="process the files now in the inbox, wait until final, exit")
     run.add_argument("--sandbox", action="store_true", help="run against the built-in API emulator (no token needed)")
+    with_log_level(run)
 
     validate = with_config(
         sub.add_parser(
@@ -89,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--sandbox", action="store_true", help="check the configuration of `run --sandbox` against the emulator"
     )
+    with_log_level(check)
 
     retry = with_config(sub.add_parser("retry", help="put the failed rows of files back in the upload queue"))
     retry.add_argument("files", nargs="*", metavar="NAME_OR_SHA", help="file name as dropped, or its SHA-256 (prefix)")
@@ -401,10 +410,11 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; every exception becomes a message on stderr and an exit code here, and only here."""
     args = build_parser().parse_args(argv)
+    level = getattr(args, "log_level", None)
     if args.command in ("run", "sandbox"):
-        configure_logging()  # a service: its log on stdout, for journald
+        configure_logging(level=level or "info")  # a service: its log on stdout, for journald
     else:
-        configure_logging(level="warning", stream=sys.stderr)  # stdout carries the command's answer
+        configure_logging(level=level or "warning", stream=sys.stderr)  # stdout carries the command's answer
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, UsageError, FolderError, LedgerVersionError) as exc:

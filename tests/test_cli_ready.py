@@ -230,3 +230,42 @@ def test_the_service_waits_for_an_unreachable_api_and_starts_once_it_answers(tmp
         assert stop(service, signal.SIGTERM) == 0
     assert project.summary("a")["status"] == "completed"
     assert "UPLOADS PAUSED" not in project.cli("status").stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["environment", "file"])
+def test_the_paused_token_message_tells_where_the_token_came_from(
+    project: Project, emulator: Emulator, source: str
+) -> None:
+    env: dict[str, str] = {}
+    if source == "file":
+        token_file = project.root / "token.txt"
+        token_file.write_text("sandbox-token\n")
+        token_file.chmod(0o600)
+        project.config.write_text(project.config.read_text().replace("[api]", '[api]\ntoken_file = "token.txt"', 1))
+        env["SCM_API__TOKEN"] = ""
+    with project.running(**env) as service:
+        deadline = time.monotonic() + 30
+        while '"api_ready"' not in (project.root / "service.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        emulator.configure(revoked=True)  # revoked while the service runs: uploads pause, the rows wait
+        project.drop("a.csv", csv_text(["extended_id", "batch"], ROWS))
+        status = ""
+        while "UPLOADS PAUSED" not in status and time.monotonic() < deadline + 30:
+            time.sleep(0.3)
+            status = project.cli("status").stdout
+        assert stop(service, signal.SIGTERM) == 0
+    if source == "environment":
+        assert "the token comes from SCM_API__TOKEN: set a valid one and restart the service" in status
+    else:
+        assert "renew it in the token file or credential; it is checked every few minutes and on reload" in status
+    assert "sandbox-token" not in status
+
+
+def test_check_with_the_debug_log_shows_each_api_answer_scrubbed(project: Project) -> None:
+    out = project.cli("check", "--log-level", "debug")
+    assert out.returncode == 0, out.stderr
+    answers = [json.loads(line) for line in out.stderr.splitlines() if '"api_answer"' in line]
+    assert [(a["request"], a["status"]) for a in answers] == [("GET /api/v2/me/", 200)]
+    assert answers[0]["body"].startswith("{")
+    assert "sandbox-token" not in out.stderr
