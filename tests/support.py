@@ -142,6 +142,16 @@ def csv_text(header: Sequence[str], rows: Iterable[Sequence[str]], delimiter: st
     return "\r\n".join(lines) + "\r\n"
 
 
+def wait_ready(project: Project, timeout: float = 60) -> None:
+    """Wait until a service started with `project.start()` has passed its start-up check (GET /api/v2/me/)."""
+    log = project.root / "service.log"
+    deadline = time.monotonic() + timeout
+    while '"api_ready"' not in (log.read_text(encoding="utf-8") if log.exists() else ""):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the service did not pass its start-up check within {timeout} s")
+        time.sleep(0.05)
+
+
 def stop(process: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 30) -> int:
     """Signal a running service and wait for its exit code."""
     process.send_signal(sig)

@@ -8,7 +8,6 @@ service (or a `run --once`) that ends, or keeps going, when it should.
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -95,7 +94,9 @@ def test_a_token_refused_with_batches_in_flight_leaves_none_sending_and_uploads_
     tmp_path: Path, emulator: Emulator
 ) -> None:
     project = make_project(tmp_path / "site", emulator.base_url, upload=SYNC, api={"max_in_flight": 8})
-    emulator.configure(revoked=True, latency=0.2)  # the 401s come back while the other requests are still out
+    # The 401s come back while the other requests are still out (the start-up check is spared: it would stop the
+    # run before any file is taken).
+    emulator.configure(revoked=True, latency=0.2, faults_spare_me=True)
     n = 800  # eight sync batches, all in flight at once
     project.drop("orders.csv", csv_text(HEADER, rows(n)))
 
@@ -539,17 +540,15 @@ def test_a_503_with_a_huge_retry_after_waits_at_most_max_server_wait(tmp_path: P
 # --- 9. run --once against an unreachable API --------------------------------------------------------------------
 
 
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_run_once_against_an_unreachable_api_ends_with_failed_rows_and_exit_1(tmp_path: Path) -> None:
+def test_run_once_against_an_api_that_keeps_failing_ends_with_failed_rows_and_exit_1(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    # The token check answers; the upload endpoint is down (503) for the whole run. (An API unreachable already at
+    # the start-up check ends the run before any file is taken: test_cli_ready.)
+    emulator.configure(outage=frozenset({"scm_upload"}))
     project = make_project(
         tmp_path / "site",
-        f"http://127.0.0.1:{closed_port()}",
+        emulator.base_url,
         upload=SYNC,
         retry={"max_attempts": 2, "base_delay_seconds": 0.2, "max_delay_seconds": 0.5},
         api={"connect_timeout": 2},
