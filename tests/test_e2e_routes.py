@@ -2,10 +2,11 @@
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
-from support import Project, csv_text, make_project
+from support import Project, csv_text, make_project, stop
 
 from daemon.sandbox import Emulator
 
@@ -122,3 +123,31 @@ def test_validate_shows_the_route_a_path_takes(project: Project) -> None:
     unknown = project.cli("validate", str(outside), "--route", "LineZ")
     assert unknown.returncode == 2
     assert '--route \'LineZ\' is not a [routes."FOLDER"] of the configuration (routes: "LineA")' in unknown.stderr
+
+
+@pytest.mark.slow
+def test_a_running_service_is_woken_by_files_in_folders_made_after_it_started(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    # The periodic scan is far away: only the recursive watch can find these files in time.
+    project = make_project(tmp_path / "site", emulator.base_url, watch={"settle_seconds": 0.2, "rescan_seconds": 600})
+    (project.inbox / "LineA").mkdir()
+    with project.running() as service:
+        log = project.root / "service.log"
+        deadline = time.monotonic() + 30
+        while "watcher_started" not in (log.read_text() if log.exists() else ""):
+            assert service.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the service did not start"
+            time.sleep(0.05)
+        folder = project.inbox / "LineA" / "Station 2"
+        folder.mkdir()  # made after the watch began
+        # Its creation wakes a scan that finds nothing yet: let that pass, so that only the watch of the new
+        # folder can see the file below (were the wait too short, the test would pass without testing that).
+        time.sleep(1.0)
+        hidden = folder / ".codes.csv.part"
+        hidden.write_text(csv_text(["extended_id", "batch"], [("WAKE00000001", "w")]), encoding="utf-8")
+        hidden.rename(folder / "codes.csv")  # the end of a copy
+        project.wait_for(project.outbox / "LineA" / "Station 2" / "codes.summary.json", timeout=20)
+        assert stop(service) == 0
+    assert emulator.all_data("extended_id") == {"WAKE00000001": {"batch": "w"}}
+    assert (project.archive / "LineA" / "Station 2" / "codes.csv").is_file()

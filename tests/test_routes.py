@@ -8,8 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+from daemon import intake
 from daemon.config import ConfigError, Settings, load_settings
 from daemon.config.routes import route_of, route_overview, settings_for
+from daemon.folders import remove_leftover_temps
 from daemon.watcher import InboxScanner
 
 IGNORE = [".*", "~$*", "*.tmp", "*.part", "*.crdownload"]
@@ -225,3 +227,30 @@ def test_a_file_moved_to_another_folder_while_settling_settles_anew_there(tmp_pa
     assert scanner.scan(2.0, claimed=()) == []  # not the old sighting: its wait starts again
     assert scanner.waiting == 1
     assert scanner.scan(4.0, claimed=()) == [moved]
+
+
+# --- the folders around a routed file -------------------------------------------------------------------------
+
+
+def test_a_claimed_file_put_back_returns_to_its_subfolder_under_a_free_name(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    claimed = write(inbox / ".processing" / "4-x.csv")
+    write(inbox / "LineA" / "Station 2" / "x.csv", "a newer x, dropped meanwhile")
+    back = intake.put_back(claimed, inbox, "LineA/Station 2/x.csv")
+    assert back == inbox / "LineA" / "Station 2" / "x-2.csv"
+    assert (inbox / "LineA" / "Station 2" / "x.csv").read_text() == "a newer x, dropped meanwhile"
+    gone = write(inbox / ".processing" / "5-y.csv")
+    assert intake.put_back(gone, inbox, "Removed/y.csv") == inbox / "Removed" / "y.csv"  # its folder made again
+
+
+def test_report_temporaries_left_by_a_crash_are_removed_in_route_folders_too(tmp_path: Path) -> None:
+    outbox = tmp_path / "outbox"
+    temps = [write(outbox / ".x.report.csv.abcd1234.tmp"), write(outbox / "LineA" / "B" / ".y.summary.json.k.tmp")]
+    kept = [write(outbox / "LineA" / "x.report.csv"), write(outbox / "LineA" / "B" / "notes.tmp")]
+    (tmp_path / "elsewhere").mkdir()
+    linked = write(tmp_path / "elsewhere" / ".z.tmp")
+    (outbox / "link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    assert remove_leftover_temps(outbox) == 2
+    assert not any(t.exists() for t in temps)
+    assert all(k.exists() for k in kept)
+    assert linked.exists()  # not followed
