@@ -254,3 +254,12 @@ def test_report_temporaries_left_by_a_crash_are_removed_in_route_folders_too(tmp
     assert not any(t.exists() for t in temps)
     assert all(k.exists() for k in kept)
     assert linked.exists()  # not followed
+
+
+def test_the_example_route_in_config_example_loads_as_documented(tmp_path: Path) -> None:
+    example = (Path(__file__).resolve().parent.parent / "config.example.toml").read_text(encoding="utf-8")
+    block = example[example.index('# [routes."LineA"]') :].splitlines()
+    settings = load(tmp_path, "\n".join(line.removeprefix("# ") for line in block))
+    line_a = settings_for(settings, "LineA/codes.xlsx")
+    assert (line_a.upload.data_key, line_a.upload.mode, line_a.intake.sheet) == ("serial_number", "sync", "Codes")
+    assert line_a.columns == {"Serial No.": "serial_number"}
