@@ -151,3 +151,14 @@ def test_a_running_service_is_woken_by_files_in_folders_made_after_it_started(
         assert stop(service) == 0
     assert emulator.all_data("extended_id") == {"WAKE00000001": {"batch": "w"}}
     assert (project.archive / "LineA" / "Station 2" / "codes.csv").is_file()
+
+
+def test_check_lists_the_routes(project: Project) -> None:
+    checked = project.cli("check")
+    assert checked.returncode == 0, checked.stderr + checked.stdout
+    assert "route: files directly in the inbox, and in folders no route names: (top level)" in checked.stdout
+    expected = (
+        f"route: {project.inbox}/LineA/ (not there yet: files dropped there once it exists take it) "
+        "takes routes.\"LineA\": data_key = 'serial_number'; mode = 'async'; columns: 'Serial No.' -> serial_number"
+    )
+    assert expected in checked.stdout

@@ -4,6 +4,7 @@ import os
 from pathlib import Path, PurePosixPath
 
 import pytest
+import xlsxwriter
 from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
@@ -12,6 +13,7 @@ from daemon import intake
 from daemon.config import ConfigError, Settings, load_settings
 from daemon.config.routes import route_of, route_overview, settings_for
 from daemon.folders import remove_leftover_temps
+from daemon.ledger import Ledger
 from daemon.watcher import InboxScanner
 
 IGNORE = [".*", "~$*", "*.tmp", "*.part", "*.crdownload"]
@@ -110,14 +112,20 @@ def test_routes_come_from_the_environment_as_one_json_value(tmp_path: Path) -> N
 
 
 def test_check_lists_each_route_with_its_folder_and_overrides(tmp_path: Path) -> None:
-    settings = load(tmp_path, '[routes."LineA"]\nmode = "sync"\n[routes."LineB"]\ndata_key = "serial_number"\n')
+    settings = load(
+        tmp_path,
+        '[routes."LineA"]\nmode = "sync"\n[routes."LineB/Station 2"]\ndata_key = "serial_number"\n',
+    )
     (tmp_path / "inbox" / "LineA").mkdir()
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "inbox" / "LineB").symlink_to(tmp_path / "elsewhere")
     lines = route_overview(settings)
     assert lines[0].startswith("route: files directly in the inbox, and in folders no route names: (top level)")
-    assert f"route: {tmp_path}/inbox/LineA/ (folder there) takes routes.\"LineA\": mode = 'sync'" in lines
-    assert "a symlink, which the scan does not follow" in lines[2]
+    assert lines[1] == f"route: {tmp_path}/inbox/LineA/ takes routes.\"LineA\": mode = 'sync'"
+    assert lines[2].startswith(
+        f"route: {tmp_path}/inbox/LineB/Station 2/ (WARNING: {tmp_path}/inbox/LineB is a symlink, which the scan "
+        "does not follow; make it a real folder) takes routes.\"LineB/Station 2\": data_key = 'serial_number'"
+    )
 
 
 # --- the deepest route wins (pure) ------------------------------------------------------------------------
@@ -263,3 +271,30 @@ def test_the_example_route_in_config_example_loads_as_documented(tmp_path: Path)
     line_a = settings_for(settings, "LineA/codes.xlsx")
     assert (line_a.upload.data_key, line_a.upload.mode, line_a.intake.sheet) == ("serial_number", "sync", "Codes")
     assert line_a.columns == {"Serial No.": "serial_number"}
+
+
+def test_a_claimed_workbook_is_read_with_its_routes_sheet_key_and_headings(tmp_path: Path) -> None:
+    settings = load(
+        tmp_path,
+        '[upload]\nmode = "sync"\n[routes."LineA"]\ndata_key = "serial_number"\nmode = "async"\nsheet = "Codes"\n'
+        '[routes."LineA".columns]\n"Serial No." = "serial_number"\n',
+    )
+    book = tmp_path / "inbox" / "LineA" / "codes.xlsx"
+    book.parent.mkdir()
+    workbook = xlsxwriter.Workbook(str(book))
+    workbook.add_worksheet("Notes").write_row(0, 0, ["not", "this", "sheet"])
+    codes = workbook.add_worksheet("Codes")
+    codes.write_row(0, 0, ["Serial No.", "batch"])
+    codes.write_row(1, 0, ["SN-0001", "L7"])
+    workbook.close()
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    try:
+        file_id, claimed = intake.claim(book, ledger, settings)
+        assert claimed.parent == tmp_path / "inbox" / ".processing"
+        assert intake.read(file_id, claimed, ledger, settings) == file_id
+        f = ledger.file(file_id)
+        assert (f.name, f.data_key, f.mode, f.error) == ("LineA/codes.xlsx", "serial_number", "async", None)
+        assert f.layout["sheet"] == "Codes"
+        assert [(key, status) for _line, key, status, *_ in ledger.report_rows(file_id)] == [("SN-0001", "pending")]
+    finally:
+        ledger.close()

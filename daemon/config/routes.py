@@ -124,14 +124,15 @@ def name_for_validation(path: Path, inbox: Path, route: str | None) -> str:
 
 def route_overview(settings: Settings) -> list[str]:
     """What `check` says about the routes: each one's folder, whether the scan reaches it, what it overrides."""
+    inbox = settings.paths.inbox
     lines = [f"route: files directly in the inbox, and in folders no route names: {describe_route(settings, None)}"]
     for key in sorted(settings.routes):
-        folder = settings.paths.inbox / key
-        if folder.is_symlink():
-            state = "WARNING: a symlink, which the scan does not follow; make it a real folder"
-        elif folder.is_dir():
-            state = "folder there"
+        parts = key.split("/")
+        steps = [inbox.joinpath(*parts[: i + 1]) for i in range(len(parts))]
+        linked = next((step for step in steps if step.is_symlink()), None)
+        if linked is not None:
+            state = f" (WARNING: {linked} is a symlink, which the scan does not follow; make it a real folder)"
         else:
-            state = "folder not there yet (files dropped there once it exists take this route)"
-        lines.append(f"route: {folder}/ ({state}) takes {describe_route(settings, key)}")
+            state = "" if steps[-1].is_dir() else " (not there yet: files dropped there once it exists take it)"
+        lines.append(f"route: {steps[-1]}/{state} takes {describe_route(settings, key)}")
     return lines
