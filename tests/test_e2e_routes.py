@@ -6,9 +6,11 @@ import time
 from pathlib import Path
 
 import pytest
-from support import Project, csv_text, make_project, stop
+from support import TOKEN, Project, csv_text, make_project, stop
 
+from daemon.config import load_settings
 from daemon.sandbox import Emulator
+from daemon.service import Service
 
 ROUTES = """
 [routes."LineA"]
@@ -162,3 +164,32 @@ def test_check_lists_the_routes(project: Project) -> None:
         "takes routes.\"LineA\": data_key = 'serial_number'; mode = 'async'; columns: 'Serial No.' -> serial_number"
     )
     assert expected in checked.stdout
+
+
+def test_a_file_moved_to_another_route_while_settling_is_taken_there_with_its_settings(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    # Only the service's clock moves: the scan, the settling and the claim, in process, on real folders.
+    project = make_project(tmp_path / "site", emulator.base_url, watch={"rescan_seconds": 1, "settle_seconds": 2})
+    with project.config.open("a", encoding="utf-8") as config:
+        config.write('[routes."LineA"]\nmode = "sync"\n[routes."LineB"]\nmode = "async"\n')
+    settings = load_settings(project.config, env={"SCM_API__TOKEN": TOKEN})
+    project.ledger.parent.mkdir(parents=True)
+    now = [1000.0]
+    service = Service.from_settings(settings, monotonic=lambda: now[0])
+    try:
+        service.recover()
+        put(project, "LineA/codes.csv", csv_text(["extended_id", "batch"], [("MOVED0000001", "x")]))
+        (project.inbox / "LineB").mkdir()
+        assert service.step().taken == 0  # seen in LineA, settling
+        (project.inbox / "LineA" / "codes.csv").rename(project.inbox / "LineB" / "codes.csv")
+        now[0] += 2.0
+        assert service.step().taken == 0  # in LineB it is a new sighting: it settles anew
+        now[0] += 2.0
+        assert service.step().taken == 1
+        (f,) = service.ledger.find_files("LineB/codes.csv")
+        assert (f.mode, f.data_key, f.error) == ("async", "extended_id", None)  # LineB's mode, not LineA's
+        assert service.ledger.find_files("LineA/codes.csv") == []
+    finally:
+        service.uploader.close()
+        service.ledger.close()
