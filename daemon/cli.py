@@ -18,6 +18,7 @@ from pydantic import SecretStr
 from daemon import __version__
 from daemon.api import ApiError, ErrorKind, ScantrustClient, classify
 from daemon.config import CREDENTIAL_NAME, ConfigError, Settings, find_config_file, load_settings, sandbox_settings
+from daemon.config.routes import route_overview
 from daemon.folders import FolderError, ledger_lock, prepare_folders, refuse_network_ledger
 from daemon.ledger import Ledger
 from daemon.logs import LEVELS, configure_logging
@@ -85,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
     validate.add_argument("file", type=Path, help="a CSV or Excel file")
+    validate.add_argument(
+        "--route", metavar="FOLDER", help='read it as if dropped into inbox/FOLDER (a [routes."FOLDER"] key)'
+    )
     validate.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     status = with_config(sub.add_parser("status", help="what the ledger holds: files, rows and batches by state"))
@@ -231,7 +235,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not args.file.is_file():
         state = "is a folder, not a file" if args.file.is_dir() else "does not exist"
         raise UsageError(f"file {args.file} {state}; check the path")
-    report = validate_file(args.file, settings)
+    if args.route is not None and args.route not in settings.routes:
+        known = ", ".join(f'"{key}"' for key in settings.routes) or "none configured"
+        raise UsageError(f'--route {args.route!r} is not a [routes."FOLDER"] of the configuration (routes: {known})')
+    report = validate_file(args.file, settings, route=args.route)
     print(json.dumps(report, indent=2) if args.json else render_validation(report))
     return EXIT_OK if report["ok"] else EXIT_UNEXPECTED  # 1 when unreadable or when any row would be rejected
 
@@ -293,6 +300,8 @@ def _check(settings: Settings, *, sandbox: bool) -> int:
     print(f"folders: inbox {paths.inbox}, outbox {paths.outbox}, archive {paths.archive}")
     if later:
         print(f"folders: {', '.join(later)} not there yet (created on first run)")
+    for line in route_overview(settings):
+        print(line)
     refuse_network_ledger(paths.ledger)
     if paths.ledger.exists():
         Ledger(paths.ledger).close()  # its schema version is checked

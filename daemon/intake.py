@@ -5,11 +5,12 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import asdict
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import structlog
 
 from daemon.config import Settings
+from daemon.config.routes import settings_for
 from daemon.ledger import Ledger
 from daemon.names import fit_name, free_path
 from daemon.normalize import (
@@ -113,17 +114,24 @@ def processing_folder(inbox: Path) -> Path:
 
 
 def take(
-    path: Path, ledger: Ledger, settings: Settings, *, problem_columns: dict[int, int] | None = None
+    path: Path,
+    ledger: Ledger,
+    settings: Settings,
+    *,
+    name: str | None = None,
+    problem_columns: dict[int, int] | None = None,
 ) -> int | None:
     """Record a file where it lies and read all its rows; returns its ledger id, or None if it changed meanwhile.
 
     `validate` and the benchmarks use this; the service claims a file first (`claim`) and then `read`s it.
+    `name` is the file's path relative to the inbox, which picks its route (default: its bare name).
     `problem_columns`, when given, receives the column index of the first rejected rows (validate shows them).
     """
-    upload = settings.upload
+    name = name or path.name
+    upload = settings_for(settings, name).upload
     size = path.stat().st_size
     file_id = ledger.add_file(
-        sha256="", name=path.name, path=str(path), size=size, data_key=upload.data_key, mode=upload.mode
+        sha256="", name=name, path=str(path), size=size, data_key=upload.data_key, mode=upload.mode
     )
     return read(file_id, path, ledger, settings, problem_columns=problem_columns)
 
@@ -134,15 +142,18 @@ def claim(path: Path, ledger: Ledger, settings: Settings) -> tuple[int, Path]:
     The record (state `received`, with the claimed path) is committed before the rename: a crash in between
     leaves a record whose claimed path does not exist, which recovery drops (the file is still in the inbox).
     Once renamed, a new file dropped under the same name is simply a new file. Raises Vanished if the file is
-    gone, OSError if it cannot be renamed (the record is dropped again in both cases).
+    gone, OSError if it cannot be renamed (the record is dropped again in both cases). A file in a subfolder is
+    recorded under its path relative to the inbox (`LineA/x.csv`), which picks its route's settings.
     """
-    folder = processing_folder(settings.paths.inbox)
+    inbox = settings.paths.inbox
+    folder = processing_folder(inbox)
     folder.mkdir(exist_ok=True)
-    upload = settings.upload
+    name = path.relative_to(inbox).as_posix()
+    upload = settings_for(settings, name).upload
     size = path.stat().st_size
     file_id = ledger.add_file(
         sha256="",
-        name=path.name,
+        name=name,
         path="",
         size=size,
         data_key=upload.data_key,
@@ -154,7 +165,7 @@ def claim(path: Path, ledger: Ledger, settings: Settings) -> tuple[int, Path]:
         os.rename(path, claimed)
     except FileNotFoundError:
         ledger.forget_file(file_id)
-        raise Vanished(f"{path.name} vanished before it could be claimed") from None
+        raise Vanished(f"{name} vanished before it could be claimed") from None
     except OSError:
         ledger.forget_file(file_id)
         raise
@@ -171,9 +182,11 @@ def read(
 ) -> int | None:
     """Read a recorded file and record every row; returns its id, or None if it changed while it was read.
 
-    Raises Vanished (after dropping the record) when the file disappears meanwhile.
+    Raises Vanished (after dropping the record) when the file disappears meanwhile. The file is read with its
+    route's settings (its ledger name is its path in the inbox).
     """
     name = ledger.file(file_id).name
+    settings = settings_for(settings, name)
     try:
         sha256, size, mtime_ns = fingerprint(path)
     except FileNotFoundError:
@@ -296,7 +309,13 @@ def return_orphans(inbox: Path, ledger: Ledger) -> int:
 
 
 def put_back(claimed: Path, inbox: Path, name: str) -> Path:
-    """Move a claimed file back into the inbox (it changed while read), under its name if that is free."""
-    target = free_path(inbox, name)
+    """Move a claimed file back to its place in the inbox (it changed while read), under its name if that is free.
+
+    `name` is its path relative to the inbox: a file from a subfolder goes back there (made again if removed).
+    """
+    relative = PurePosixPath(name)
+    folder = inbox.joinpath(*relative.parent.parts)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = free_path(folder, relative.name)
     os.rename(claimed, target)
     return target

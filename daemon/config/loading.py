@@ -21,12 +21,14 @@ from daemon.config.models import (
     ApiSettings,
     ConfigError,
     PathsSettings,
+    RouteSettings,
     Settings,
     UploadSettings,
 )
+from daemon.config.routes import apply_route, key_problem, route_keys, route_tables, unknown_key_problem
 from daemon.logs import register_secret
 
-_ALL_SECTIONS = [*SECTIONS, "columns"]
+_ALL_SECTIONS = [*SECTIONS, "columns", "routes"]
 _EnvNames = dict[tuple[str, str | None], str]  # (section, key or None for the whole section) -> variable name
 
 
@@ -161,7 +163,44 @@ def _load(path: Path | None, env: Mapping[str, str], *, resolve_token: bool) -> 
     api = raw.api.model_copy(update=_token_settings(raw.api, base, env, token_origin, resolve=resolve_token))
     upload = _with_template(raw.upload, base, _origin("upload", "fields_template", path, env_vars))
     _check_fields(upload, raw.columns, where)
-    return raw.model_copy(update={"paths": paths, "api": api, "upload": upload, "source": path})
+    settings = raw.model_copy(update={"paths": paths, "api": api, "upload": upload, "source": path})
+    routes = {key: _check_route(settings, key, route, base, where) for key, route in raw.routes.items()}
+    return settings.model_copy(update={"routes": routes})
+
+
+def _check_route(settings: Settings, key: str, route: RouteSettings, base: Path, where: str) -> RouteSettings:
+    """A route checked against the inbox and the rules of the keys it overrides, its fields_template read."""
+    name = f'routes."{key}"'
+    problem = key_problem(key, settings.paths.inbox, settings.watch.ignore)
+    if problem is not None:
+        raise ConfigError(f"{where}: [{name}] {problem}")
+    given = route.overrides()
+    problems = [f"{where}: {name}.{k} {p}" for k in given if (p := unknown_key_problem(k)) is not None]
+    if problems:
+        raise ConfigError("\n".join(problems))
+    if given.get("fields_template") and "fields" not in given:
+        given["fields"] = []  # the route's campaign: the template's keys, not the top level's fields
+    elif "fields" in given and "fields_template" not in given:
+        given["fields_template"] = ""
+    try:
+        effective = apply_route(settings, RouteSettings.model_validate({**given, "columns": route.columns}))
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            ctx = {k: f"{v:g}" if isinstance(v, float) else v for k, v in error.get("ctx", {}).items()}
+            rule = _RULES.get(error["type"], "{msg}").format(**ctx, msg=error["msg"]).removeprefix("Value error, ")
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            lines.append(f"{where}: {name}.{field} = {_show(given.get(field))} is not valid: {rule}")
+        raise ConfigError("\n".join(lines)) from None
+    upload = _with_template(effective.upload, base, f"{where}: {name}") if given.get("fields_template") else None
+    if upload is not None:
+        given.update(fields=upload.fields, fields_template=upload.fields_template)
+        effective = effective.model_copy(update={"upload": upload})
+    # Only the route's own headings: a top-level heading for a field this route's campaign lacks is the top's.
+    _check_fields(effective.upload, route.columns, f"{where}: {name}")
+    sections = route_keys()
+    resolved = {k: getattr(getattr(effective, sections[k]), k) for k in given}
+    return RouteSettings.model_validate({**resolved, "columns": route.columns})
 
 
 def _scm_variables(env: Mapping[str, str]) -> _EnvNames:
@@ -171,6 +210,12 @@ def _scm_variables(env: Mapping[str, str]) -> _EnvNames:
         if not name.upper().startswith("SCM_"):
             continue
         section, nested, key = name[4:].lower().partition("__")
+        if nested and section == "routes":
+            # Folder names keep their case only inside a value: the whole section is one JSON variable.
+            raise ConfigError(
+                f"environment variable {name}: routes are set as a whole, in JSON: "
+                'SCM_ROUTES=\'{"LineA": {"mode": "sync"}}\''
+            )
         if not nested:
             if section in _ALL_SECTIONS:  # a section as JSON: SCM_COLUMNS='{"Serial No.": "serial_number"}'
                 found[(section, None)] = name
@@ -205,6 +250,8 @@ def _check_file_keys(data: Mapping[str, Any], path: Path) -> None:
                 problems.append(f"{path}: unknown section [{name}]{_hint(name, _ALL_SECTIONS)}")
         elif not isinstance(value, dict):
             problems.append(f"{path}: '{name}' must be a section written as [{name}], not a single value")
+        elif name == "routes":
+            problems.extend(f"{path}: {problem}" for problem in route_tables(value))
         elif name == "api" and "token" in value:
             problems.append(
                 f"{path}: api.token must not be written in the config file (config files get copied and "

@@ -193,6 +193,34 @@ class RetrySettings(BaseModel):
         return self
 
 
+def _clean_columns(value: dict[str, str]) -> dict[str, str]:
+    """A [columns] table with its headings and keys trimmed; neither may be empty."""
+    blank = [heading for heading, key in value.items() if not heading.strip() or not key.strip()]
+    if blank:
+        raise ValueError(f"heading {blank[0]!r}: neither the heading nor the field key may be empty")
+    return {heading.strip(): key.strip() for heading, key in value.items()}
+
+
+class RouteSettings(BaseModel):
+    """[routes."FOLDER"]: settings for the files under one inbox subfolder, overriding [upload], [intake], [columns].
+
+    Its keys are checked when the configuration is loaded (daemon.config.routes): upload keys and `sheet` are
+    written flat in the route's table, headings in `[routes."FOLDER".columns]`.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    columns: dict[str, str] = Field(default_factory=dict)  # merged over the top-level [columns]
+
+    @field_validator("columns")
+    @classmethod
+    def _clean_columns(cls, value: dict[str, str]) -> dict[str, str]:
+        return _clean_columns(value)
+
+    def overrides(self) -> dict[str, Any]:
+        """The upload and intake keys this route sets, as written (after loading: checked and resolved)."""
+        return dict(self.model_extra or {})
+
+
 class Settings(BaseSettings):
     """The whole configuration; build it with load_settings(), not directly."""
 
@@ -207,15 +235,13 @@ class Settings(BaseSettings):
     watch: WatchSettings = WatchSettings()
     poll: PollSettings = PollSettings()
     retry: RetrySettings = RetrySettings()
+    routes: dict[str, RouteSettings] = Field(default_factory=dict)  # inbox subfolder (posix, relative) -> overrides
     source: Path | None = None  # the config file that was read; None when only defaults and env were used
 
     @field_validator("columns")
     @classmethod
     def _clean_columns(cls, value: dict[str, str]) -> dict[str, str]:
-        blank = [heading for heading, key in value.items() if not heading.strip() or not key.strip()]
-        if blank:
-            raise ValueError(f"heading {blank[0]!r}: neither the heading nor the field key may be empty")
-        return {heading.strip(): key.strip() for heading, key in value.items()}
+        return _clean_columns(value)
 
     @classmethod
     def settings_customise_sources(
