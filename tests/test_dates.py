@@ -40,8 +40,9 @@ def test_without_an_order_a_date_is_read_only_when_it_reads_one_way(day: date, o
     else:
         assert got.iso == ""
         swapped = date(day.year, day.day, day.month).isoformat()
-        assert day.isoformat() in got.problem and swapped in got.problem
-        assert "intake.date_order" in got.problem and "ambiguous" in got.problem
+        assert day.isoformat() in got.problem
+        assert swapped in got.problem
+        assert "intake.date_order" in got.problem
 
 
 @given(dates, separators, st.booleans())
@@ -71,7 +72,7 @@ def test_a_day_past_the_end_of_its_month_is_refused(year: int, month: int, day: 
         date(year, month, day)
     except ValueError:
         got = parse_date(f"{year}-{month:02d}-{day:02d}")
-        assert got.iso == "" and "is not a date" in got.problem
+        assert (got.iso, "is not a date" in got.problem) == ("", True)
 
 
 @pytest.mark.parametrize(
@@ -117,7 +118,7 @@ def test_refused_forms_say_why(text: str, order: str, says: str) -> None:
 
 def test_date_fields_default_to_keys_ending_in_date_and_date_itself() -> None:
     rule = DateSettings()
-    assert rule.matches("production_date") and rule.matches("date") and rule.matches("expiry_date")
-    assert not rule.matches("dates") and not rule.matches("update") and not rule.matches("date_code")
+    assert [rule.matches(k) for k in ("production_date", "date", "expiry_date")] == [True] * 3
+    assert [rule.matches(k) for k in ("dates", "update", "date_code")] == [False] * 3
     assert DateSettings(fields=("best_before",)).matches("best_before")
     assert not DateSettings(fields=()).matches("production_date")
