@@ -79,15 +79,21 @@ def choose_base(outbox: Path, stem: str, reserved: Collection[str] = ()) -> str:
 
 
 def excel_safe(value: str) -> str:
-    """Escape a cell that Excel would run as a formula."""
-    return "'" + value if value.startswith(EXCEL_TRIGGERS) else value
+    """Escape a cell that Excel would run as a formula with a leading "'".
+
+    A cell that already starts with "'"s before a trigger gets one more, so unescape gives back exactly what was
+    escaped ("'=x" typed by a person is written "''=x" and read back as "'=x").
+    """
+    if value.startswith(EXCEL_TRIGGERS) or (value[:1] == "'" and value.lstrip("'").startswith(EXCEL_TRIGGERS)):
+        return "'" + value
+    return value
 
 
 def unescape(cells: list[str]) -> list[str]:
     """Undo excel_safe in place, so a corrected rejected file reads back as it was (only files this daemon wrote:
     see Layout.written_by_daemon)."""
     for i, cell in enumerate(cells):
-        if len(cell) > 1 and cell[0] == "'" and cell[1:2] in EXCEL_TRIGGERS:
+        if cell[:1] == "'" and cell.lstrip("'").startswith(EXCEL_TRIGGERS):
             cells[i] = type(cell)(cell[1:])
     return cells
 
@@ -198,7 +204,8 @@ def xlsx_table(path: Path, *, sheet: str, width: int) -> Iterator[RowWriter]:
             def write(cells: list[object]) -> None:
                 nonlocal row
                 for column, cell in enumerate(_report_row(cells)):
-                    worksheet.write_string(row, column, cell, text)
+                    if cell:  # an empty cell stays blank (its column is Text all the same)
+                        worksheet.write_string(row, column, cell, text)
                 row += 1
 
             yield write
@@ -221,7 +228,7 @@ def rejected_encoding(source: str | None) -> str:
     return "utf-8-sig"
 
 
-def _write_table(
+def write_table(
     path: Path, layout: Mapping[str, Any], rows: Callable[[], Iterable[list[object]]], *, delimiter: str, excel: bool
 ) -> None:
     """One table of a report in the chosen kind: an .xlsx, or a CSV in the input's encoding (UTF-8 with a BOM
@@ -278,7 +285,7 @@ def write_reports(
     counts = ledger.row_counts(file.id)
     rejected_written = any(counts.get(s) for s in ERROR_ROW_STATUSES)
     if rejected_written:
-        _write_table(outbox / names.rejected, layout, rejected_rows, delimiter=delimiter, excel=workbook)
+        write_table(outbox / names.rejected, layout, rejected_rows, delimiter=delimiter, excel=workbook)
 
     batches, api_calls, extra_calls = ledger.batch_totals(file.id)
     summary = build_summary(
