@@ -4,10 +4,12 @@ import json
 from datetime import datetime
 from pathlib import Path
 
+import pytest
 import xlsxwriter
 
 from daemon import intake
 from daemon.config import IntakeSettings, Settings, UploadSettings
+from daemon.dates import DateSettings
 from daemon.ledger import Ledger
 from daemon.normalize import Layout, scm_data
 
@@ -119,3 +121,17 @@ def test_the_formula_escape_is_undone_only_in_a_rejected_file_this_daemon_wrote(
     not_last = "extended_id,error,note\r\nCODE00000005,x,'+1\r\n"
     ledger, file_id = take(tmp_path, "other.csv", not_last, Settings())
     assert [d["note"] for d, _ in _uploads(ledger, file_id)] == ["'+1"]
+
+
+def test_date_and_report_settings_load_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    from daemon.config import ConfigError, load_settings
+
+    config = tmp_path / "config.toml"
+    config.write_text('[upload]\ndate_fields = ["packed_on"]\n[intake]\ndate_order = "MDY"\n[reports]\nxlsx = true\n')
+    s = load_settings(config, env={"SCM_REPORTS__DELIMITER": ";"})
+    assert s.upload.dates(s.intake.date_order) == DateSettings(("packed_on",), "MDY")
+    assert (s.reports.delimiter, s.reports.xlsx) == (";", True)
+    assert load_settings(None, env={"SCM_UPLOAD__DATE_FIELDS": '["best_before"]'}).upload.date_fields == ["best_before"]
+    config.write_text('[intake]\ndate_order = "DD.MM.YYYY"\n')
+    with pytest.raises(ConfigError, match="date_order"):
+        load_settings(config, env={})
