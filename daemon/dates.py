@@ -11,21 +11,50 @@ DateOrder = Literal["DMY", "MDY", "YMD", ""]
 DATE_ORDERS: tuple[DateOrder, ...] = ("DMY", "MDY", "YMD", "")
 DEFAULT_DATE_FIELDS = ("*_date", "date")  # upload.date_fields: the SCM field keys whose values are dates
 
+# A time of day after a date: " 14:30", "T14:30:00Z", " 2:30 PM", ", 09:15:00.5".
+_TIME_PART = (
+    r"(?:[ T]+|,\s*)(?P<h>\d{1,2})[:.](?P<m>\d{2})(?:[:.](?P<s>\d{2})(?:[.,]\d{1,9})?)?"
+    r"(?:\s*(?P<ampm>[AaPp])\.?[Mm]\.?)?(?:\s*(?:Z|[+-]\d{2}:?\d{2}))?"
+)
 # A date of digits with one kind of separator, the year first or last, then perhaps a time of day:
 # 2026-12-31, 2026/12/31, 2026.12.31, 31/12/2026, 31.12.2026, 12/31/2026, 31-12-2026, "31.12.2026 14:30",
 # "2026-12-31T14:30:00Z", "12/31/2026 2:30 PM".
 _DATE = re.compile(
     r"(?:(?P<y1>\d{4})(?P<s1>[-/.])(?P<a1>\d{1,2})(?P=s1)(?P<b1>\d{1,2})"
     r"|(?P<a2>\d{1,2})(?P<s2>[-/.])(?P<b2>\d{1,2})(?P=s2)(?P<y2>\d{4}|\d{2}))"
-    r"(?P<time>(?:[ T]+|,\s*)\d{1,2}[:.]\d{2}(?:[:.]\d{2}(?:[.,]\d{1,9})?)?"
-    r"(?:\s*[AaPp]\.?[Mm]\.?)?(?:\s*(?:Z|[+-]\d{2}:?\d{2}))?)?",
+    rf"(?P<time>{_TIME_PART})?",
     re.ASCII,
 )
-_TIME = re.compile(
-    r"(?:[ T]+|,\s*)(?P<h>\d{1,2})[:.](?P<m>\d{2})(?:[:.](?P<s>\d{2})(?:[.,]\d{1,9})?)?"
-    r"(?:\s*(?P<ampm>[AaPp])\.?[Mm]\.?)?(?:\s*(?:Z|[+-]\d{2}:?\d{2}))?",
+# A date with the month named in English, which reads one way only: "31 Dec 2026", "31-Dec-2026",
+# "31 December 2026", "Dec 31, 2026", "December 31 2026 14:30".
+_NAMED = re.compile(
+    r"(?:(?P<d1>\d{1,2})\.?[ -](?P<m1>[A-Za-z]{3,9})\.?[ -](?P<y1>\d{4}|\d{2})"
+    r"|(?P<m2>[A-Za-z]{3,9})\.? (?P<d2>\d{1,2}),? (?P<y2>\d{4}|\d{2}))"
+    rf"(?P<time>{_TIME_PART})?",
     re.ASCII,
 )
+_TIME = re.compile(_TIME_PART, re.ASCII)
+_MONTHS = {
+    name: number
+    for number, full in enumerate(
+        (
+            "january",
+            "february",
+            "march",
+            "april",
+            "may",
+            "june",
+            "july",
+            "august",
+            "september",
+            "october",
+            "november",
+            "december",
+        ),
+        start=1,
+    )
+    for name in (full, full[:3], *(("sept",) if number == 9 else ()))
+}
 
 
 @dataclass(frozen=True)
@@ -70,6 +99,21 @@ def _time_problem(text: str) -> str | None:
     return None
 
 
+def _named_date(value: str, named: re.Match[str]) -> DateResult:
+    """A date whose month is named in English."""
+    month_name = (named["m1"] or named["m2"]).lower()
+    month = _MONTHS.get(month_name)
+    if month is None:
+        return DateResult(problem=f"{value!r} is not a date: {month_name!r} is no month (in English)")
+    day, year = int(named["d1"] or named["d2"]), named["y1"] or named["y2"]
+    if len(year) == 2:
+        return DateResult(problem=f"{value!r} has a two-digit year; write the year with four digits, or YYYY-MM-DD")
+    iso = _valid(int(year), month, day)
+    if iso is None:
+        return DateResult(problem=f"{value!r} is not a date: there is no day {day} in month {month} of {year}")
+    return DateResult(iso=iso, rewritten=True)
+
+
 @lru_cache(maxsize=4096)  # a file's dates repeat: each distinct text is read once
 def parse_date(text: str, order: DateOrder = "") -> DateResult:
     """Read a cell of a date field: YYYY-MM-DD when it names one day, else why not (impossible, ambiguous...).
@@ -80,13 +124,20 @@ def parse_date(text: str, order: DateOrder = "") -> DateResult:
     refused rather than guessed: the file probably uses the other order throughout.
     """
     value = text.strip()
-    found = _DATE.fullmatch(value)
+    found = _DATE.fullmatch(value) or _NAMED.fullmatch(value)
     if found is None:
         return DateResult(problem=f"{value!r} is not a date; write it as YYYY-MM-DD (e.g. 2026-12-31)")
     if found["time"]:
         wrong_time = _time_problem(found["time"])
         if wrong_time:
             return DateResult(problem=f"{value!r} is not a date: {wrong_time}")
+    if found.re is _NAMED:
+        return _named_date(value, found)
+    return _numeric_date(value, found, order)
+
+
+def _numeric_date(value: str, found: re.Match[str], order: DateOrder) -> DateResult:
+    """A date of digits only (see parse_date)."""
     if found["y1"] is not None:
         year, month, day = int(found["y1"]), int(found["a1"]), int(found["b1"])
         iso = _valid(year, month, day)

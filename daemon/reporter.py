@@ -192,9 +192,7 @@ def xlsx_table(path: Path, *, sheet: str, width: int) -> Iterator[RowWriter]:
     """A report workbook being written, streamed (constant memory): every cell a string in a Text-formatted
     column, so leading zeros survive and a value typed over one stays text; never a formula."""
     with atomic_path(path) as tmp:
-        workbook = xlsxwriter.Workbook(
-            str(tmp), {"constant_memory": True, "tmpdir": str(path.parent), "strings_to_formulas": False}
-        )
+        workbook = xlsxwriter.Workbook(str(tmp), {"constant_memory": True, "strings_to_formulas": False})
         try:
             worksheet = workbook.add_worksheet(_sheet_name(sheet))
             text = workbook.add_format({"num_format": "@"})

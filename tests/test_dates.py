@@ -51,6 +51,30 @@ def test_year_first_is_always_year_month_day(day: date, sep: str, pad: bool) -> 
         assert parse_date(written(day, "YMD", sep, pad), order).iso == day.isoformat()  # type: ignore[arg-type]
 
 
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
+
+
+@given(dates, st.sampled_from(["{d} {b} {y}", "{d}-{b}-{y}", "{d} {B} {y}", "{b} {d}, {y}", "{B} {d} {y}"]), times)
+def test_a_date_with_its_month_named_in_english_reads_as_that_day_in_any_order(day: date, form: str, time: str) -> None:
+    full = MONTHS[day.month - 1]
+    text = form.format(d=day.day, b=full[:3], B=full, y=f"{day.year:04d}") + time
+    for order in ("", "DMY", "MDY", "YMD"):
+        assert parse_date(text.upper(), order).iso == day.isoformat()  # type: ignore[arg-type]
+
+
 @given(dates)
 def test_an_iso_date_is_kept_as_it_is(day: date) -> None:
     got = parse_date(day.isoformat())
@@ -88,6 +112,8 @@ def test_a_day_past_the_end_of_its_month_is_refused(year: int, month: int, day: 
         ("03/04/2026", "MDY", "2026-03-04"),
         ("04/04/2026", "", "2026-04-04"),
         (" 1.2.2026 ", "DMY", "2026-02-01"),
+        ("31-Dec-2026", "", "2026-12-31"),
+        ("Sept 3, 2026", "", "2026-09-03"),
     ],
 )
 def test_common_forms(text: str, order: str, iso: str) -> None:
@@ -108,6 +134,9 @@ def test_common_forms(text: str, order: str, iso: str) -> None:
         ("next week", "", "'next week' is not a date; write it as YYYY-MM-DD"),
         ("2026-12-31 25:00", "", "is not a time of day"),
         ("2026-12-31 13:00 PM", "", "is not a time of day"),
+        ("31 Foo 2026", "", "'foo' is no month (in English)"),
+        ("31-Dec-26", "", "two-digit year"),
+        ("31 Feb 2026", "", "there is no day 31 in month 2 of 2026"),
     ],
 )
 def test_refused_forms_say_why(text: str, order: str, says: str) -> None:
