@@ -2,6 +2,8 @@
 
 import csv
 import io
+import shutil
+import subprocess
 from datetime import datetime
 from pathlib import Path
 
@@ -140,6 +142,55 @@ def test_a_workbook_gets_rejected_xlsx_of_text_cells_that_uploads_with_its_zeros
     assert emulator.data("serial_number", serial(2)) == {
         "production_date": "2026-04-03",
         "note": "-5 units",  # the escape this daemon added is undone
+        "lot": "0042",
+    }
+    assert emulator.data("serial_number", serial(3)) == {"production_date": "2026-11-03", "lot": "0042"}
+
+
+SOFFICE = shutil.which("soffice")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(SOFFICE is None, reason="LibreOffice (soffice) is not installed; .ci/run installs it")
+def test_a_rejected_xlsx_saved_again_by_an_office_suite_keeps_its_zeros(tmp_path: Path, emulator: Emulator) -> None:
+    project = make_project(tmp_path / "site", emulator.base_url, upload=SERIALS)
+    serial_workbook(project.inbox / ".lot.xlsx.part")
+    (project.inbox / ".lot.xlsx.part").rename(project.inbox / "lot.xlsx")
+    assert project.cli("run", "--once").returncode == 0
+
+    book = openpyxl.load_workbook(project.outbox / "lot.rejected.xlsx")
+    book["Lot 7"]["B2"] = "2026-04-03"
+    book["Lot 7"]["A3"] = serial(3)
+    edited = tmp_path / "edited" / "lot-fixed.xlsx"
+    edited.parent.mkdir()
+    book.save(edited)
+    # Opened and saved by LibreOffice, as a person on Linux would: files office suites write differ from ours.
+    saved = tmp_path / "saved"
+    profile = tmp_path / "lo-profile"
+    subprocess.run(
+        [
+            str(SOFFICE),
+            f"-env:UserInstallation={profile.as_uri()}",
+            "--headless",
+            "--convert-to",
+            "xlsx",
+            "--outdir",
+            str(saved),
+            str(edited),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
+    shutil.copy(saved / "lot-fixed.xlsx", project.inbox / ".lot-fixed.part")
+    (project.inbox / ".lot-fixed.part").rename(project.inbox / "lot-fixed.xlsx")
+    assert project.cli("run", "--once").returncode == 0
+
+    summary = project.summary("lot-fixed")
+    assert summary["rows"]["uploaded"] == 2, summary
+    assert emulator.data("serial_number", serial(2)) == {
+        "production_date": "2026-04-03",
+        "note": "-5 units",
         "lot": "0042",
     }
     assert emulator.data("serial_number", serial(3)) == {"production_date": "2026-11-03", "lot": "0042"}
