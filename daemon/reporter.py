@@ -10,13 +10,14 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import IO, Any
 
 import xlsxwriter
+from xlsxwriter.exceptions import FileCreateError
 
 from daemon.config import ReportsSettings
 from daemon.ledger import FileInfo, Ledger
@@ -191,8 +192,11 @@ def csv_table(path: Path, *, delimiter: str = ",", encoding: str = "utf-8-sig") 
 def xlsx_table(path: Path, *, sheet: str, width: int) -> Iterator[RowWriter]:
     """A report workbook being written, streamed (constant memory): every cell a string in a Text-formatted
     column, so leading zeros survive and a value typed over one stays text; never a formula."""
-    with atomic_path(path) as tmp:
-        workbook = xlsxwriter.Workbook(str(tmp), {"constant_memory": True, "strings_to_formulas": False})
+    # XlsxWriter streams rows into a temporary file of its own, which it leaves behind when storing the workbook
+    # fails (disk full): a folder of ours holds it, removed whatever happens.
+    with atomic_path(path) as tmp, tempfile.TemporaryDirectory(prefix="scm-daemon-xlsx-") as scratch:
+        options = {"constant_memory": True, "strings_to_formulas": False, "tmpdir": scratch}
+        workbook = xlsxwriter.Workbook(str(tmp), options)
         try:
             worksheet = workbook.add_worksheet(_sheet_name(sheet))
             text = workbook.add_format({"num_format": "@"})
@@ -207,8 +211,16 @@ def xlsx_table(path: Path, *, sheet: str, width: int) -> Iterator[RowWriter]:
                 row += 1
 
             yield write
-        finally:
+        except BaseException:
+            with suppress(Exception):  # only to release its temporary files; the first error is the one to tell
+                workbook.close()
+            raise
+        try:
             workbook.close()
+        except FileCreateError as exc:
+            # XlsxWriter wraps the file system's error (disk full, folder gone): the caller retries OSErrors.
+            cause = exc.args[0] if exc.args and isinstance(exc.args[0], OSError) else OSError(str(exc))
+            raise cause from exc
 
 
 def _sheet_name(name: str) -> str:

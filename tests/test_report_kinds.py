@@ -1,7 +1,10 @@
 """Report files in the input's kind: delimiter and encoding of CSV inputs, text-only workbooks, report names."""
 
 import csv
+import gc
 import io
+import shutil
+import tempfile
 from pathlib import Path
 
 import openpyxl
@@ -11,7 +14,7 @@ import xlsxwriter
 from daemon import intake
 from daemon.config import ReportsSettings, Settings
 from daemon.ledger import Ledger
-from daemon.reporter import choose_base, rejected_encoding, write_reports, write_table
+from daemon.reporter import choose_base, rejected_encoding, write_reports, write_table, xlsx_table
 
 
 def reported(tmp_path: Path, name: str, data: bytes, reports: ReportsSettings | None = None) -> Path:
@@ -99,3 +102,27 @@ def test_report_names_of_every_kind_are_never_overwritten(tmp_path: Path) -> Non
     assert choose_base(tmp_path, "lot") == "lot-2"
     (tmp_path / "lot-2.report.xlsx").write_text("")
     assert choose_base(tmp_path, "lot") == "lot-3"
+
+
+# After a failed store XlsxWriter leaves its row file open for the garbage collector (ours is only its folder):
+# harmless in the service (the folder is gone, the handle is closed at the next collection), a warning here.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_workbook_that_cannot_be_stored_raises_the_file_system_error_for_the_delivery_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    target = folder / "lot.rejected.xlsx"
+
+    def write_while_the_share_goes_away() -> None:
+        with xlsx_table(target, sheet="x", width=1) as write:
+            write(["a"])
+            shutil.rmtree(folder)
+
+    with pytest.raises(FileNotFoundError):
+        write_while_the_share_goes_away()
+    assert list(scratch.iterdir()) == []  # XlsxWriter's row file went with our folder
+    gc.collect()  # its handle is closed now, inside this test, rather than warning in whichever test runs next
