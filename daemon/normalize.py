@@ -306,7 +306,7 @@ def fix_dates(
     cell that is no date (with its column index and why)."""
     for i, key in columns:
         value = cells[i]
-        if not value or value[0] == "#":
+        if not value or type(value) is CellError:
             continue  # empty, or an error cell (cell_problem names those)
         found = parse_date(value, dates.order)
         if found.problem:

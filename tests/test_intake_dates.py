@@ -135,3 +135,13 @@ def test_date_and_report_settings_load_from_the_file_and_the_environment(tmp_pat
     config.write_text('[intake]\ndate_order = "DD.MM.YYYY"\n')
     with pytest.raises(ConfigError, match="date_order"):
         load_settings(config, env={})
+
+
+def test_a_date_field_holding_an_error_cell_or_text_starting_with_a_hash_is_rejected_for_what_it_is(
+    tmp_path: Path,
+) -> None:
+    text = "extended_id,production_date\r\nCODE00000001,#N/A\r\nCODE00000002,#12\r\n"
+    ledger, file_id = take(tmp_path, "lot.csv", text, Settings())
+    got = rows_of(ledger, file_id)
+    assert "is an error cell (#N/A)" in got[2][0]
+    assert "'#12' is not a date" in got[3][0]
