@@ -255,7 +255,7 @@ class FileFlow:
     def _report_and_move(self, f: FileInfo, now: float) -> bool:
         """Deliver one file; on a file-system error it stays `reporting` and is tried again with backoff."""
         try:
-            names, target = deliver(self.ledger, f, self.settings.paths)
+            names, target = deliver(self.ledger, f, self.settings.paths, self.settings.reports)
         except OSError as exc:
             backoff = self.delivery.setdefault(f.id, Backoff(*DELIVERY_RETRY))
             error = f"reports of {f.name} not delivered: {exc.strerror or exc} ({exc.filename or ''})"

@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 
 import structlog
 
-from daemon.config import PathsSettings, Settings
+from daemon.config import PathsSettings, ReportsSettings, Settings
 from daemon.ledger import FileInfo, Ledger
 from daemon.mounts import MOUNTINFO, filesystem_of
 from daemon.names import free_path
@@ -115,7 +115,9 @@ def ledger_lock(ledger: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def deliver(ledger: Ledger, f: FileInfo, paths: PathsSettings) -> tuple[ReportNames, Path]:
+def deliver(
+    ledger: Ledger, f: FileInfo, paths: PathsSettings, reports: ReportsSettings | None = None
+) -> tuple[ReportNames, Path]:
     """Write a finished file's reports and move the input to archive/ (or failed/); safe to repeat after a crash.
 
     The report stem and the destination are fixed in the ledger before anything is written, so a second pass
@@ -148,7 +150,7 @@ def deliver(ledger: Ledger, f: FileInfo, paths: PathsSettings) -> tuple[ReportNa
         ledger.set_file(f.id, destination=str(free_path(folder.joinpath(*subfolder), relative.name, destinations)))
     f = ledger.file(f.id)
     assert f.destination is not None
-    names = write_reports(ledger, f, paths.outbox, ledger.now())
+    names = write_reports(ledger, f, paths.outbox, ledger.now(), reports)
     source, target = Path(f.path), Path(f.destination)
     if source.exists() and not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -437,7 +437,12 @@ def test_a_name_too_long_for_its_report_suffixes_gets_shortened_reports(tmp_path
     assert summary["status"] == "completed_with_errors"
     assert summary["rows"]["uploaded"] == 10
     assert summary["rows"]["rejected"] == 1
-    assert summary["reports"] == {"report_csv": f"{stem}.report.csv", "rejected_csv": f"{stem}.rejected.csv"}
+    assert summary["reports"] == {
+        "report_csv": f"{stem}.report.csv",
+        "report_xlsx": None,
+        "rejected_csv": f"{stem}.rejected.csv",
+        "rejected_xlsx": None,
+    }
     archived = list(project.archive.iterdir())
     assert len(archived) == 1
     assert archived[0].read_bytes() == text.encode()

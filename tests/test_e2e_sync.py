@@ -74,7 +74,12 @@ def test_a_dropped_csv_is_uploaded_and_reported_row_by_row(project: Project, emu
     assert summary["batches"] == 10  # 994 rows to send, 100 a call
     assert summary["api_calls"] == 10
     assert emulator.stats().sync_calls == 10
-    assert summary["reports"] == {"report_csv": "orders.report.csv", "rejected_csv": "orders.rejected.csv"}
+    assert summary["reports"] == {
+        "report_csv": "orders.report.csv",
+        "report_xlsx": None,
+        "rejected_csv": "orders.rejected.csv",
+        "rejected_xlsx": None,
+    }
 
     report = project.report("orders")
     assert [int(r["row"]) for r in report] == list(rows)

@@ -19,6 +19,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from daemon.dates import DEFAULT_DATE_FIELDS, DateOrder, DateSettings
 from daemon.readers.limits import ReadLimits
 
 SYSTEM_CONFIG = Path("/etc/scm-daemon/config.toml")
@@ -105,11 +106,16 @@ class UploadSettings(BaseModel):
     fields: list[str] = Field(default_factory=list)
     fields_template: str = ""  # path to the campaign's template.csv; absolute after loading, "" = none
     strict_fields: bool = False
+    date_fields: list[str] = Field(default_factory=lambda: list(DEFAULT_DATE_FIELDS))  # field keys or *-patterns
 
-    @field_validator("fields")
+    @field_validator("fields", "date_fields")
     @classmethod
     def _clean_fields(cls, value: list[str]) -> list[str]:
         return list(dict.fromkeys(_nonblank(v, "entries must not be empty") for v in value))
+
+    def dates(self, order: DateOrder) -> DateSettings:
+        """The date rules row normalization applies, with the intake's date order."""
+        return DateSettings(tuple(self.date_fields), order)
 
 
 class IntakeSettings(BaseModel):
@@ -117,6 +123,7 @@ class IntakeSettings(BaseModel):
 
     model_config = _SECTION
     sheet: str = ""
+    date_order: DateOrder = ""  # how a year-last date whose day and month are both <= 12 is read; "" = refused
     # Limits on what a file may declare (issue 11): generous, so only a broken or hostile file meets them.
     max_rows: int = Field(default=1_048_576, ge=1)
     max_columns: int = Field(default=1024, ge=1)
@@ -126,6 +133,14 @@ class IntakeSettings(BaseModel):
     def limits(self) -> ReadLimits:
         """The limits as the readers take them."""
         return ReadLimits(self.max_rows, self.max_columns, self.max_cell_chars, self.max_file_mb)
+
+
+class ReportsSettings(BaseModel):
+    """[reports]: how report files are written for the people who open them."""
+
+    model_config = _SECTION
+    delimiter: Literal[",", ";", "\t", "|"] = ","  # report.csv of Excel inputs (a CSV input's report uses its own)
+    xlsx: bool = False  # also write report.xlsx
 
 
 class PathsSettings(BaseModel):
@@ -231,6 +246,7 @@ class Settings(BaseSettings):
     upload: UploadSettings = UploadSettings()
     intake: IntakeSettings = IntakeSettings()
     columns: dict[str, str] = Field(default_factory=dict)  # a file's heading -> the field key it means
+    reports: ReportsSettings = ReportsSettings()
     paths: PathsSettings = PathsSettings()
     watch: WatchSettings = WatchSettings()
     poll: PollSettings = PollSettings()
@@ -260,6 +276,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "api": ApiSettings,
     "upload": UploadSettings,
     "intake": IntakeSettings,
+    "reports": ReportsSettings,
     "paths": PathsSettings,
     "watch": WatchSettings,
     "poll": PollSettings,
