@@ -19,11 +19,13 @@ from daemon.config import ConfigError, Settings
 from daemon.flow import FileFlow
 from daemon.folders import refuse_network_ledger, remove_leftover_temps
 from daemon.ledger import Clock, Ledger, utcnow
+from daemon.metrics import Metrics, Telemetry
 from daemon.mounts import MOUNTINFO
 from daemon.notify import Notifier
 from daemon.pacing import Pace
 from daemon.progress import ProgressTracker
 from daemon.reload import adopt, changes
+from daemon.retention import RetentionSweeper
 from daemon.retry import Backoff
 from daemon.states import FileState
 from daemon.uploader import Uploader, policy_from
@@ -111,6 +113,7 @@ class Service:
         notifier: Notifier | None = None,
         reload_settings: Callable[[], Settings] | None = None,
         wake: threading.Event | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -135,6 +138,17 @@ class Service:
             settings, ledger=ledger, scanner=scanner, wake=self.wake, stopping=self.stop_event, monotonic=monotonic
         )
         self._parts: dict[str, Backoff] = {}  # parts of the loop that failed, and when they run again
+        self.telemetry = Telemetry(  # /metrics and /healthz, when [metrics] listen is set
+            settings.metrics,
+            ledger=ledger,
+            uploader=uploader,
+            metrics=metrics or Metrics(),
+            clock=clock,
+            monotonic=monotonic,
+        )
+        self.retention = RetentionSweeper(  # [retention]: once a day, in a thread of its own
+            settings.paths, settings.retention, ledger=ledger, clock=clock, monotonic=monotonic
+        )
 
     @classmethod
     def from_settings(
@@ -153,6 +167,7 @@ class Service:
         refuse_network_ledger(settings.paths.ledger, mountinfo)
         ledger = Ledger(settings.paths.ledger)
         api, retry = settings.api, settings.retry
+        metrics = Metrics()
         client = ScantrustClient(
             api.base_url,
             SecretStr(api.require_token()),
@@ -160,6 +175,7 @@ class Service:
             read_timeout=api.read_timeout,
             request_deadline=api.request_deadline,
             pool_size=api.max_in_flight,
+            observe=metrics.request,
         )
         service: Service
 
@@ -180,6 +196,7 @@ class Service:
             token_source=token_source,
             token_renewable=token_renewable,
             monotonic=monotonic,
+            observe=metrics.decided,
         )
         watch = settings.watch
         scanner = InboxScanner(
@@ -200,6 +217,7 @@ class Service:
             reload_settings=reload_settings,
             wake=wake,
             monotonic=monotonic,
+            metrics=metrics,
         )
         return service
 
@@ -311,6 +329,8 @@ class Service:
                 raise TokenRefusedError(pause.reason)  # the service waits instead; --once cannot
             raise ConfigurationPausedError(pause.reason)
         self.notifier.alive()  # only a loop that turns pings the watchdog
+        self.telemetry.turned()  # and only one that turns keeps /healthz at 200
+        self.retention.tick()  # at most once a day, in its own thread
         self._report_status()
         if once and not result.busy and self.idle():
             return False
@@ -353,6 +373,7 @@ class Service:
 
     def run(self, *, once: bool = False) -> None:
         """Step until stopped (or, with once, until the inbox and the ledger hold no unfinished work)."""
+        self.telemetry.open()
         self.start()
         try:
             self.events.check()  # starts the observer
@@ -362,6 +383,7 @@ class Service:
             self.shutdown()
         finally:
             self.events.stop()
+            self.telemetry.close()
             self.uploader.close()
             self.ledger.close()
 

@@ -140,6 +140,7 @@ class Uploader:
         token_renewable: bool = True,
         monotonic: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
+        observe: Callable[[RequestKind, Decision], None] | None = None,  # /metrics counts retries from it
     ) -> None:
         self.ledger = ledger
         self.client = client
@@ -161,6 +162,7 @@ class Uploader:
         self._unrecorded_backoff = Backoff(*UNRECORDED_RETRY)
         self._unknown_states: set[str] = set()
         self.gave_up_rows = 0  # rows failed because the API kept failing beyond the retry budget
+        self.observe = observe
 
     @property
     def token_refused(self) -> str | None:
@@ -383,7 +385,10 @@ class Uploader:
             task_id=batch.task_id if batch is not None else None,
             task_age=work.task_age,
         )
-        self.apply(work, decide(attempt, outcome, self.policy, self.rand()), now)
+        decision = decide(attempt, outcome, self.policy, self.rand())
+        if self.observe is not None:
+            self.observe(work.kind, decision)
+        self.apply(work, decision, now)
 
     def apply(self, work: Work, decision: Decision, now: float) -> None:
         """The one place where a decision changes the ledger, the breaker, the pace and the pause."""
