@@ -145,7 +145,7 @@ class ServiceCollector:
         yield rows
         yield GaugeMetricFamily(
             "scm_daemon_rows_queued",
-            "Rows recorded but not final yet: waiting to be planned, sent or confirmed",
+            "Rows in batches not final yet: waiting to be sent, retried, or confirmed by their task",
             value=figures.rows_queued,
         )
         age = 0.0

@@ -12,7 +12,7 @@ class LedgerFigures:
 
     files: dict[str, int]  # by status: the outcome of done files, else the state (received, active, reporting)
     rows: dict[str, int]  # final statuses of the rows of done files (from their stored counts)
-    rows_queued: int  # rows without a final status yet (waiting to be planned, sent or confirmed)
+    rows_queued: int  # rows in batches not final yet: waiting to be sent, retried, or confirmed by their task
     oldest_waiting_since: str | None  # ISO time: the oldest open batch's creation, or a file still being read
 
 
@@ -20,8 +20,8 @@ class FigureStore(LedgerBase):
     """Counts for /metrics, and the records retention looks at."""
 
     def figures(self) -> LedgerFigures:
-        """The ledger's figures: every query reads the files table, the batches' state index or the partial index
-        of open rows, so a scrape costs the files and the work still open, not the millions of rows uploaded."""
+        """The ledger's figures: every query reads the files table or the open batches (through their state index),
+        so a scrape costs the files and the work still open, never the millions of rows already final."""
         with self.connect() as conn:
             files = {
                 str(k): int(n)
@@ -38,12 +38,12 @@ class FigureStore(LedgerBase):
                     "WHERE files.state='done' AND files.counts IS NOT NULL GROUP BY j.key"
                 )
             }
-            queued = conn.exec_driver_sql(
-                "SELECT count(*) FROM rows INDEXED BY rows_open WHERE status IN ('pending', 'queued')"
-            ).scalar_one()
-            oldest_batch = conn.exec_driver_sql(
-                "SELECT min(created_at) FROM batches WHERE state IN ('queued', 'sending', 'submitted')"
-            ).scalar_one()
+            # From the batches, not the rows: counting open rows, even through the partial index, looks up every
+            # open row (0.4 s per 500,000), while an open batch holds up to 1000 of them.
+            queued, oldest_batch = conn.exec_driver_sql(
+                "SELECT coalesce(sum(size), 0), min(created_at) FROM batches INDEXED BY batches_due "
+                "WHERE state IN ('queued', 'sending', 'submitted')"
+            ).one()
             oldest_read = conn.exec_driver_sql(
                 "SELECT min(received_at) FROM files WHERE state=?", (str(FileState.RECEIVED),)
             ).scalar_one()
