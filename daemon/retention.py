@@ -180,10 +180,13 @@ def _lstat(removal: Removal) -> tuple[int, os.stat_result] | None:
     return fd, st
 
 
-def remove(removals: list[Removal]) -> tuple[int, int]:
-    """Remove each file, looked at again first; returns (removed, bytes). A failure is logged and skipped."""
+def remove(removals: list[Removal], stop: threading.Event | None = None) -> tuple[int, int]:
+    """Remove each file, looked at again first, until `stop` is set; returns (removed, bytes). A failure is logged
+    and skipped."""
     removed = freed = 0
     for r in removals:
+        if stop is not None and stop.is_set():
+            break
         found = _lstat(r)
         if found is None:
             continue
@@ -215,9 +218,15 @@ def _open_folder(root: Path, below: tuple[str, ...]) -> int:
     return fd
 
 
-def sweep(ledger: Ledger, paths: PathsSettings, settings: RetentionSettings, now: datetime) -> tuple[int, int]:
-    """Plan and remove; returns (files removed, bytes freed)."""
-    removed, freed = remove(plan(ledger, paths, settings, now))
+def sweep(
+    ledger: Ledger,
+    paths: PathsSettings,
+    settings: RetentionSettings,
+    now: datetime,
+    stop: threading.Event | None = None,
+) -> tuple[int, int]:
+    """Plan and remove (until `stop` is set); returns (files removed, bytes freed)."""
+    removed, freed = remove(plan(ledger, paths, settings, now), stop)
     log.info("retention_swept", removed=removed, bytes_freed=freed)
     return removed, freed
 
@@ -275,10 +284,11 @@ class RetentionSweeper:
         self.every = every
         self._next = 0.0
         self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
 
     def tick(self) -> bool:
         """Start a sweep when one is due and none is running; True when one was started."""
-        if not self.settings.enabled or self.monotonic() < self._next:
+        if not self.settings.enabled or self._stop.is_set() or self.monotonic() < self._next:
             return False
         if self._thread is not None and self._thread.is_alive():
             return False
@@ -288,13 +298,18 @@ class RetentionSweeper:
         return True
 
     def join(self, timeout: float | None = None) -> None:
-        """Wait for a sweep in progress (tests, shutdown)."""
+        """Wait for a sweep in progress."""
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def close(self) -> None:
+        """The service stops: a sweep in progress ends after the file at hand (the next one starts over)."""
+        self._stop.set()
+        self.join()
+
     def _run(self) -> None:
         try:
-            sweep(self.ledger, self.paths, self.settings, self.clock())
+            sweep(self.ledger, self.paths, self.settings, self.clock(), self._stop)
         except Exception as exc:  # tried again at the next sweep; the loop goes on regardless
             error = f"{type(exc).__name__}: {exc}"
             log.error("retention_failed", error=error, retry_in=self.every)

@@ -384,6 +384,7 @@ class Service:
         finally:
             self.events.stop()
             self.telemetry.close()
+            self.retention.close()  # before the ledger closes under it
             self.uploader.close()
             self.ledger.close()
 

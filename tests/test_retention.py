@@ -5,6 +5,7 @@ and removes nothing; the service sweeps at its start and then once a day."""
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -54,7 +55,7 @@ def service_for(project: Project, clock: Clock) -> Service:
 
 
 def close(service: Service) -> None:
-    service.retention.join()
+    service.retention.close()
     service.events.stop()
     service.uploader.close()
     service.ledger.close()
@@ -250,6 +251,8 @@ def test_a_sweep_that_fails_is_logged_and_the_loop_goes_on(tmp_path: Path, emula
             service.retention.join()
             service.turn()  # the loop goes on
         assert not service.retention.tick()  # tried again at the next sweep, a day later
+        service.retention.close()
+        assert not service.retention.tick()  # a stopping service starts no sweep
     finally:
         close(service)
     (failed,) = [e for e in logs if e["event"] == "retention_failed"]
@@ -286,3 +289,14 @@ def test_settings_refuse_zero_and_negative_days() -> None:
     for bad in (0, -1):
         with pytest.raises(ValueError, match="greater than 0"):
             RetentionSettings(archive_days=bad)
+
+
+def test_a_stopped_sweep_removes_no_more(finished: tuple[Project, Service]) -> None:
+    _, service = finished
+    removals = retention.plan(
+        service.ledger, service.settings.paths, RetentionSettings(archive_days=30), utcnow() + timedelta(days=31)
+    )
+    stop = threading.Event()
+    stop.set()
+    assert retention.remove(removals, stop) == (0, 0)
+    assert all(r.path.exists() for r in removals)
