@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
-from support import TOKEN, Project, csv_text, make_project
+from support import TOKEN, Project, csv_text, make_project, stop
 
 from daemon.config import load_settings
 from daemon.config.models import listen_address
@@ -22,7 +22,7 @@ from daemon.decide import Health, PollAgain, RequestKind, Requeue
 from daemon.metrics import BIND_RETRY, HEALTHY_WITHIN, Metrics
 from daemon.sandbox import Emulator
 from daemon.service import Service
-from daemon.uploader import TOKEN_RECHECK_SECONDS
+from daemon.uploader import TOKEN_RECHECK_SECONDS, Pause
 
 HEADER = ["extended_id", "intended_market"]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -278,3 +278,74 @@ def test_listen_addresses_read_back(host: object, port: int) -> None:
 def test_listen_addresses_that_are_not_host_port_are_refused(bad: str) -> None:
     with pytest.raises(ValueError, match=r"9464|port"):
         listen_address(bad)
+
+
+def test_an_api_outage_shows_as_paused_with_the_breaker_open_and_clears_after(
+    tmp_path: Path, emulator: Emulator, clock: Clock, services: list[Service]
+) -> None:
+    project = make_project(
+        tmp_path / "site",
+        emulator.base_url,
+        metrics={"listen": "127.0.0.1:0"},
+        watch={"settle_seconds": 0},
+        retry={"breaker_failures": 2, "max_attempts": 50, "breaker_cooldown_seconds": 30},
+    )
+    emulator.configure(fail_rate=1.0)  # every request answered 5xx
+    project.drop("down.csv", csv_text(HEADER, [(f"DOWN{i:08d}", f"M{i}") for i in range(150)]))
+    service = started(project, clock)
+    services.append(service)
+    turn_until(service, lambda: service.uploader.breaker.is_open and not service.uploader.inflight)
+
+    samples = scrape(service)
+    assert by_label(samples, "scm_daemon_uploads_paused", "reason") == {"api_down": 1}
+    assert by_label(samples, "scm_daemon_breaker_state", "state") == {"open": 1}
+    failed = sum(
+        v for (n, k), v in samples.items() if n == "scm_daemon_api_requests_total" and dict(k)["status"].startswith("5")
+    )
+    assert failed == emulator.stats().injected_failures >= 2
+    assert value(samples, "scm_daemon_retries_total", kind="sync_upload") == failed
+    assert value(samples, "scm_daemon_last_upload_success_timestamp_seconds") == 0
+    assert value(samples, "scm_daemon_rows_queued") == 150
+
+    emulator.configure(fail_rate=0.0)
+    clock.offset += 31  # the cool-down is over: the half-open trial goes out
+    assert by_label(scrape(service), "scm_daemon_breaker_state", "state") == {"half_open": 1}
+    turn_until(service, lambda: (project.outbox / "down.summary.json").exists() and service.idle())
+    samples = scrape(service)
+    assert by_label(samples, "scm_daemon_uploads_paused", "reason") == {}
+    assert by_label(samples, "scm_daemon_breaker_state", "state") == {"closed": 1}
+    assert value(samples, "scm_daemon_rows", status="uploaded") == 150
+
+
+def test_a_configuration_pause_has_its_own_reason(
+    tmp_path: Path, emulator: Emulator, clock: Clock, services: list[Service]
+) -> None:
+    project = project_for(tmp_path, emulator)
+    service = started(project, clock)
+    services.append(service)
+    service.uploader.pause = Pause("configuration", "POST /api/v2/scm/upload/ answered 404")
+    assert by_label(scrape(service), "scm_daemon_uploads_paused", "reason") == {"configuration": 1}
+
+
+@pytest.mark.slow
+def test_the_real_service_serves_metrics_until_it_stops(tmp_path: Path, emulator: Emulator) -> None:
+    with socket.socket() as probe:  # a free port for the service (released before it starts)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    project = project_for(tmp_path, emulator, listen=f"127.0.0.1:{port}")
+    with project.running() as process:
+        project.drop("live.csv", csv_text(HEADER, [(f"LIVE{i:08d}", "x") for i in range(30)]))
+        project.wait_for(project.outbox / "live.summary.json")
+        deadline = time.monotonic() + 60
+        while True:  # the file is reported a moment before the ledger says done
+            text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+            if 'scm_daemon_rows{status="uploaded"} 30.0' in text or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert 'scm_daemon_rows{status="uploaded"} 30.0' in text
+        assert 'scm_daemon_files{status="completed"} 1.0' in text
+        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10).json()["status"] == "ok"
+        assert stop(process) == 0
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
+    assert '"event": "metrics_listening"' in (project.root / "service.log").read_text()
