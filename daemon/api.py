@@ -122,7 +122,6 @@ class ScantrustClient:
         adapter: requests.adapters.BaseAdapter | None = None,
         request_deadline: float | None = None,
         max_answer_bytes: int = MAX_ANSWER_BYTES,
-        observe: RequestObserver | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -145,7 +144,7 @@ class ScantrustClient:
         self._sessions: list[requests.Session] = []
         self._closed = False
         self._task_paths = (TASK_PATH, TASK_PATH_BARE)  # the form that last answered goes first
-        self._observe = observe
+        self.observe: RequestObserver | None = None  # told of every request made (/metrics)
 
     def __repr__(self) -> str:
         return f"ScantrustClient(base_url={self.base_url!r}, token=SecretStr('**********'))"
@@ -263,8 +262,8 @@ class ScantrustClient:
             outcome = "timeout"
             raise
         finally:
-            if self._observe is not None:
-                self._observe(kind, outcome, time.monotonic() - started)
+            if self.observe is not None:
+                self.observe(kind, outcome, time.monotonic() - started)
 
 
 def _same_origin(url: str, base_url: str) -> bool:

@@ -287,11 +287,14 @@ class Telemetry:
         *,
         ledger: Ledger,
         uploader: Uploader,
-        metrics: Metrics,
         clock: Clock,
         monotonic: Callable[[], float],
+        metrics: Metrics | None = None,
     ) -> None:
-        self.metrics = metrics
+        self.metrics = metrics = metrics or Metrics()
+        # The two places where requests and decisions are seen report here (whether or not anything listens).
+        uploader.observe = metrics.decided
+        uploader.client.observe = metrics.request
         self.monotonic = monotonic
         self.health = Health(monotonic)
         address = settings.address()

@@ -111,8 +111,8 @@ def old_reports(outbox: Path, before: datetime, known: dict[str, set[str]]) -> l
         return []
     found: list[Removal] = []
     try:
-        entries = sorted(os.listdir(fd))
-        for name in entries:
+        entries = set(os.listdir(fd))
+        for name in sorted(entries):
             if not name.endswith(SUMMARY_SUFFIX) or name.startswith("."):
                 continue
             summary = _read_summary(fd, name, before.timestamp())
@@ -268,8 +268,7 @@ class RetentionSweeper:
 
     def __init__(
         self,
-        paths: PathsSettings,
-        settings: RetentionSettings,
+        settings: Settings,
         *,
         ledger: Ledger,
         clock: Clock,
@@ -277,8 +276,8 @@ class RetentionSweeper:
         every: float = SWEEP_EVERY,
     ) -> None:
         self.ledger = ledger
-        self.paths = paths
-        self.settings = settings
+        self.paths = settings.paths
+        self.settings = settings.retention
         self.clock = clock
         self.monotonic = monotonic
         self.every = every

@@ -19,7 +19,7 @@ from daemon.config import ConfigError, Settings
 from daemon.flow import FileFlow
 from daemon.folders import refuse_network_ledger, remove_leftover_temps
 from daemon.ledger import Clock, Ledger, utcnow
-from daemon.metrics import Metrics, Telemetry
+from daemon.metrics import Telemetry
 from daemon.mounts import MOUNTINFO
 from daemon.notify import Notifier
 from daemon.pacing import Pace
@@ -113,7 +113,6 @@ class Service:
         notifier: Notifier | None = None,
         reload_settings: Callable[[], Settings] | None = None,
         wake: threading.Event | None = None,
-        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -138,17 +137,10 @@ class Service:
             settings, ledger=ledger, scanner=scanner, wake=self.wake, stopping=self.stop_event, monotonic=monotonic
         )
         self._parts: dict[str, Backoff] = {}  # parts of the loop that failed, and when they run again
-        self.telemetry = Telemetry(  # /metrics and /healthz, when [metrics] listen is set
-            settings.metrics,
-            ledger=ledger,
-            uploader=uploader,
-            metrics=metrics or Metrics(),
-            clock=clock,
-            monotonic=monotonic,
-        )
-        self.retention = RetentionSweeper(  # [retention]: once a day, in a thread of its own
-            settings.paths, settings.retention, ledger=ledger, clock=clock, monotonic=monotonic
-        )
+        # /metrics and /healthz when [metrics] listen is set (it counts the uploader's requests and decisions);
+        # [retention] once a day, in a thread of its own.
+        self.telemetry = Telemetry(settings.metrics, ledger=ledger, uploader=uploader, clock=clock, monotonic=monotonic)
+        self.retention = RetentionSweeper(settings, ledger=ledger, clock=clock, monotonic=monotonic)
 
     @classmethod
     def from_settings(
@@ -167,7 +159,6 @@ class Service:
         refuse_network_ledger(settings.paths.ledger, mountinfo)
         ledger = Ledger(settings.paths.ledger)
         api, retry = settings.api, settings.retry
-        metrics = Metrics()
         client = ScantrustClient(
             api.base_url,
             SecretStr(api.require_token()),
@@ -175,7 +166,6 @@ class Service:
             read_timeout=api.read_timeout,
             request_deadline=api.request_deadline,
             pool_size=api.max_in_flight,
-            observe=metrics.request,
         )
         service: Service
 
@@ -196,7 +186,6 @@ class Service:
             token_source=token_source,
             token_renewable=token_renewable,
             monotonic=monotonic,
-            observe=metrics.decided,
         )
         watch = settings.watch
         scanner = InboxScanner(
@@ -217,7 +206,6 @@ class Service:
             reload_settings=reload_settings,
             wake=wake,
             monotonic=monotonic,
-            metrics=metrics,
         )
         return service
 

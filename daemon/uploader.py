@@ -140,7 +140,6 @@ class Uploader:
         token_renewable: bool = True,
         monotonic: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
-        observe: Callable[[RequestKind, Decision], None] | None = None,  # /metrics counts retries from it
     ) -> None:
         self.ledger = ledger
         self.client = client
@@ -162,7 +161,7 @@ class Uploader:
         self._unrecorded_backoff = Backoff(*UNRECORDED_RETRY)
         self._unknown_states: set[str] = set()
         self.gave_up_rows = 0  # rows failed because the API kept failing beyond the retry budget
-        self.observe = observe
+        self.observe: Callable[[RequestKind, Decision], None] | None = None  # told of every decision (/metrics)
 
     @property
     def token_refused(self) -> str | None:
