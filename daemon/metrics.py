@@ -24,13 +24,14 @@ from daemon.config import MetricsSettings
 from daemon.decide import Decision, PollAgain, RequestKind, Requeue
 from daemon.ledger import Clock, Ledger
 from daemon.logs import redact
+from daemon.retry import Backoff
 from daemon.states import FileState, Outcome, RowStatus
 from daemon.uploader import Uploader
 
 log = structlog.get_logger(__name__)
 
 HEALTHY_WITHIN = 30.0  # /healthz answers 200 while the loop turned within this many seconds
-BIND_RETRY = 60.0  # seconds between attempts to listen when the address was taken
+BIND_RETRY = (60.0, 3600.0)  # first and longest wait before listening is tried again after the address was taken
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)  # sync calls may take ~60 s
 UPLOAD_KINDS = frozenset({RequestKind.SYNC_UPLOAD, RequestKind.ASYNC_SUBMIT})
 FILE_STATUSES = (
@@ -244,31 +245,20 @@ class MetricsServer:
         """The port listened on (the chosen one when configured as 0), or None when not listening."""
         return None if self._server is None else int(self._server.server_address[1])
 
-    def start(self) -> bool:
-        """Listen; False (logged) when the address cannot be had."""
+    def start(self) -> None:
+        """Listen; OSError when the address cannot be had (taken, not on this host, a port below 1024)."""
         host, port = self.address
 
         class Server(_Server):
             address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
-        try:
-            server = Server((host, port), _handler(self.registry, self.health))
-        except OSError as exc:
-            log.error(
-                "metrics_unavailable",
-                listen=f"{host}:{port}",
-                error=exc.strerror or str(exc),
-                action=f"uploads go on without /metrics; listening is tried again every {BIND_RETRY:g} s. Free the "
-                "port or set metrics.listen to another address and restart",
-            )
-            return False
+        server = Server((host, port), _handler(self.registry, self.health))
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
         self._thread.start()
         log.info(
             "metrics_listening", url=f"http://{host}:{self.port}/metrics", health=f"http://{host}:{self.port}/healthz"
         )
-        return True
 
     def stop(self) -> None:
         """Stop listening."""
@@ -303,7 +293,7 @@ class Telemetry:
             metrics.registry.register(ServiceCollector(ledger, uploader, self.health, clock))
             self.server = MetricsServer(address, metrics.registry, self.health)
         self._listening = False
-        self._next_bind = 0.0
+        self._bind_backoff = Backoff(*BIND_RETRY)
 
     def open(self) -> None:
         """Start listening, if configured."""
@@ -312,15 +302,31 @@ class Telemetry:
     def turned(self) -> None:
         """The loop turned: /healthz is fine for another 30 s; listen again if the address was taken."""
         self.health.ticked()
-        if self.server is not None and not self._listening and self.monotonic() >= self._next_bind:
+        if self.server is not None and not self._listening and self.monotonic() >= self._bind_backoff.next_at:
             self._bind()
 
     def _bind(self) -> None:
         if self.server is None or self._listening:
             return
-        self._listening = self.server.start()
-        if not self._listening:
-            self._next_bind = self.monotonic() + BIND_RETRY
+        try:
+            self.server.start()
+        except OSError as exc:
+            host, port = self.server.address
+            error = exc.strerror or str(exc)
+            wait = self._bind_backoff.failed(self.monotonic(), error)
+            # Loud the first time; then a warning per retry, ever rarer (up to an hour apart).
+            (log.error if self._bind_backoff.failures == 1 else log.warning)(
+                "metrics_unavailable",
+                listen=f"{host}:{port}",
+                error=error,
+                retry_in=wait,
+                action="uploads go on without /metrics and /healthz; listening is tried again. Free the port, or "
+                "set metrics.listen to another address and restart",
+            )
+            return
+        self._listening = True
+        if self._bind_backoff.failures:
+            log.info("metrics_recovered", after_failures=self._bind_backoff.failures)
 
     def close(self) -> None:
         """Stop listening."""

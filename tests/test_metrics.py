@@ -232,14 +232,21 @@ def test_a_taken_port_is_logged_the_service_runs_on_and_listens_once_the_port_is
     assert error["log_level"] == "error"
     assert error["listen"] == f"127.0.0.1:{port}"
     assert "tried again" in error["action"]
+    assert error["retry_in"] == BIND_RETRY[0]
     assert service.telemetry.server is not None
     assert service.telemetry.server.port is None
 
-    holder.close()
-    service.turn()
-    assert service.telemetry.server.port is None  # not before the retry is due
-    clock.offset += BIND_RETRY
-    service.turn()
+    with capture_logs() as logs:
+        clock.offset += BIND_RETRY[0]
+        service.turn()  # still taken: said again, as a warning, and the wait doubles
+        holder.close()
+        service.turn()
+        assert service.telemetry.server.port is None  # not before the retry is due
+        clock.offset += 2 * BIND_RETRY[0]
+        service.turn()
+    (again,) = [e for e in logs if e["event"] == "metrics_unavailable"]
+    assert (again["log_level"], again["retry_in"]) == ("warning", 2 * BIND_RETRY[0])
+    assert [e["after_failures"] for e in logs if e["event"] == "metrics_recovered"] == [2]
     assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
     assert value(scrape(service), "scm_daemon_files", status="completed") == 1
 
