@@ -13,7 +13,7 @@ import stat
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -115,11 +115,12 @@ def old_reports(outbox: Path, before: datetime, known: dict[str, set[str]]) -> l
         for name in sorted(entries):
             if not name.endswith(SUMMARY_SUFFIX) or name.startswith("."):
                 continue
-            summary = _read_summary(fd, name, before.timestamp())
+            summary, written = _read_summary(fd, name, before.timestamp())
             if not isinstance(summary, dict) or not ours(summary, known):
                 continue
             base = name[: -len(SUMMARY_SUFFIX)]
-            because = f"report of {summary['source']}, written before {before.isoformat(timespec='seconds')}"
+            when = datetime.fromtimestamp(written, UTC).isoformat(timespec="seconds")
+            because = f"report of {summary['source']}, written {when}"
             found.extend(
                 Removal(outbox, (sibling,), "report", because)
                 for sibling in report_siblings(base, summary)
@@ -130,17 +131,18 @@ def old_reports(outbox: Path, before: datetime, known: dict[str, set[str]]) -> l
     return found
 
 
-def _read_summary(folder_fd: int, name: str, before: float) -> object:
-    """The parsed summary, if it is a regular file (not a link) last written before `before`; else None."""
+def _read_summary(folder_fd: int, name: str, before: float) -> tuple[object, float]:
+    """The parsed summary and when it was written, if it is a regular file (not a link) last written before
+    `before`; else (None, 0)."""
     try:
         st = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
         if not stat.S_ISREG(st.st_mode) or st.st_mtime >= before or st.st_size > MAX_SUMMARY_BYTES:
-            return None
+            return None, 0.0
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=folder_fd)
         with os.fdopen(fd, "rb") as f:
-            return json.loads(f.read(MAX_SUMMARY_BYTES))
+            return json.loads(f.read(MAX_SUMMARY_BYTES)), st.st_mtime
     except (OSError, ValueError):
-        return None
+        return None, 0.0
 
 
 def plan(ledger: Ledger, paths: PathsSettings, settings: RetentionSettings, now: datetime) -> list[Removal]:
