@@ -213,7 +213,7 @@ class MetricsSettings(BaseModel):
 
 
 def listen_address(value: str) -> tuple[str, int]:
-    """ "host:port" (IPv6 in brackets) as (host, port); ValueError saying what is wrong."""
+    """The (host, port) of a `host:port` address (IPv6 in brackets); ValueError saying what is wrong."""
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isascii() or not port.isdigit():
         raise ValueError(f"{value!r} is not host:port, e.g. 127.0.0.1:9464")
