@@ -8,14 +8,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 
 import structlog
 from pydantic import SecretStr
 
-from daemon import __version__
+from daemon import __version__, retention
 from daemon.api import ApiError, ErrorKind, ScantrustClient, classify
 from daemon.config import CREDENTIAL_NAME, ConfigError, Settings, find_config_file, load_settings, sandbox_settings
 from daemon.config.routes import route_overview
@@ -109,11 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
     with_sandbox(retry)
 
     prune = with_config(
-        sub.add_parser("prune", help="drop finished rows past retention, keeping what idempotency needs")
+        sub.add_parser(
+            "prune",
+            help="drop finished rows past retention, keeping what idempotency needs; apply [retention] to files",
+            description="Drop the ledger rows of files finished more than --older-than DAYS ago (file records, "
+            "counts and the last data per code stay), and remove old inputs from archive/ and failed/ and old "
+            "reports from the outbox as [retention] archive_days and outbox_days say. Only files this daemon "
+            "wrote are removed, never through a symbolic link.",
+        )
     )
     prune.add_argument(
-        "--older-than", type=float, required=True, metavar="DAYS", help="drop rows of files finished more than DAYS ago"
+        "--older-than", type=float, metavar="DAYS", help="drop ledger rows of files finished more than DAYS ago"
     )
+    prune.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
     with_sandbox(prune)
 
     sandbox = sub.add_parser(
@@ -385,16 +392,18 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    """Drop old rows; file records and the last data uploaded per code stay."""
-    if args.older_than < 0:
+    """Drop old rows (file records and the last data uploaded per code stay) and old files ([retention])."""
+    if args.older_than is not None and args.older_than < 0:
         raise UsageError("--older-than takes a number of days, 0 or more")
+    settings = _settings(args)
+    if args.older_than is None and not settings.retention.enabled:
+        raise UsageError(
+            "nothing to prune: give --older-than DAYS for the ledger, or set retention.archive_days or "
+            "retention.outbox_days for the files"
+        )
     with _existing_ledger(args) as ledger:
-        cutoff = (ledger.clock() - timedelta(days=args.older_than)).isoformat(timespec="milliseconds")
-        files, rows = ledger.prune(cutoff)
-    print(
-        f"dropped {rows} row(s) of {files} file(s) finished before {cutoff}; their file records, counts and the "
-        "last data uploaded per code stay, so duplicates and repeats are still recognised"
-    )
+        for line in retention.prune(ledger, settings, args.older_than, dry_run=args.dry_run):
+            print(line)
     return EXIT_OK
 
 

@@ -19,11 +19,13 @@ from daemon.config import ConfigError, Settings
 from daemon.flow import FileFlow
 from daemon.folders import refuse_network_ledger, remove_leftover_temps
 from daemon.ledger import Clock, Ledger, utcnow
+from daemon.metrics import Telemetry
 from daemon.mounts import MOUNTINFO
 from daemon.notify import Notifier
 from daemon.pacing import Pace
 from daemon.progress import ProgressTracker
 from daemon.reload import adopt, changes
+from daemon.retention import RetentionSweeper
 from daemon.retry import Backoff
 from daemon.states import FileState
 from daemon.uploader import Uploader, policy_from
@@ -140,6 +142,10 @@ class Service:
             settings, ledger=ledger, scanner=scanner, wake=self.wake, stopping=self.stop_event, monotonic=monotonic
         )
         self._parts: dict[str, Backoff] = {}  # parts of the loop that failed, and when they run again
+        # /metrics and /healthz when [metrics] listen is set (it counts the uploader's requests and decisions);
+        # [retention] once a day, in a thread of its own.
+        self.telemetry = Telemetry(settings.metrics, ledger=ledger, uploader=uploader, clock=clock, monotonic=monotonic)
+        self.retention = RetentionSweeper(settings, ledger=ledger, clock=clock, monotonic=monotonic)
 
     @classmethod
     def from_settings(
@@ -324,6 +330,8 @@ class Service:
                 raise TokenRefusedError(pause.reason)  # the service waits instead; --once cannot
             raise ConfigurationPausedError(pause.reason)
         self.notifier.alive()  # only a loop that turns pings the watchdog
+        self.telemetry.turned()  # and only one that turns keeps /healthz at 200
+        self.retention.tick()  # at most once a day, in its own thread
         self._report_status()
         if once and not result.busy and not self.uploader.starting and self.idle():
             return False
@@ -367,6 +375,7 @@ class Service:
 
     def run(self, *, once: bool = False) -> None:
         """Step until stopped (or, with once, until the inbox and the ledger hold no unfinished work)."""
+        self.telemetry.open()
         self.start()
         try:
             self.events.check()  # starts the observer
@@ -376,6 +385,8 @@ class Service:
             self.shutdown()
         finally:
             self.events.stop()
+            self.telemetry.close()
+            self.retention.close()  # before the ledger closes under it
             self.uploader.close()
             self.ledger.close()
 

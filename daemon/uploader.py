@@ -167,6 +167,7 @@ class Uploader:
         self.start_refused: str | None = None  # the API refused the token at the start-up check: the service ends
         self.start_failures = 0  # start-up checks in a row that could not reach the API
         self._start_backoff = Backoff(*START_RETRY)
+        self.observe: Callable[[RequestKind, Decision], None] | None = None  # told of every decision (/metrics)
 
     @property
     def token_refused(self) -> str | None:
@@ -406,7 +407,10 @@ class Uploader:
             task_id=batch.task_id if batch is not None else None,
             task_age=work.task_age,
         )
-        self.apply(work, decide(attempt, outcome, self.policy, self.rand()), now)
+        decision = decide(attempt, outcome, self.policy, self.rand())
+        if self.observe is not None:
+            self.observe(work.kind, decision)
+        self.apply(work, decision, now)
 
     def apply(self, work: Work, decision: Decision, now: float) -> None:
         """The one place where a decision changes the ledger, the breaker, the pace and the pause."""

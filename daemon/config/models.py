@@ -236,6 +236,52 @@ class RouteSettings(BaseModel):
         return dict(self.model_extra or {})
 
 
+class MetricsSettings(BaseModel):
+    """[metrics]: where /metrics (Prometheus) and /healthz are served; "" = off."""
+
+    model_config = _SECTION
+    listen: str = ""  # "127.0.0.1:9464", "[::1]:9464"; port 0 = any free port (tests)
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            listen_address(value)
+        return value
+
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) to bind, or None when metrics are off."""
+        return listen_address(self.listen) if self.listen else None
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    """The (host, port) of a `host:port` address (IPv6 in brackets); ValueError saying what is wrong."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isascii() or not port.isdigit():
+        raise ValueError(f"{value!r} is not host:port, e.g. 127.0.0.1:9464")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{value!r}: write an IPv6 address in brackets, e.g. [::1]:9464")
+    if not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r}: the port must be 0 to 65535")
+    return host, int(port)
+
+
+class RetentionSettings(BaseModel):
+    """[retention]: how long inputs (archive/, failed/) and reports (outbox) are kept; unset = forever."""
+
+    model_config = _SECTION
+    archive_days: float | None = Field(default=None, gt=0)  # inputs in archive/ and failed/
+    outbox_days: float | None = Field(default=None, gt=0)  # reports this daemon wrote into the outbox
+
+    @property
+    def enabled(self) -> bool:
+        """Whether anything is ever removed."""
+        return self.archive_days is not None or self.outbox_days is not None
+
+
 class Settings(BaseSettings):
     """The whole configuration; build it with load_settings(), not directly."""
 
@@ -252,6 +298,8 @@ class Settings(BaseSettings):
     poll: PollSettings = PollSettings()
     retry: RetrySettings = RetrySettings()
     routes: dict[str, RouteSettings] = Field(default_factory=dict)  # inbox subfolder (posix, relative) -> overrides
+    metrics: MetricsSettings = MetricsSettings()
+    retention: RetentionSettings = RetentionSettings()
     source: Path | None = None  # the config file that was read; None when only defaults and env were used
 
     @field_validator("columns")
@@ -281,4 +329,6 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "watch": WatchSettings,
     "poll": PollSettings,
     "retry": RetrySettings,
+    "metrics": MetricsSettings,
+    "retention": RetentionSettings,
 }
