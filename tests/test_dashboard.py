@@ -2,6 +2,7 @@
 cost of its queries. The page in a real headless Chromium is in test_dashboard_browser.py (slow tier)."""
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -9,14 +10,19 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import structlog
 from hypothesis import given
 from hypothesis import strategies as st
+from support import TOKEN, make_project
 from test_query_plans import captured, plan_of, scans_rows
 
 from daemon.chart import last_days, nice_ceiling, outcome_chart
+from daemon.config import load_settings
 from daemon.dashboard import INDEX_NAME, REFRESH_SECONDS, Dashboard, Page, banner_for, due, gather, render
 from daemon.ledger import UPLOADS_PAUSED, FileLine, Ledger
 from daemon.progress import Progress
+from daemon.sandbox import Emulator
+from daemon.service import Service
 from daemon.states import FileState, Outcome
 from daemon.uploader import Pause
 
@@ -341,3 +347,38 @@ def test_summary_counts_match_what_the_page_shows(ledger: Ledger, tmp_path: Path
     with ledger.engine.connect() as conn:
         stored = json.loads(conn.exec_driver_sql("SELECT counts FROM files WHERE id=?", (file_id,)).scalar_one())
     assert parse(page_of(ledger)).files[str(file_id)]["total"] == str(sum(stored.values()))
+
+
+def test_the_service_loop_survives_a_failed_write_and_writes_the_page_later(tmp_path: Path, emulator: Emulator) -> None:
+    """The real service, stepped by hand on a clock the test moves: the outbox missing is logged, not fatal."""
+    project = make_project(tmp_path / "site", emulator.base_url)
+    (project.root / "state").mkdir()
+    mono = [100.0]
+    umask = os.umask(0o022)  # from_settings sets the service's umask: restored for the other tests afterwards
+    service = Service.from_settings(
+        load_settings(project.config, env={"SCM_API__TOKEN": TOKEN}), once=True, monotonic=lambda: mono[0]
+    )
+    try:
+        service.start()
+        with structlog.testing.capture_logs() as logs:
+            assert service.turn()
+        (failed,) = [e for e in logs if e["event"] == "step_failed"]
+        assert failed["part"] == "dashboard"
+        assert "FileNotFoundError" in failed["error"]
+        assert not project.outbox.exists()
+
+        project.outbox.mkdir()
+        with structlog.testing.capture_logs() as logs:
+            service.turn()  # still backing off: not tried yet
+            assert not (project.outbox / INDEX_NAME).exists()
+            mono[0] += 5.0
+            service.turn()
+        assert [e["part"] for e in logs if e["event"] == "step_recovered"] == ["dashboard"]
+        dom = parse((project.outbox / INDEX_NAME).read_text(encoding="utf-8"))
+        assert "No file is being processed." in dom.all_text
+        service.shutdown()
+        assert "stopped" in parse((project.outbox / INDEX_NAME).read_text(encoding="utf-8")).ids
+    finally:
+        service.uploader.close()
+        service.ledger.close()
+        os.umask(umask)
