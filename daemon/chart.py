@@ -70,7 +70,7 @@ def outcome_chart(days: dict[str, dict[str, int]], now: datetime) -> str:
                 continue
             h = plot_h * n / top
             base -= h
-            bar = f'x="{x:.1f}" y="{base:.1f}" width="{slot * 0.7:.1f}" height="{max(h, 0.5):.1f}"'
+            bar = f'x="{x:.1f}" y="{base:.1f}" width="{slot * 0.7:.1f}" height="{max(h, 1.5):.1f}"'
             out.append(f'<rect {bar} fill="{colour}"/>')
         out.append("</g>")
         if i % 5 == 4 or i == 0:

@@ -25,6 +25,7 @@ from daemon.uploader import Pause
 
 INDEX_NAME = "index.html"
 REFRESH_SECONDS = 30.0  # rewritten this often while files are at work; the page reloads itself as often
+MIN_GAP_SECONDS = 1.0  # changes in quick succession (many small files) are written together, at most this often
 RECENT_FILES = 200
 OPEN_STATES = (FileState.RECEIVED, FileState.ACTIVE, FileState.REPORTING)
 
@@ -132,9 +133,10 @@ def write_index(outbox: Path, text: str) -> None:
         f.write(text)
 
 
-def due(*, pending: bool, now: float, next_at: float) -> bool:
-    """Whether the page must be written now: something changed (or the last write failed), or its time came."""
-    return pending or now >= next_at
+def due(*, pending: bool, now: float, next_at: float, last_at: float) -> bool:
+    """Whether the page must be written now: something changed (or the last write failed) and the last write is
+    MIN_GAP_SECONDS old, or its periodic time came."""
+    return (pending and now - last_at >= MIN_GAP_SECONDS) or now >= next_at
 
 
 class Dashboard:
@@ -147,7 +149,9 @@ class Dashboard:
         self.clock = clock
         self._pending = True  # written on the first tick
         self._next_at = math.inf
-        self._shown: tuple[Pause | None, bool, bool, tuple[tuple[int, bool], ...]] | None = None
+        self._last_at = -math.inf
+        self._shown: tuple[Pause | None, bool, bool] | None = None
+        self._sampled: tuple[tuple[int, bool], ...] = ()
 
     def tick(
         self,
@@ -160,14 +164,16 @@ class Dashboard:
         running: bool = True,
     ) -> int:
         """Write the page if due (`now` on the monotonic clock); returns 1 when it was written."""
-        # A file's first progress sample (and the first since a pause) comes seconds later: shown at once.
-        signals = (pause, api_down, running, tuple((p.file_id, p.paused is not None) for p in progress))
-        self._pending = self._pending or files_changed or signals != self._shown
-        if not due(pending=self._pending, now=now, next_at=self._next_at):
+        signals = (pause, api_down, running)
+        # A file's first progress sample (and the first since a pause) comes seconds after the change: shown soon.
+        sampled = tuple((p.file_id, p.paused is not None) for p in progress)
+        self._pending = self._pending or files_changed or sampled != self._sampled
+        urgent = signals != self._shown  # a pause, its end, a stop: written at once (run --once may end next)
+        if not (urgent or due(pending=self._pending, now=now, next_at=self._next_at, last_at=self._last_at)):
             return 0
         page = gather(self.ledger, self.clock(), pause=pause, api_down=api_down, progress=progress, running=running)
         write_index(self.outbox, render(page))
-        self._pending, self._shown = False, signals
+        self._pending, self._shown, self._sampled, self._last_at = False, signals, sampled, now
         self._next_at = now + REFRESH_SECONDS if page.active and running else math.inf
         return 1
 
@@ -317,9 +323,9 @@ and every {REFRESH_SECONDS:.0f} s while files are at work.</p>
 <section id="chart"><h2>Rows by outcome per day, last {CHART_DAYS} days (UTC)</h2>
 {outcome_chart(page.days, now)}</section>
 <section id="files"><h2>Latest files ({len(page.files)}, newest first)</h2>
-<table><thead><tr><th>Received (UTC)</th><th>File</th><th>Status</th><th class="num">Rows</th>{heads}
-<th>Reason</th><th>Reports</th></tr></thead>
-<tbody>{rows}</tbody></table></section>
+<div class="scroll"><table><thead><tr><th>Received (UTC)</th><th>File</th><th>Status</th>
+<th class="num">Rows</th>{heads}<th>Reason</th><th>Reports</th></tr></thead>
+<tbody>{rows}</tbody></table></div></section>
 </body></html>
 """
 
@@ -338,10 +344,10 @@ ul.active{list-style:none;padding:0;margin:0}ul.active li{margin:0 0 10px}
 .bar span{display:block;height:100%;background:#1565c0;border-radius:2px}
 table{border-collapse:collapse;width:100%;background:#fff}
 th,td{border-bottom:1px solid #ddd;padding:4px 6px;text-align:left;vertical-align:top}
-th{background:#f0f0f0;font-weight:600}
+th{background:#f0f0f0;font-weight:600}th.num{white-space:normal}.scroll{overflow-x:auto}
 .num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}.zero{color:#aaa}
-td.name{overflow-wrap:anywhere;min-width:12em;max-width:320px}td.when{white-space:nowrap}
-td.reason{min-width:16em;max-width:420px}td.links a{white-space:nowrap;margin-right:6px}
+td.name{overflow-wrap:anywhere;min-width:8em;max-width:320px}td.when{white-space:nowrap}
+td.reason{min-width:12em;max-width:420px}td.links a{display:block;white-space:nowrap}
 .badge{display:inline-block;padding:1px 7px;border-radius:9px;font-size:12px;font-weight:600;white-space:nowrap;
 border:1px solid}
 .badge.ok{background:#e8f5e9;color:#1b5e20;border-color:#2e7d32}
@@ -351,6 +357,6 @@ border:1px solid}
 .badge.busy{background:#e3f2fd;color:#0d47a1;border-color:#1565c0}
 .legend{list-style:none;padding:0;margin:4px 0;display:flex;gap:14px;flex-wrap:wrap}
 .swatch{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:-1px;border:1px solid #555}
-svg text{font-size:11px;fill:#444}
+svg{max-width:100%;height:auto}svg text{font-size:11px;fill:#444}
 details{margin-top:6px}details table{width:auto}
 """

@@ -18,7 +18,17 @@ from test_query_plans import captured, plan_of, scans_rows
 
 from daemon.chart import last_days, nice_ceiling, outcome_chart
 from daemon.config import load_settings
-from daemon.dashboard import INDEX_NAME, REFRESH_SECONDS, Dashboard, Page, banner_for, due, gather, render
+from daemon.dashboard import (
+    INDEX_NAME,
+    MIN_GAP_SECONDS,
+    REFRESH_SECONDS,
+    Dashboard,
+    Page,
+    banner_for,
+    due,
+    gather,
+    render,
+)
 from daemon.ledger import UPLOADS_PAUSED, FileLine, Ledger
 from daemon.progress import Progress
 from daemon.sandbox import Emulator
@@ -301,10 +311,13 @@ def test_written_at_start_on_changes_and_every_30_s_while_files_are_at_work(tmp_
     assert not list(outbox.glob(".*.tmp"))
     assert board.tick(2.0, False, None, False, []) == 0
     assert board.tick(3.0, True, None, False, []) == 1  # a file started or finished
+    assert board.tick(3.5, True, None, False, []) == 0  # another within MIN_GAP_SECONDS: written together...
+    assert board.tick(4.0, False, None, False, []) == 1  # ...once the gap has passed
     assert board.tick(1000.0, False, None, False, []) == 0  # nothing at work: no periodic rewrite
     assert board.tick(1001.0, False, Pause("token", "401"), False, []) == 1  # the pause came
-    assert board.tick(1002.0, False, Pause("token", "401"), False, []) == 0
-    assert board.tick(1003.0, False, None, False, []) == 1  # and went
+    assert board.tick(1001.5, False, Pause("token", "401"), False, []) == 0
+    assert board.tick(1001.6, False, None, False, []) == 1  # and went: at once, whatever the gap
+    assert board.tick(1003.0, False, None, False, []) == 0
 
     file_id = ledger.add_file(sha256="a" * 64, name="a.csv", path="/in/a.csv", size=1, data_key="k", mode="sync")
     assert board.tick(1004.0, True, None, False, []) == 1
@@ -317,9 +330,10 @@ def test_written_at_start_on_changes_and_every_30_s_while_files_are_at_work(tmp_
     assert "The service stopped at 2026-12-02 14:30:00 UTC" in (outbox / INDEX_NAME).read_text(encoding="utf-8")
 
 
-@given(st.booleans(), st.floats(0, 1e6), st.floats(0, 1e6))
-def test_due_when_pending_or_its_time_came(pending: bool, now: float, next_at: float) -> None:
-    assert due(pending=pending, now=now, next_at=next_at) == (pending or now >= next_at)
+@given(st.booleans(), st.floats(0, 1e6), st.floats(0, 1e6), st.floats(0, 1e6))
+def test_due_when_pending_or_its_time_came(pending: bool, now: float, next_at: float, last_at: float) -> None:
+    expected = (pending and now >= last_at + MIN_GAP_SECONDS) or now >= next_at
+    assert due(pending=pending, now=now, next_at=next_at, last_at=last_at) == expected
 
 
 def test_the_dashboard_never_scans_rows(tmp_path: Path) -> None:

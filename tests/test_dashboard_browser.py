@@ -121,6 +121,7 @@ def test_the_dashboard_in_chromium_shows_what_the_ledger_holds(tmp_path: Path, e
         ARTIFACTS.mkdir(exist_ok=True)
         kept = ARTIFACTS / "dashboard.png"
         shutil.copyfile(screenshot, kept)
+        shutil.copyfile(page, ARTIFACTS / "dashboard.html")  # the page itself, as it was shown
         print(f"dashboard screenshot: {kept}")
 
         # Restored and reloaded: the banner goes.
