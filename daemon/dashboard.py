@@ -208,9 +208,12 @@ def _badge(key: str, paused: bool) -> str:
     return f'<span class="badge {css}">{_e(word)}</span>'
 
 
-def _eta(p: Progress, now: datetime, banner: bool) -> str:
+def _eta(p: Progress, now: datetime, held: bool) -> str:
+    """The ETA, or why there is none; `held`: a banner or the stopped note above says why nothing moves."""
+    if held:
+        return "paused: see above"
     if p.paused:
-        return "paused: see above" if banner else f"paused: {p.paused}"
+        return f"paused: {p.paused}"
     if p.final >= p.total:
         return "all rows final"
     if p.eta is None:
@@ -253,13 +256,13 @@ def _file_row(f: FileLine, progress: Progress | None, banner: bool) -> str:
     if done:
         rows = f'<td class="num" data-count="total">{sum(f.counts.values()):,}</td>'
     elif progress is not None:
-        rows = f'<td class="num">{progress.final:,} / {progress.total:,}</td>'
+        rows = f'<td class="num">{progress.total:,}</td>'
     else:
         rows = '<td class="num">–</td>'
     cells = [
         f'<td class="when">{_e(_when(f.received_at))}</td>',
         f'<td class="name">{_e(f.name)}</td>',
-        f'<td class="status">{_badge(key, banner)}</td>',
+        f'<td class="status">{_badge(key, banner)}{"" if progress is None else f" {progress.percent} %"}</td>',
         rows,
     ]
     for status, _colour, _label in SERIES:
@@ -294,7 +297,8 @@ def _stamp(at: datetime) -> str:
 
 def render(page: Page) -> str:
     """The whole page as one HTML document."""
-    now, banner = page.generated_at, page.banner is not None
+    # A pause or a stopped service: active files are not moving, and the banner or the note above says why.
+    now, banner = page.generated_at, page.banner is not None or not page.running
     if page.active:
         active = '<ul class="active">' + "".join(_active_item(a, now, banner) for a in page.active) + "</ul>"
     else:
@@ -347,7 +351,7 @@ th,td{border-bottom:1px solid #ddd;padding:4px 6px;text-align:left;vertical-alig
 th{background:#f0f0f0;font-weight:600}th.num{white-space:normal}.scroll{overflow-x:auto}
 .num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}.zero{color:#aaa}
 td.name{overflow-wrap:anywhere;min-width:8em;max-width:320px}td.when{white-space:nowrap}
-td.reason{min-width:12em;max-width:420px}td.links a{display:block;white-space:nowrap}
+td.reason{min-width:10em;max-width:420px}td.links a{display:block;white-space:nowrap}
 .badge{display:inline-block;padding:1px 7px;border-radius:9px;font-size:12px;font-weight:600;white-space:nowrap;
 border:1px solid}
 .badge.ok{background:#e8f5e9;color:#1b5e20;border-color:#2e7d32}

@@ -258,6 +258,9 @@ def test_active_files_show_a_bar_and_an_eta_or_why_they_are_paused(ledger: Ledge
     dom = parse(page_of(ledger, progress=[paused]))
     assert "paused: the API refused the token" in dom.all_text
     assert "At work (1)" in dom.all_text
+    stopped = parse(render(gather(ledger, NOW, pause=None, api_down=False, progress=[moving], running=False)))
+    assert "paused: see above" in stopped.all_text  # not an ETA from a service that no longer runs
+    assert "stopped" in stopped.ids
     assert "progressbar" in page_of(ledger, progress=[moving])
 
 
