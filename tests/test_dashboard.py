@@ -2,7 +2,6 @@
 cost of its queries. The page in a real headless Chromium is in test_dashboard_browser.py (slow tier)."""
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -371,7 +370,6 @@ def test_the_service_loop_survives_a_failed_write_and_writes_the_page_later(tmp_
     project = make_project(tmp_path / "site", emulator.base_url)
     (project.root / "state").mkdir()
     mono = [100.0]
-    umask = os.umask(0o022)  # from_settings sets the service's umask: restored for the other tests afterwards
     service = Service.from_settings(
         load_settings(project.config, env={"SCM_API__TOKEN": TOKEN}), once=True, monotonic=lambda: mono[0]
     )
@@ -398,4 +396,3 @@ def test_the_service_loop_survives_a_failed_write_and_writes_the_page_later(tmp_
     finally:
         service.uploader.close()
         service.ledger.close()
-        os.umask(umask)
