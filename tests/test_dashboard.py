@@ -319,6 +319,9 @@ def test_written_at_start_on_changes_and_every_30_s_while_files_are_at_work(tmp_
     assert board.tick(1001.0, False, Pause("token", "401"), False, []) == 1  # the pause came
     assert board.tick(1001.5, False, Pause("token", "401"), False, []) == 0
     assert board.tick(1001.6, False, None, False, []) == 1  # and went: at once, whatever the gap
+    assert board.tick(1002.0, False, None, True, []) == 1  # the breaker opened: the API is not answering
+    assert 'data-cause="api_down"' in (outbox / INDEX_NAME).read_text(encoding="utf-8")
+    assert board.tick(1002.1, False, None, False, []) == 1  # and closed
     assert board.tick(1003.0, False, None, False, []) == 0
 
     file_id = ledger.add_file(sha256="a" * 64, name="a.csv", path="/in/a.csv", size=1, data_key="k", mode="sync")
