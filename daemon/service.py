@@ -400,6 +400,7 @@ class Service:
         log.info("stopping", in_flight=in_flight)
         self.uploader.drain(self.epoch, deadline=self.monotonic() + STOP_DEADLINE)
         self._guarded("finish", self.flow.finish, default=0)
+        self._guarded("progress", lambda: len(self.progress.sample(self.epoch())), default=0)  # the end state
         self._dashboard(files_changed=True, running=False)
 
     def _dashboard(self, *, files_changed: bool, running: bool = True) -> None:
