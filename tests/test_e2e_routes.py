@@ -66,7 +66,12 @@ def test_nested_files_take_their_routes_and_keep_their_paths(project: Project, e
         "serial_number",
         "completed",
     )
-    assert a["reports"] == {"report_csv": "LineA/codes-2.report.csv", "rejected_csv": None}
+    assert a["reports"] == {
+        "report_csv": "LineA/codes-2.report.csv",
+        "report_xlsx": None,
+        "rejected_csv": None,
+        "rejected_xlsx": None,
+    }
     deep_summary = summary(project, "LineB/Station 2/codes.summary.json")
     assert (deep_summary["source"], deep_summary["mode"]) == ("LineB/Station 2/codes.csv", "sync")
     assert summary(project, "top.summary.json")["source"] == "top.csv"
