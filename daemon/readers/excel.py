@@ -10,8 +10,20 @@ from pathlib import Path
 import python_calamine as calamine
 import structlog
 
-from daemon.readers.table import Number, Row, Table, TableInfo, UnreadableFile, fit, header_cells, mark_errors
-from daemon.readers.xlsx_errors import ErrorCells, error_cells
+from daemon.readers.numfmt import NUMBER, NumberFormat, render
+from daemon.readers.table import (
+    CellError,
+    Imprecise,
+    Number,
+    Row,
+    Table,
+    TableInfo,
+    UnreadableFile,
+    fit,
+    header_cells,
+    mark_errors,
+)
+from daemon.readers.xlsx_cells import NO_MARKS, SheetMarks, sheet_marks
 
 log = structlog.get_logger(__name__)
 
@@ -44,15 +56,21 @@ def _duration_text(value: timedelta) -> str:
 
 
 def cell_text(value: object) -> str:
-    """The text of one calamine cell value: Number for numbers, ISO 8601 for dates and times."""
+    """The text of one calamine cell value in General format: Number for numbers, ISO 8601 for dates and times.
+
+    A number of 16 or more digits before the point is Imprecise: Excel keeps 15 significant digits, so the
+    rest is already lost (or will be, the first time someone saves the file in Excel).
+    """
     if type(value) is str:
         return value.strip()
     if type(value) is float:
-        return Number(number_text(value))
+        if -1e15 < value < 1e15:
+            return Number(number_text(value))
+        return Imprecise(number_text(value))
     if type(value) is bool:
-        return "true" if value else "false"
+        return "TRUE" if value else "FALSE"  # as Excel shows them
     if type(value) is int:
-        return Number(str(value))
+        return Number(str(value)) if -(10**15) < value < 10**15 else Imprecise(str(value))
     if isinstance(value, datetime):
         if value.time() == _MIDNIGHT:
             return value.date().isoformat()
@@ -134,8 +152,8 @@ def open_excel_table(path: Path, fmt: str, sheet: str | None) -> Table:
         except calamine.CalamineError as exc:
             raise UnreadableFile(f"{path.name}: sheet {name!r} cannot be read ({exc}); save it again") from exc
         start_col = data.start[1] if data.start else 0
-        errors = error_cells(path, name) if head.startswith(_ZIP) else {}
-        records = _cells(data.iter_rows(), errors, start_col)
+        marks = sheet_marks(path, name) if head.startswith(_ZIP) else NO_MARKS
+        records = _cells(data.iter_rows(), marks, start_col)
         for number, cells in records:
             if any(cells):
                 header_row, headers = number, header_cells(cells)
@@ -148,25 +166,42 @@ def open_excel_table(path: Path, fmt: str, sheet: str | None) -> Table:
     info = TableInfo(
         format=fmt, encoding=None, delimiter=None, sheet=name, header_row=header_row, column_offset=start_col
     )
-    log.debug("table_opened", file=path.name, format=fmt, sheet=name, error_cells=len(errors))
+    log.debug("table_opened", file=path.name, format=fmt, sheet=name, cell_scan=marks is not NO_MARKS)
     return Table(info, headers, _rows(records, len(headers)), workbook.close)
 
 
-def _cells(rows: Iterator[list[CellValue]], errors: ErrorCells, start_col: int) -> Iterator[Row]:
+def formatted(fmt: NumberFormat, value: object, general: str) -> str:
+    """A number or date cell's text through its number format; Number when it still reads as a number."""
+    kind = type(value)
+    if kind is str or kind is bool or type(general) is Imprecise:
+        return general  # text keeps its text, a boolean its TRUE/FALSE, a long number its rejection
+    text = render(fmt, value, general)  # type: ignore[arg-type]
+    if kind is float or kind is int:
+        return Number(text) if fmt.kind == NUMBER or text == general else text
+    return text
+
+
+def _cells(rows: Iterator[list[CellValue]], marks: SheetMarks, start_col: int) -> Iterator[Row]:
     """Every sheet row, empty ones too, as (row number, cell texts).
 
     python-calamine's iter_rows starts at the sheet's row 1 (even when it is empty) but at the first used
-    column, so the row number is the position while error cells shift by the first used column.
+    column, so the row number is the position while marked cells shift by the first used column.
     """
     join = "".join
+    streamed = marks is not NO_MARKS
     for number, raw in enumerate(rows, start=1):
         cells = [value.strip() if type(value) is str else cell_text(value) for value in raw]
         if "#" in join(cells):
             mark_errors(cells)
-        if errors and number - 1 in errors:
-            for col, error in errors[number - 1].items():
-                if 0 <= col - start_col < len(cells):
-                    cells[col - start_col] = error
+        marked = marks.row(number - 1) if streamed else None
+        if marked is not None:
+            for col, mark in marked.items():
+                i = col - start_col
+                if 0 <= i < len(cells):
+                    if type(mark) is CellError:
+                        cells[i] = mark
+                    elif isinstance(mark, NumberFormat):
+                        cells[i] = formatted(mark, raw[i], cells[i])
         yield number, cells
 
 
