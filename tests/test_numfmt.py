@@ -26,7 +26,8 @@ from daemon.readers.numfmt import (
 
 def shown(code: str, value: float | dt.datetime | dt.date | dt.time | dt.timedelta) -> str:
     general = number_text(float(value)) if isinstance(value, (int, float)) else "general"
-    return render(parse(code), value, general)
+    text = render(parse(code), value)
+    return general if text is None else text
 
 
 @pytest.mark.parametrize(
@@ -129,7 +130,7 @@ def test_any_text_parses_and_renders_without_raising(code: str) -> None:
     fmt = parse(code)
     assert 1 <= len(fmt.sections) <= 4
     for value in (0.0, 1.5, -2.25, 123456.0, 1e-7):
-        assert isinstance(render(fmt, value, number_text(value)), str)
+        assert isinstance(render(fmt, value), str | None)
     assert "".join(tokens(code)) == code  # every character belongs to exactly one token
 
 

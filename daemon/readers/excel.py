@@ -170,38 +170,52 @@ def open_excel_table(path: Path, fmt: str, sheet: str | None) -> Table:
     return Table(info, headers, _rows(records, len(headers)), workbook.close)
 
 
-def formatted(fmt: NumberFormat, value: object, general: str) -> str:
-    """A number or date cell's text through its number format; Number when it still reads as a number."""
+def formatted(fmt: NumberFormat, value: CellValue) -> CellValue:
+    """A number or date cell's text through its number format (Number while it reads as a number), or the value
+    itself where the format shows it as General would, or it is text, a boolean or a number beyond 15 digits."""
     kind = type(value)
-    if kind is str or kind is bool or type(general) is Imprecise:
-        return general  # text keeps its text, a boolean its TRUE/FALSE, a long number its rejection
-    text = render(fmt, value, general)  # type: ignore[arg-type]
     if kind is float or kind is int:
-        return Number(text) if fmt.kind == NUMBER or text == general else text
-    return text
+        if not -1e15 < value < 1e15:  # type: ignore[operator]
+            return value  # Imprecise, rejected whatever its format
+        text = render(fmt, value)  # type: ignore[arg-type]
+        return value if text is None else (Number(text) if fmt.kind == NUMBER else text)
+    if kind is str or kind is bool:
+        return value
+    text = render(fmt, value)  # type: ignore[arg-type]
+    return value if text is None else text
 
 
 def _cells(rows: Iterator[list[CellValue]], marks: SheetMarks, start_col: int) -> Iterator[Row]:
     """Every sheet row, empty ones too, as (row number, cell texts).
 
     python-calamine's iter_rows starts at the sheet's row 1 (even when it is empty) but at the first used
-    column, so the row number is the position while marked cells shift by the first used column.
+    column, so the row number is the position while marked cells shift by the first used column. A number
+    format turns the value into its text before the row's texts are made, so no cell is made twice.
     """
     join = "".join
     streamed = marks is not NO_MARKS
     for number, raw in enumerate(rows, start=1):
-        cells = [value.strip() if type(value) is str else cell_text(value) for value in raw]
-        if "#" in join(cells):
-            mark_errors(cells)
         marked = marks.row(number - 1) if streamed else None
+        errors = None
         if marked is not None:
+            width = len(raw)
             for col, mark in marked.items():
                 i = col - start_col
-                if 0 <= i < len(cells):
+                if 0 <= i < width:
                     if type(mark) is CellError:
-                        cells[i] = mark
-                    elif isinstance(mark, NumberFormat):
-                        cells[i] = formatted(mark, raw[i], cells[i])
+                        errors = errors or []
+                        errors.append((i, mark))
+                    else:
+                        raw[i] = formatted(mark, raw[i])  # type: ignore[arg-type]
+        cells = [
+            value.strip() if type(value) is str else (value if type(value) is Number else cell_text(value))
+            for value in raw
+        ]
+        if "#" in join(cells):
+            mark_errors(cells)
+        if errors:
+            for i, error in errors:
+                cells[i] = error
         yield number, cells
 
 

@@ -406,8 +406,8 @@ def _temporal(kind: str, value: datetime | date | time | timedelta | float) -> s
     return value.isoformat(timespec="seconds")
 
 
-def render(fmt: NumberFormat, value: float | datetime | date | time | timedelta, general: str) -> str:
-    """The text a cell holding `value` shows in format `fmt`; `general` is the value's General text."""
+def render(fmt: NumberFormat, value: float | datetime | date | time | timedelta) -> str | None:
+    """The text a cell holding `value` shows in format `fmt`; None where it shows as in General format."""
     # The two shapes of nearly every formatted cell first: a padded whole number, a date.
     if fmt.padding is not None and type(value) is float and 0 <= value < 1e15 and value.is_integer():
         return str(int(value)).zfill(fmt.padding)
@@ -419,7 +419,7 @@ def render(fmt: NumberFormat, value: float | datetime | date | time | timedelta,
     if isinstance(value, (datetime, date, time, timedelta)):
         kind = fmt.kind if fmt.kind in (DATE, TIME, DATETIME, DURATION) else None
         if kind is None:
-            return general  # calamine saw a date where this parser does not: keep its reading
+            return None  # calamine saw a date where this parser does not: keep its reading
         return _temporal(kind, value)
     value = float(value)
     index, minus = _section_for(fmt, value)
@@ -428,12 +428,12 @@ def render(fmt: NumberFormat, value: float | datetime | date | time | timedelta,
         try:
             return _temporal(section.kind, value)
         except (OverflowError, ValueError):
-            return general
+            return None
     if section.kind != NUMBER:
-        return general
+        return None
     shape = fmt.shapes[index]
     try:
         text = (_plain(section, shape, abs(value)) if shape else None) or _number(section, abs(value))
     except (InvalidOperation, OverflowError, ValueError):
-        return general
+        return None
     return ("-" + text if minus and any(c in "123456789" for c in text) else text).strip()

@@ -142,6 +142,7 @@ def _mentions_errors(archive: zipfile.ZipFile, member: str) -> bool:
 
 def _styled_pattern(prefix: bytes, styles: list[int]) -> re.Pattern[bytes]:
     """A cell tag in the usual shape whose style is one of `styles`: (column letters, row digits, style)."""
+    # Only the styles that change a number are matched; past 200 of them, any, looked up in `by_style`.
     alternatives = b"|".join(str(s).encode() for s in styles) if 0 < len(styles) <= 200 else rb"[0-9]{1,6}"
     # A text cell in such a style matches too (t after s); harmless, the reader formats only numbers.
     return re.compile(
@@ -152,14 +153,14 @@ def _styled_pattern(prefix: bytes, styles: list[int]) -> re.Pattern[bytes]:
     )
 
 
-def _usual(part: bytes, prefix: bytes) -> bool:
-    """Whether every cell tag of a chunk starts `<c r="` and none is an error cell; C-speed byte counts."""
-    tag = b"<" + prefix + b"c"
-    if b't="e"' in part or b"t='e'" in part:
-        return False
-    if any(tag + end in part for end in (b">", b"/", b"\t", b"\n", b"\r")):
-        return False
-    return part.count(tag + b" ") == part.count(tag + b' r="')
+def _unusual_pattern(prefix: bytes) -> re.Pattern[bytes]:
+    """A cell tag whose first attribute is not `r="` followed by a column letter (no reference, other quotes)."""
+    return re.compile(re.escape(b"<" + prefix + b"c") + rb'[\s/>](?!r="[A-Z])')
+
+
+def _usual(part: bytes, unusual: re.Pattern[bytes]) -> bool:
+    """Whether every cell tag of a chunk starts `<c r="A` and none is an error cell: three C-speed scans."""
+    return b't="e"' not in part and b"t='e'" not in part and unusual.search(part) is None
 
 
 def _stream(
@@ -172,9 +173,10 @@ def _stream(
     given follow from its table.
     """
     styled = _styled_pattern(prefix, sorted(formats))
-    by_style = {str(index).encode(): fmt for index, fmt in formats.items()}
+    unusual = _unusual_pattern(prefix)
+    by_style: dict[bytes, Mark] = {str(index).encode(): fmt for index, fmt in formats.items()}
     columns: dict[bytes, int] = {}
-    row, marks = -1, Marks()
+    row, row_digits, marks = -1, b"", Marks()
     with archive.open(member) as stream:
         tail = b""
         while True:
@@ -182,7 +184,7 @@ def _stream(
             buffer = tail + chunk
             cut = buffer.rfind(b"<") if chunk else len(buffer)
             part = buffer[:cut]
-            if not _usual(part, prefix):
+            if not _usual(part, unusual):
                 if marks:
                     yield row, marks
                 done = row
@@ -191,14 +193,13 @@ def _stream(
                         yield number, found
                 return
             for letters, digits, style in styled.findall(part):
-                number = int(digits) - 1
-                if number != row:
+                if digits != row_digits:  # compared as bytes: one int() per row, not per cell
                     if marks:
                         yield row, marks
-                    row, marks = number, Marks()
+                    row, row_digits, marks = int(digits) - 1, digits, Marks()
                 fmt = by_style.get(style)
                 if fmt is None:
-                    continue
+                    continue  # past 200 styles the pattern matches any
                 column = columns.get(letters)
                 if column is None:
                     column = columns[letters] = _column(letters.decode() + "1")
