@@ -32,6 +32,8 @@ _OLE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 _MIDNIGHT = time(0)
 
 CellValue = int | float | str | bool | time | date | datetime | timedelta
+_UNSEEN = object()
+_MEMO_SIZE = 4096  # formatted texts kept per number format
 
 
 def number_text(value: float) -> str:
@@ -145,14 +147,21 @@ def open_excel_table(path: Path, fmt: str, sheet: str | None) -> Table:
     """Open a workbook and read its sheet up to the header row."""
     head = _kind(path)
     workbook = _open_workbook(path, fmt, head)
+    marks = NO_MARKS
+
+    def close() -> None:
+        marks.close()
+        workbook.close()
+
     try:
         name = _sheet_name(path, workbook, sheet)
+        # Started first: its thread scans the sheet XML while calamine parses it.
+        marks = sheet_marks(path, name) if head.startswith(_ZIP) else NO_MARKS
         try:
             data = workbook.get_sheet_by_name(name)
         except calamine.CalamineError as exc:
             raise UnreadableFile(f"{path.name}: sheet {name!r} cannot be read ({exc}); save it again") from exc
         start_col = data.start[1] if data.start else 0
-        marks = sheet_marks(path, name) if head.startswith(_ZIP) else NO_MARKS
         records = _cells(data.iter_rows(), marks, start_col)
         for number, cells in records:
             if any(cells):
@@ -161,28 +170,36 @@ def open_excel_table(path: Path, fmt: str, sheet: str | None) -> Table:
         else:
             raise UnreadableFile(f"{path.name} has no header row: sheet {name!r} is empty")
     except BaseException:
-        workbook.close()
+        close()
         raise
     info = TableInfo(
         format=fmt, encoding=None, delimiter=None, sheet=name, header_row=header_row, column_offset=start_col
     )
     log.debug("table_opened", file=path.name, format=fmt, sheet=name, cell_scan=marks is not NO_MARKS)
-    return Table(info, headers, _rows(records, len(headers)), workbook.close)
+    return Table(info, headers, _rows(records, len(headers)), close)
 
 
 def formatted(fmt: NumberFormat, value: CellValue) -> CellValue:
     """A number or date cell's text through its number format (Number while it reads as a number), or the value
     itself where the format shows it as General would, or it is text, a boolean or a number beyond 15 digits."""
     kind = type(value)
+    if kind is str or kind is bool:
+        return value
+    memo = fmt.memo
+    done = memo.get(value, _UNSEEN)
+    if done is not _UNSEEN:
+        return value if done is None else done  # type: ignore[return-value]
     if kind is float or kind is int:
         if not -1e15 < value < 1e15:  # type: ignore[operator]
             return value  # Imprecise, rejected whatever its format
         text = render(fmt, value)  # type: ignore[arg-type]
-        return value if text is None else (Number(text) if fmt.kind == NUMBER else text)
-    if kind is str or kind is bool:
-        return value
-    text = render(fmt, value)  # type: ignore[arg-type]
-    return value if text is None else text
+        cell: str | None = None if text is None else (Number(text) if fmt.kind == NUMBER else text)
+    else:
+        cell = render(fmt, value)  # type: ignore[arg-type]
+    if len(memo) >= _MEMO_SIZE:
+        memo.clear()
+    memo[value] = cell
+    return value if cell is None else cell
 
 
 def _cells(rows: Iterator[list[CellValue]], marks: SheetMarks, start_col: int) -> Iterator[Row]:

@@ -18,7 +18,7 @@ Pure logic, no I/O. What a format does to the text we send:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from functools import lru_cache
@@ -102,6 +102,8 @@ class NumberFormat:
     numeric: tuple[Section, ...] = ()  # the sections a number can be shown by (text sections left out)
     shapes: tuple[tuple[int, int, int] | None, ...] = ()  # Section.plain of each numeric section
     padding: int | None = None  # a lone zero-padding section ("00000"): the digits it pads whole numbers to
+    # Texts already made, by value, for the reader (dates and amounts repeat down a column); bounded by it.
+    memo: dict[object, object] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
 
 def tokens(code: str) -> list[str]:

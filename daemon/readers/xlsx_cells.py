@@ -1,6 +1,6 @@
 """What python-calamine does not tell of an .xlsx sheet: its error cells (read as empty) and each number's format.
 
-One streaming pass over the sheet XML collects both, row by row, as the reader asks for them:
+One streaming pass over the sheet XML collects both, row by row, while calamine parses the sheet:
 - the usual file (every cell tag written `<c r="A1" s="3" t="n">`, as Excel, LibreOffice, openpyxl and
   xlsxwriter do) and no error cell: a linear regular expression picks the styled number cells out of each
   chunk, in step with calamine's rows, so a 200,000-row sheet with a format on every cell keeps its speed;
@@ -11,7 +11,9 @@ One streaming pass over the sheet XML collects both, row by row, as the reader a
 from __future__ import annotations
 
 import posixpath
+import queue
 import re
+import threading
 
 # The XML comes from a workbook someone dropped in the inbox. Python's expat fetches no external entities
 # and, since expat 2.4.1 (bundled with Python 3.11), refuses exponential entity expansion: it is safe here.
@@ -19,6 +21,7 @@ import xml.etree.ElementTree as ET
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -94,31 +97,91 @@ def _column(reference: str) -> int:
     return index - 1
 
 
+Run = list[Any]  # [first row, last row, marks]: consecutive rows with equal marks, 0-based
+_AHEAD = 64  # chunks of runs the scanning thread may read ahead of the reader
+
+
 class SheetMarks:
-    """The marked cells of a sheet, asked for row by row in increasing order (`row(index)`, 0-based)."""
+    """The marked cells of a sheet, asked for row by row in increasing order (`row(index)`, 0-based).
+
+    Given a stream, a thread reads it ahead while calamine parses the sheet (calamine releases the GIL, so the
+    two take turns on two cores instead of one after the other), at most _AHEAD chunks of runs ahead.
+    """
 
     def __init__(self, table: dict[int, Marks] | None = None, stream: Iterator[tuple[int, Marks]] | None = None):
         self._table = table or {}
-        self._stream = stream
-        self._next: tuple[int, Marks] | None = None
+        self._queue: queue.Queue[list[Run] | None] | None = None
+        self._stop = threading.Event()
+        self._runs: list[Run] = []
+        self._at = 0
+        if stream is not None:
+            self._queue = queue.Queue(maxsize=_AHEAD)
+            threading.Thread(target=self._read_ahead, args=(stream,), daemon=True, name="xlsx-cell-scan").start()
+
+    def _read_ahead(self, stream: Iterator[tuple[int, Marks]]) -> None:
+        """The scanning thread: runs of rows, a list per chunk of the sheet, then None."""
+        assert self._queue is not None
+        batch: list[Run] = []
+        try:
+            for row, marks in stream:
+                if batch and batch[-1][1] == row - 1 and batch[-1][2] == marks:
+                    batch[-1][1] = row
+                    continue
+                batch.append([row, row, marks])
+                if len(batch) >= 4096:
+                    if not self._put(batch):
+                        return
+                    batch = []
+        except Exception as exc:  # the reader must not wait for a thread that died: logged, the rest unmarked
+            log.warning("xlsx_cell_scan_failed", error=str(exc))
+        if batch and not self._put(batch):
+            return
+        self._put(None)
+
+    def _put(self, item: list[Run] | None) -> bool:
+        """Hand a batch to the reader; False once the reader has closed the table."""
+        assert self._queue is not None
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def row(self, index: int) -> Marks | None:
         """The marks of one row, or None; rows must be asked for in increasing order."""
-        if self._stream is None:
+        if self._queue is None:
             return self._table.get(index)
-        while self._next is None or self._next[0] < index:
-            self._next = next(self._stream, None)
-            if self._next is None:
-                self._stream = None
+        while True:
+            if self._at < len(self._runs):
+                first, last, marks = self._runs[self._at]
+                if index > last:
+                    self._at += 1
+                    continue
+                return marks if index >= first else None
+            batch = self._queue.get()
+            if batch is None:
+                self._queue = None  # the sheet's end: no more marks
+                self._table = {}
                 return None
-        return self._next[1] if self._next[0] == index else None
+            self._runs, self._at = batch, 0
+
+    def close(self) -> None:
+        """Stop the scanning thread (the table was closed before its end)."""
+        self._stop.set()
 
     def error_table(self) -> ErrorCells:
         """All the error cells, row by row; reads the rest of a streamed sheet (for tests and tools)."""
         table = dict(self._table)
-        if self._stream is not None:
-            table.update(self._stream)
-            self._stream = None
+        while self._queue is not None:
+            batch = self._queue.get()
+            if batch is None:
+                break
+            for first, last, marks in batch:
+                for row in range(first, last + 1):
+                    table[row] = marks
+        self._queue = None
         return {
             row: errors
             for row, marks in table.items()
