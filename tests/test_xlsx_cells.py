@@ -107,4 +107,7 @@ def test_a_table_closed_early_stops_the_scan(tmp_path: Path) -> None:
     path = workbook(tmp_path / "long.xlsx", cells, "usual")
     marks = sheet_marks(path, "S")
     assert marks.row(0) is not None
-    marks.close()  # the thread sees the flag at its next hand-over and ends; nothing waits for it
+    marks.close()  # the thread sees the flag at its next hand-over and ends
+    assert marks.thread is not None
+    marks.thread.join(timeout=60)  # a generous bound so a regression fails instead of hanging the run
+    assert not marks.thread.is_alive()

@@ -114,9 +114,11 @@ class SheetMarks:
         self._stop = threading.Event()
         self._runs: list[Run] = []
         self._at = 0
+        self.thread: threading.Thread | None = None  # the scanning thread, if any
         if stream is not None:
             self._queue = queue.Queue(maxsize=_AHEAD)
-            threading.Thread(target=self._read_ahead, args=(stream,), daemon=True, name="xlsx-cell-scan").start()
+            self.thread = threading.Thread(target=self._read_ahead, args=(stream,), daemon=True, name="xlsx-scan")
+            self.thread.start()
 
     def _read_ahead(self, stream: Iterator[tuple[int, Marks]]) -> None:
         """The scanning thread: runs of rows, a list per chunk of the sheet, then None."""
