@@ -111,3 +111,14 @@ def test_a_table_closed_early_stops_the_scan(tmp_path: Path) -> None:
     assert marks.thread is not None
     marks.thread.join(timeout=60)  # a generous bound so a regression fails instead of hanging the run
     assert not marks.thread.is_alive()
+
+
+def test_a_sheet_formatted_by_column_with_gaps_keeps_each_rows_format(tmp_path: Path) -> None:
+    # Whole columns in one style (the shape read chunk by chunk without work per cell), broken here and there
+    # by a missing cell, another style, and rows left out.
+    cells = {(row, col): col for row in range(60_000) for col in range(5) if row % 10_000 != 5}
+    del cells[20_000, 1]
+    cells[40_000, 3] = 1
+    path = workbook(tmp_path / "columns.xlsx", cells, "usual")
+    found = marked(path, 60_000)
+    assert found == {cell: CODES[style] for cell, style in cells.items() if style in CODES}

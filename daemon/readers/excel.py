@@ -223,7 +223,13 @@ def _cells(rows: Iterator[list[CellValue]], marks: SheetMarks, start_col: int) -
                         errors = errors or []
                         errors.append((i, mark))
                     else:
-                        raw[i] = formatted(mark, raw[i])  # type: ignore[arg-type]
+                        value = raw[i]
+                        # The memo first, inline: most formatted cells repeat a value (never a bool: True == 1).
+                        done = mark.memo.get(value, _UNSEEN) if type(value) is not bool else _UNSEEN  # type: ignore[union-attr]
+                        if done is _UNSEEN:
+                            raw[i] = formatted(mark, value)  # type: ignore[arg-type]
+                        elif done is not None:
+                            raw[i] = done  # type: ignore[assignment]
         cells = [
             value.strip() if type(value) is str else (value if type(value) is Number else cell_text(value))
             for value in raw
