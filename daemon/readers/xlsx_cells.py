@@ -1,11 +1,13 @@
 """What python-calamine does not tell of an .xlsx sheet: its error cells (read as empty) and each number's format.
 
-One streaming pass over the sheet XML collects both, row by row, while calamine parses the sheet:
-- the usual file (every cell tag written `<c r="A1" s="3" t="n">`, as Excel, LibreOffice, openpyxl and
-  xlsxwriter do) and no error cell: a linear regular expression picks the styled number cells out of each
-  chunk, in step with calamine's rows, so a 200,000-row sheet with a format on every cell keeps its speed;
-- anything else (error cells, cells without a reference, other attribute orders or quotes): the XML parser,
-  which reads any well-formed sheet, into a table of the marked cells.
+One streaming pass over the sheet XML collects both, in a thread that runs while calamine parses the sheet:
+- chunks in the usual shape (every cell tag starting `<c r="A1"`, as Excel, LibreOffice, openpyxl and
+  xlsxwriter write them) without error cells: a linear regular expression picks out the cells whose style has a
+  number format; a chunk formatted by column (the common case) becomes one run of rows by tuple comparisons,
+  so a 200,000-row sheet with a format on every cell keeps its speed;
+- from the first chunk in any other shape (error cells, cells without a reference, other quotes): the XML
+  parser, which reads any well-formed sheet, into a table of the marked cells.
+The number formats themselves come from xl/styles.xml (cellXfs -> numFmtId -> format code).
 """
 
 from __future__ import annotations
