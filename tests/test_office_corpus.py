@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 import xlsxwriter
-from office_corpus import HEADERS, library_corpus, libreoffice_corpus
+from office_corpus import HEADERS, SOFFICE, convert, library_corpus, libreoffice_corpus
+from support import make_project
 
 from daemon.config import Settings, UploadSettings
 from daemon.intake import take
 from daemon.ledger import Ledger
 from daemon.readers import Imprecise, Number, open_table
+from daemon.sandbox import Emulator
 
 __all__ = ["library_corpus", "libreoffice_corpus"]  # the fixtures, imported for pytest to find them
 
@@ -139,3 +141,52 @@ def test_padded_serials_are_taken_short_ones_and_numbers_beyond_15_digits_reject
         "only 15, so its last digits are lost; format the column as Text and type the values again",
     )
     assert cells[4] == ["000000000009", "12345678901234600", "2026-11-02"]
+
+
+def staff_workbook(path: Path) -> Path:
+    """What office staff make: serials typed as numbers in a `000000000000` column, dates shown as dd.mm.yyyy
+    (one typed with a time), a share in percent, a flag."""
+    workbook = xlsxwriter.Workbook(str(path))
+    sheet = workbook.add_worksheet("Lot 7")
+    padded = workbook.add_format({"num_format": "000000000000"})
+    day = workbook.add_format({"num_format": "dd.mm.yyyy"})
+    share = workbook.add_format({"num_format": "0%"})
+    sheet.write_row(0, 0, ["serial_number", "production_date", "yield", "checked"])
+    for row, serial in enumerate((7, 8, 1234567), start=1):
+        sheet.write_number(row, 0, serial, padded)
+        sheet.write_datetime(row, 1, dt.datetime(2026, 11, row, 14 if row == 1 else 0, 30), day)  # noqa: DTZ001
+        sheet.write_number(row, 2, 0.25 * row, share)
+        sheet.write_boolean(row, 3, row != 2)
+    workbook.close()
+    return path
+
+
+STAFF_UPLOADED = {
+    "000000000007": {"production_date": "2026-11-01", "yield": "25%", "checked": "TRUE"},
+    "000000000008": {"production_date": "2026-11-02", "yield": "50%", "checked": "FALSE"},
+    "000001234567": {"production_date": "2026-11-03", "yield": "75%", "checked": "TRUE"},
+}
+
+
+def upload_through_the_service(tmp_path: Path, emulator: Emulator, source: Path) -> dict[str, dict[str, str]]:
+    project = make_project(tmp_path / "site", emulator.base_url, upload={"data_key": "serial_number"})
+    project.drop(source.name, source.read_bytes())
+    done = project.cli("run", "--once")
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert project.summary(source.stem)["status"] == "completed"
+    return emulator.all_data("serial_number")
+
+
+def test_zero_padded_serials_and_dates_go_through_as_shown(tmp_path: Path, emulator: Emulator) -> None:
+    source = staff_workbook(tmp_path / "lot7.xlsx")
+    assert upload_through_the_service(tmp_path, emulator, source) == STAFF_UPLOADED
+
+
+@pytest.mark.slow
+def test_the_same_workbook_saved_by_libreoffice_goes_through_as_shown(tmp_path: Path, emulator: Emulator) -> None:
+    if SOFFICE is None:
+        pytest.skip("LibreOffice (soffice) is not installed: apt-get install libreoffice-calc (.ci/run does)")
+    (tmp_path / "made").mkdir()
+    made = staff_workbook(tmp_path / "made" / "lot7.xlsx")
+    saved = convert(made, "xlsx", tmp_path / "saved", tmp_path / "profile")
+    assert upload_through_the_service(tmp_path, emulator, saved) == STAFF_UPLOADED
