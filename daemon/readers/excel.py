@@ -33,7 +33,7 @@ _MIDNIGHT = time(0)
 
 CellValue = int | float | str | bool | time | date | datetime | timedelta
 _UNSEEN = object()
-_MEMO_SIZE = 4096  # formatted texts kept per number format
+_MEMO_SIZE = 1024  # formatted texts kept per number format (numfmt.parse keeps 256 formats)
 
 
 def number_text(value: float) -> str:

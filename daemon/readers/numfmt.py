@@ -245,7 +245,7 @@ def _later_digit(parts: list[str], index: int) -> bool:
     return any(t in ("0", "#", "?") for t in parts[index + 1 :])
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=256)  # formats seen; each holds the reader's memo (at most excel._MEMO_SIZE texts)
 def parse(code: str) -> NumberFormat:
     """Parse a format code; never raises (what cannot be understood reads as General)."""
     sections = tuple(_section(parts) for parts in split_sections(code)[:4])
