@@ -2,12 +2,24 @@
 
 from daemon.ledger.base import BatchInfo, Clock, FileInfo, StateConflict, utcnow
 from daemon.ledger.batches import BatchStore
+from daemon.ledger.figures import FigureStore, LedgerFigures
 from daemon.ledger.files import UPLOADS_PAUSED, FileStore
+from daemon.ledger.history import FileLine, HistoryStore
 from daemon.ledger.rows import RowStore
 
 
-class Ledger(FileStore, RowStore, BatchStore):
+class Ledger(FileStore, RowStore, BatchStore, FigureStore, HistoryStore):
     """The SQLite ledger. One process writes it (the service's main thread); others may read."""
 
 
-__all__ = ["UPLOADS_PAUSED", "BatchInfo", "Clock", "FileInfo", "Ledger", "StateConflict", "utcnow"]
+__all__ = [
+    "UPLOADS_PAUSED",
+    "BatchInfo",
+    "Clock",
+    "FileInfo",
+    "FileLine",
+    "Ledger",
+    "LedgerFigures",
+    "StateConflict",
+    "utcnow",
+]
