@@ -13,13 +13,28 @@ from daemon.config import Settings
 from daemon.intake import take
 from daemon.ledger import Ledger
 
+ARGS = argparse.Namespace()  # the parsed command line, for a script's generate()
 
-def run(doc: str, *, suffix: str, default_rows: int, generate: Callable[[Path, int], None]) -> int:
-    """Parse --rows/--keep, generate `bench<suffix>`, ingest it, print rows/s and peak RSS."""
+
+def run(
+    doc: str,
+    *,
+    suffix: str,
+    default_rows: int,
+    generate: Callable[[Path, int], None],
+    options: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> int:
+    """Parse --rows/--keep (and the script's own `options`), generate `bench<suffix>`, ingest it, print the figures.
+
+    `generate` may read the parsed arguments from the namespace it is given through `options` (see ingest_xlsx).
+    """
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--rows", type=int, default=default_rows)
     parser.add_argument("--keep", type=Path, help="work in this folder and keep the files")
+    if options is not None:
+        options(parser)
     args = parser.parse_args()
+    ARGS.__dict__.update(vars(args))
     with tempfile.TemporaryDirectory(prefix="scm-bench-") as scratch:
         folder = args.keep or Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)

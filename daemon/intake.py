@@ -29,7 +29,7 @@ from daemon.normalize import (
     map_headers,
     row_hasher,
 )
-from daemon.readers import Table, UnreadableFile, open_table
+from daemon.readers import Imprecise, Table, UnreadableFile, open_table
 from daemon.reporter import unescape
 from daemon.states import FileState, Outcome, RowStatus
 
@@ -93,7 +93,8 @@ def _row_records(
             if problem is None and number_width:
                 problem = lost_zeros_problem(key, data_key, number_width)
         # An error cell's text starts with "#" (a CSV holds them as typed: #N/A): a cheap test for any of them.
-        if problem is None and (len(cells) > width or "#" in joined):
+        # A workbook number of more than 15 digits is Imprecise, in any column (the key's check is key_problem's).
+        if problem is None and (len(cells) > width or "#" in joined or (typed_cells and Imprecise in map(type, cells))):
             found = cell_problem(cells, layout)
             if found is not None:
                 column, problem = found

@@ -9,7 +9,7 @@ from operator import itemgetter
 from typing import Any
 
 from daemon.dates import DateSettings, parse_date
-from daemon.readers import CellError, Number
+from daemon.readers import CellError, Imprecise, Number
 
 KEY_FIELDS = ("extended_id", "serial_number")
 REJECTED_ERROR_COLUMN = "error"  # the last column of every rejected file: the mark of a file scm-daemon wrote
@@ -197,10 +197,7 @@ def key_problem(value: str, data_key: str) -> str | None:
                 "format the column as Text and export it again"
             )
         if len(value) > MAX_NUMBER_DIGITS:
-            return (
-                f"{data_key} {value!r} was stored as a number of {len(value)} digits, but a spreadsheet keeps only "
-                f"{MAX_NUMBER_DIGITS}, so its last digits are lost; format the column as Text and type the codes again"
-            )
+            return lost_digits_problem(data_key, value, "codes")
         if data_key == "extended_id" and len(value) < MIN_EXTENDED_ID:
             return (
                 f"extended_id {value!r} was stored as a number and is shorter than {MIN_EXTENDED_ID} characters: "
@@ -211,6 +208,15 @@ def key_problem(value: str, data_key: str) -> str | None:
     if len(value) > MAX_KEY_LENGTH:
         return f"{data_key} is longer than {MAX_KEY_LENGTH} characters"
     return None
+
+
+def lost_digits_problem(subject: str, value: str, what: str) -> str:
+    """Why a number of more than 15 digits cannot be used: the one explanation for keys and other fields alike."""
+    digits = sum(1 for c in value if c.isdigit())
+    return (
+        f"{subject} {value!r} was stored as a number of {digits} digits, but a spreadsheet keeps only "
+        f"{MAX_NUMBER_DIGITS}, so its last digits are lost; format the column as Text and type the {what} again"
+    )
 
 
 @dataclass
@@ -280,11 +286,14 @@ def scm_data(cells: Sequence[str], layout: Layout, *, clear_empty: bool) -> dict
 
 
 def cell_problem(cells: Sequence[str], layout: Layout) -> tuple[int, str] | None:
-    """Why a row's data cells cannot be sent (an error cell, extra cells), with the column concerned, or None."""
+    """Why a row's data cells cannot be sent (an error cell, a number that lost digits, extra cells), or None."""
     for i, field_key in layout.fields:
         if isinstance(cells[i], CellError):
             named = repr(layout.headers[i]) + ("" if layout.headers[i] == field_key else f" ({field_key})")
             return i, f"column {named} is an error cell ({cells[i]}); fix the formula or clear the cell"
+        if type(cells[i]) is Imprecise:
+            named = repr(layout.headers[i]) + ("" if layout.headers[i] == field_key else f" ({field_key})")
+            return i, lost_digits_problem(f"column {named}:", cells[i], "values")
     width = len(layout.headers)
     if len(cells) > width:
         extra = [i for i in range(width, len(cells)) if cells[i]]

@@ -3,13 +3,13 @@
 import csv
 import io
 import shutil
-import subprocess
 from datetime import datetime
 from pathlib import Path
 
 import openpyxl
 import pytest
 import xlsxwriter
+from office_corpus import SOFFICE, convert
 from support import Project, make_project
 
 from daemon.sandbox import Emulator
@@ -147,9 +147,6 @@ def test_a_workbook_gets_rejected_xlsx_of_text_cells_that_uploads_with_its_zeros
     assert emulator.data("serial_number", serial(3)) == {"production_date": "2026-11-03", "lot": "0042"}
 
 
-SOFFICE = shutil.which("soffice")
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(SOFFICE is None, reason="LibreOffice (soffice) is not installed; .ci/run installs it")
 def test_a_rejected_xlsx_saved_again_by_an_office_suite_keeps_its_zeros(tmp_path: Path, emulator: Emulator) -> None:
@@ -165,24 +162,8 @@ def test_a_rejected_xlsx_saved_again_by_an_office_suite_keeps_its_zeros(tmp_path
     edited.parent.mkdir()
     book.save(edited)
     # Opened and saved by LibreOffice, as a person on Linux would: files office suites write differ from ours.
-    saved = tmp_path / "saved"
-    profile = tmp_path / "lo-profile"
-    subprocess.run(
-        [
-            str(SOFFICE),
-            f"-env:UserInstallation={profile.as_uri()}",
-            "--headless",
-            "--convert-to",
-            "xlsx",
-            "--outdir",
-            str(saved),
-            str(edited),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=180,
-    )
-    shutil.copy(saved / "lot-fixed.xlsx", project.inbox / ".lot-fixed.part")
+    converted = convert(edited, "xlsx", tmp_path / "saved", tmp_path / "lo-profile")
+    shutil.copy(converted, project.inbox / ".lot-fixed.part")
     (project.inbox / ".lot-fixed.part").rename(project.inbox / "lot-fixed.xlsx")
     assert project.cli("run", "--once").returncode == 0
 

@@ -131,7 +131,7 @@ EXPECTED_VALUES = {
         "ratio": "0.3",
         "made": "2024-03-05",
         "stamp": "2024-03-05T13:04:05",
-        "ok": "true",
+        "ok": "TRUE",
         "doubled": "6",
         "lot": "000123",
         "note": "a, b; c",
@@ -141,7 +141,7 @@ EXPECTED_VALUES = {
         "ratio": "-42.5",
         "made": "1999-12-31",
         "stamp": "2024-03-05",
-        "ok": "false",
+        "ok": "FALSE",
         "doubled": "L7",
         "lot": "007",
     },
@@ -190,8 +190,8 @@ def test_openpyxl_workbook_with_a_chosen_sheet_and_error_literal(tmp_path: Path,
     run_once(project)
 
     assert emulator.all_data("extended_id") == {
-        code(1): {"made": "2024-01-02", "count": "12", "flag": "false"},
-        code(2): {"made": "2024-01-02T08:30:00", "count": "12.25", "flag": "true"},
+        code(1): {"made": "2024-01-02", "count": "12", "flag": "FALSE"},
+        code(2): {"made": "2024-01-02T08:30:00", "count": "12.25", "flag": "TRUE"},
     }
     rows = by_row(project, "chosen")
     assert rows[5]["detail"].startswith("cell B5: column 'made' is an error cell (#N/A)")
@@ -216,7 +216,7 @@ def test_opendocument_values(tmp_path: Path, emulator: Emulator, project: Projec
     run_once(project)
 
     assert emulator.all_data("extended_id") == {
-        code(1): {"qty": "3", "made": "2024-03-05", "share": "0.25", "ok": "true"},
+        code(1): {"qty": "3", "made": "2024-03-05", "share": "0.25", "ok": "TRUE"},  # .ods: no formats (README)
         code(2): {"made": "2024-03-05T13:04:05"},
     }
     assert "column 'qty' is an error cell (#N/A)" in by_row(project, "sheet")[4]["detail"]

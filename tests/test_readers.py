@@ -372,8 +372,8 @@ def test_xlsx_values_read_as_excel_shows_them(tmp_path: Path) -> None:
     _, headers, rows = read(xlsx(tmp_path / "v.xlsx", build))
     assert headers == ["extended_id", "qty", "ratio", "big", "made", "stamp", "at", "ok", "sum"]
     assert rows == [
-        (2, ["000123", "3", "0.1", "123456789012", "2024-03-05", "2024-03-05T13:04:05", "13:04:05", "true", "6"]),
-        (3, ["K2", "0", "0.3", "0.00000015", "", "", "", "false", "ab"]),
+        (2, ["000123", "3", "0.1", "123456789012", "2024-03-05", "2024-03-05T13:04:05", "13:04:05", "TRUE", "6"]),
+        (3, ["K2", "0", "0.3", "0.00000015", "", "", "", "FALSE", "ab"]),
     ]
     numeric = [[type(cell) is Number for cell in cells] for _, cells in rows]
     assert numeric == [
@@ -604,7 +604,7 @@ def test_ods_values(tmp_path: Path) -> None:
     assert headers == ["id", "n", "d", "t"]
     assert read_rows == [
         (3, ["00123", "3", "2024-03-05", "13:04:05"]),
-        (4, ["#N/A", "0.25", "2024-03-05T13:04:05", "false"]),
+        (4, ["#N/A", "0.25", "2024-03-05T13:04:05", "FALSE"]),
     ]
     assert type(read_rows[0][1][1]) is Number
     assert type(read_rows[1][1][0]) is CellError
@@ -648,7 +648,7 @@ def test_cell_text_of_each_calamine_type() -> None:
     assert cell_text("  x ") == "x"
     assert cell_text(7) == "7"
     assert type(cell_text(7)) is Number
-    assert cell_text(True) == "true"
+    assert cell_text(True) == "TRUE"  # as Excel shows it
     assert cell_text(dt.date(2024, 1, 2)) == "2024-01-02"
     assert cell_text(naive(2024, 1, 2, 0, 0)) == "2024-01-02"
     assert cell_text(naive(2024, 1, 2, 3, 4, 5)) == "2024-01-02T03:04:05"

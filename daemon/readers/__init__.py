@@ -3,7 +3,8 @@
     open_table(path) -> Table            a context manager holding the open file
         .info: TableInfo                 format, encoding/delimiter or sheet, header row number
         .headers: list[str]              trimmed header cells, trailing empty ones dropped
-        .rows() -> (row number, cells)   streamed; cells are str, Number (stored as a number) or CellError
+        .rows() -> (row number, cells)   streamed; cells are str, Number (stored as a number), Imprecise
+                                         (a number beyond 15 digits) or CellError
 
 Exceptions: UnreadableFile (not a table at all, with a message for a person); nothing else for bad content.
 """
@@ -14,13 +15,14 @@ from pathlib import Path
 
 from daemon.readers.excel import cell_text, number_text, open_excel_table
 from daemon.readers.limits import ReadLimits, check_workbook
-from daemon.readers.table import CellError, Number, Row, Table, TableInfo, UnreadableFile
+from daemon.readers.table import CellError, Imprecise, Number, Row, Table, TableInfo, UnreadableFile
 from daemon.readers.text import DELIMITERS, detect_encoding, open_text_table, sniff_delimiter
 
 __all__ = [
     "DELIMITERS",
     "SUPPORTED_SUFFIXES",
     "CellError",
+    "Imprecise",
     "Number",
     "ReadLimits",
     "Row",

@@ -10,8 +10,20 @@ from pathlib import Path
 import python_calamine as calamine
 import structlog
 
-from daemon.readers.table import Number, Row, Table, TableInfo, UnreadableFile, fit, header_cells, mark_errors
-from daemon.readers.xlsx_errors import ErrorCells, error_cells
+from daemon.readers.numfmt import NUMBER, NumberFormat, render
+from daemon.readers.table import (
+    CellError,
+    Imprecise,
+    Number,
+    Row,
+    Table,
+    TableInfo,
+    UnreadableFile,
+    fit,
+    header_cells,
+    mark_errors,
+)
+from daemon.readers.xlsx_cells import NO_MARKS, SheetMarks, sheet_marks
 
 log = structlog.get_logger(__name__)
 
@@ -20,6 +32,8 @@ _OLE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 _MIDNIGHT = time(0)
 
 CellValue = int | float | str | bool | time | date | datetime | timedelta
+_UNSEEN = object()
+_MEMO_SIZE = 1024  # formatted texts kept per number format (numfmt.parse keeps 256 formats)
 
 
 def number_text(value: float) -> str:
@@ -44,15 +58,21 @@ def _duration_text(value: timedelta) -> str:
 
 
 def cell_text(value: object) -> str:
-    """The text of one calamine cell value: Number for numbers, ISO 8601 for dates and times."""
+    """The text of one calamine cell value in General format: Number for numbers, ISO 8601 for dates and times.
+
+    A number of 16 or more digits before the point is Imprecise: Excel keeps 15 significant digits, so the
+    rest is already lost (or will be, the first time someone saves the file in Excel).
+    """
     if type(value) is str:
         return value.strip()
     if type(value) is float:
-        return Number(number_text(value))
+        if -1e15 < value < 1e15:
+            return Number(number_text(value))
+        return Imprecise(number_text(value))
     if type(value) is bool:
-        return "true" if value else "false"
+        return "TRUE" if value else "FALSE"  # as Excel shows them
     if type(value) is int:
-        return Number(str(value))
+        return Number(str(value)) if -(10**15) < value < 10**15 else Imprecise(str(value))
     if isinstance(value, datetime):
         if value.time() == _MIDNIGHT:
             return value.date().isoformat()
@@ -127,15 +147,22 @@ def open_excel_table(path: Path, fmt: str, sheet: str | None) -> Table:
     """Open a workbook and read its sheet up to the header row."""
     head = _kind(path)
     workbook = _open_workbook(path, fmt, head)
+    marks = NO_MARKS
+
+    def close() -> None:
+        marks.close()
+        workbook.close()
+
     try:
         name = _sheet_name(path, workbook, sheet)
+        # Started first: its thread scans the sheet XML while calamine parses it.
+        marks = sheet_marks(path, name) if head.startswith(_ZIP) else NO_MARKS
         try:
             data = workbook.get_sheet_by_name(name)
         except calamine.CalamineError as exc:
             raise UnreadableFile(f"{path.name}: sheet {name!r} cannot be read ({exc}); save it again") from exc
         start_col = data.start[1] if data.start else 0
-        errors = error_cells(path, name) if head.startswith(_ZIP) else {}
-        records = _cells(data.iter_rows(), errors, start_col)
+        records = _cells(data.iter_rows(), marks, start_col)
         for number, cells in records:
             if any(cells):
                 header_row, headers = number, header_cells(cells)
@@ -143,30 +170,75 @@ def open_excel_table(path: Path, fmt: str, sheet: str | None) -> Table:
         else:
             raise UnreadableFile(f"{path.name} has no header row: sheet {name!r} is empty")
     except BaseException:
-        workbook.close()
+        close()
         raise
     info = TableInfo(
         format=fmt, encoding=None, delimiter=None, sheet=name, header_row=header_row, column_offset=start_col
     )
-    log.debug("table_opened", file=path.name, format=fmt, sheet=name, error_cells=len(errors))
-    return Table(info, headers, _rows(records, len(headers)), workbook.close)
+    log.debug("table_opened", file=path.name, format=fmt, sheet=name, cell_scan=marks is not NO_MARKS)
+    return Table(info, headers, _rows(records, len(headers)), close)
 
 
-def _cells(rows: Iterator[list[CellValue]], errors: ErrorCells, start_col: int) -> Iterator[Row]:
+def formatted(fmt: NumberFormat, value: CellValue) -> CellValue:
+    """A number or date cell's text through its number format (Number while it reads as a number), or the value
+    itself where the format shows it as General would, or it is text, a boolean or a number beyond 15 digits."""
+    kind = type(value)
+    if kind is str or kind is bool:
+        return value
+    memo = fmt.memo
+    done = memo.get(value, _UNSEEN)
+    if done is not _UNSEEN:
+        return value if done is None else done  # type: ignore[return-value]
+    if kind is float or kind is int:
+        if not -1e15 < value < 1e15:  # type: ignore[operator]
+            return value  # Imprecise, rejected whatever its format
+        text = render(fmt, value)  # type: ignore[arg-type]
+        cell: str | None = None if text is None else (Number(text) if fmt.kind == NUMBER else text)
+    else:
+        cell = render(fmt, value)  # type: ignore[arg-type]
+    if len(memo) >= _MEMO_SIZE:
+        memo.clear()
+    memo[value] = cell
+    return value if cell is None else cell
+
+
+def _cells(rows: Iterator[list[CellValue]], marks: SheetMarks, start_col: int) -> Iterator[Row]:
     """Every sheet row, empty ones too, as (row number, cell texts).
 
     python-calamine's iter_rows starts at the sheet's row 1 (even when it is empty) but at the first used
-    column, so the row number is the position while error cells shift by the first used column.
+    column, so the row number is the position while marked cells shift by the first used column. A number
+    format turns the value into its text before the row's texts are made, so no cell is made twice.
     """
     join = "".join
+    streamed = marks is not NO_MARKS
     for number, raw in enumerate(rows, start=1):
-        cells = [value.strip() if type(value) is str else cell_text(value) for value in raw]
+        marked = marks.row(number - 1) if streamed else None
+        errors = None
+        if marked is not None:
+            width = len(raw)
+            for col, mark in marked.items():
+                i = col - start_col
+                if 0 <= i < width:
+                    if type(mark) is CellError:
+                        errors = errors or []
+                        errors.append((i, mark))
+                    else:
+                        value = raw[i]
+                        # The memo first, inline: most formatted cells repeat a value (never a bool: True == 1).
+                        done = mark.memo.get(value, _UNSEEN) if type(value) is not bool else _UNSEEN  # type: ignore[union-attr]
+                        if done is _UNSEEN:
+                            raw[i] = formatted(mark, value)  # type: ignore[arg-type]
+                        elif done is not None:
+                            raw[i] = done  # type: ignore[assignment]
+        cells = [
+            value.strip() if type(value) is str else (value if type(value) is Number else cell_text(value))
+            for value in raw
+        ]
         if "#" in join(cells):
             mark_errors(cells)
-        if errors and number - 1 in errors:
-            for col, error in errors[number - 1].items():
-                if 0 <= col - start_col < len(cells):
-                    cells[col - start_col] = error
+        if errors:
+            for i, error in errors:
+                cells[i] = error
         yield number, cells
 
 

@@ -15,6 +15,12 @@ class Number(str):
     __slots__ = ()
 
 
+class Imprecise(Number):
+    """A number of more than 15 digits: a spreadsheet keeps 15, so the rest is lost (rejected in any field)."""
+
+    __slots__ = ()
+
+
 class CellError(str):
     """An error cell such as '#N/A' or '#DIV/0!'; the str value is the error text, which always starts with "#"."""
 
