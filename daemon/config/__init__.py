@@ -3,10 +3,12 @@
 from daemon.config.loading import find_config_file, load_settings, sandbox_settings
 from daemon.config.models import (
     CREDENTIAL_NAME,
+    SMTP_CREDENTIAL_NAME,
     SYSTEM_CONFIG,
     ApiSettings,
     ConfigError,
     IntakeSettings,
+    NotifySettings,
     PathsSettings,
     PollSettings,
     RetrySettings,
@@ -17,10 +19,12 @@ from daemon.config.models import (
 
 __all__ = [
     "CREDENTIAL_NAME",
+    "SMTP_CREDENTIAL_NAME",
     "SYSTEM_CONFIG",
     "ApiSettings",
     "ConfigError",
     "IntakeSettings",
+    "NotifySettings",
     "PathsSettings",
     "PollSettings",
     "RetrySettings",

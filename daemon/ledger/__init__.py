@@ -3,11 +3,22 @@
 from daemon.ledger.base import BatchInfo, Clock, FileInfo, StateConflict, utcnow
 from daemon.ledger.batches import BatchStore
 from daemon.ledger.files import UPLOADS_PAUSED, FileStore
+from daemon.ledger.notifications import NotificationInfo, NotificationState, NotificationStore
 from daemon.ledger.rows import RowStore
 
 
-class Ledger(FileStore, RowStore, BatchStore):
+class Ledger(FileStore, RowStore, BatchStore, NotificationStore):
     """The SQLite ledger. One process writes it (the service's main thread); others may read."""
 
 
-__all__ = ["UPLOADS_PAUSED", "BatchInfo", "Clock", "FileInfo", "Ledger", "StateConflict", "utcnow"]
+__all__ = [
+    "UPLOADS_PAUSED",
+    "BatchInfo",
+    "Clock",
+    "FileInfo",
+    "Ledger",
+    "NotificationInfo",
+    "NotificationState",
+    "StateConflict",
+    "utcnow",
+]
