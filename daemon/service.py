@@ -13,6 +13,7 @@ import structlog
 from pydantic import SecretStr
 
 from daemon import intake
+from daemon.alerts import Alerts
 from daemon.api import ScantrustClient
 from daemon.breaker import CircuitBreaker
 from daemon.config import ConfigError, Settings
@@ -135,6 +136,8 @@ class Service:
             settings, ledger=ledger, scanner=scanner, wake=self.wake, stopping=self.stop_event, monotonic=monotonic
         )
         self._parts: dict[str, Backoff] = {}  # parts of the loop that failed, and when they run again
+        self.alerts = Alerts(settings.notify, ledger, settings.paths.outbox, epoch=self.epoch, monotonic=monotonic)
+        self.flow.on_done = self.alerts.file_done
 
     @classmethod
     def from_settings(
@@ -303,6 +306,7 @@ class Service:
         if self.reload_requested:
             self.reload()
         result = self.step(wait=IDLE_WAIT)
+        self._guarded("notify", self.alerts.step, self.epoch(), self.uploader, result.answered, default=0)
         pause = self.uploader.pause
         if pause is not None and once:
             self.uploader.drain(self.epoch, deadline=self.monotonic() + STOP_DEADLINE)
@@ -363,6 +367,7 @@ class Service:
         finally:
             self.events.stop()
             self.uploader.close()
+            self.alerts.close()
             self.ledger.close()
 
     def shutdown(self) -> None:
