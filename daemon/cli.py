@@ -253,6 +253,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     with _existing_ledger(args) as ledger:
         data = ledger.overview()
         data["active_files"] = progress_snapshot(ledger, time.time())
+        data["notifications"] = ledger.notification_overview()
     print(json.dumps(data, indent=2) if args.json else render_overview(data))
     return EXIT_OK
 

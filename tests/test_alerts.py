@@ -38,6 +38,7 @@ from daemon.logs import register_secret
 from daemon.sandbox import Emulator
 from daemon.service import Service
 from daemon.states import FileState, Outcome, RowStatus
+from daemon.status import render_overview
 from daemon.uploader import Pause
 
 SECRET = "alerts-test-secret-0123456789"
@@ -213,6 +214,13 @@ def test_webhook_failures_are_retried_with_backoff_and_given_up_after_the_bound(
     assert gave_up["note"] == "not delivered after 3 tries"
     assert "secretpart" not in repr(logs)
     assert ledger.notification_counts() == {"given_up": 1}
+    data = ledger.overview()
+    data["notifications"] = ledger.notification_overview()  # as `scm-daemon status` shows it
+    text = render_overview(data)
+    assert "notifications: given_up 1" in text
+    (line,) = [line for line in text.splitlines() if "not delivered" in line]
+    assert line.startswith("  not delivered (webhook, file_finished, ")
+    assert line.endswith("): the webhook at 127.0.0.1 answered HTTP 500 (Internal Server Error)")
 
 
 def test_a_webhook_that_fails_once_gets_the_notification_exactly_once(ledger: Ledger, tmp_path: Path) -> None:

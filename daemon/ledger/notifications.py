@@ -137,3 +137,15 @@ class NotificationStore(LedgerBase):
         with self.connect() as conn:
             rows = conn.exec_driver_sql("SELECT state, count(*) FROM notifications GROUP BY state").all()
         return {str(s): int(n) for s, n in rows}
+
+    def notification_overview(self, *, recent: int = 3) -> dict[str, Any]:
+        """For `status`: notifications by state, and the last ones given up with why."""
+        with self.connect() as conn:
+            given_up = conn.exec_driver_sql(
+                "SELECT event, channel, last_error, sent_at FROM notifications WHERE state=? ORDER BY id DESC LIMIT ?",
+                (str(NotificationState.GIVEN_UP), recent),
+            ).all()
+        return {
+            "counts": self.notification_counts(),
+            "given_up": [{"event": e, "channel": c, "error": err, "at": at} for e, c, err, at in given_up],
+        }
