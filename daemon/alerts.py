@@ -11,6 +11,7 @@ import re
 import socket
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -188,6 +189,32 @@ def senders(notify: NotifySettings) -> dict[str, Sender]:
 
         chosen["command"] = command
     return chosen
+
+
+def send_test(notify: NotifySettings, *, host: str | None = None) -> list[tuple[str, str | None]]:
+    """`scm-daemon notify-test`: one test notification through each configured channel, now, in this thread;
+    (channel, None when delivered, else why not)."""
+    host = host or socket.gethostname()
+    at = datetime.now(UTC).isoformat(timespec="milliseconds")
+    payload = _scrub(
+        {
+            "id": f"test-{_compact(at)}",
+            "event": "test",
+            "text": f"scm-daemon on {host}: a test notification; this channel works.",
+            "subject": "scm-daemon: test notification",
+            "host": host,
+            "at": at,
+        }
+    )
+    results: list[tuple[str, str | None]] = []
+    for channel, sender in senders(notify).items():
+        try:
+            sender(NotificationInfo(0, payload["id"], channel, "test", payload, 0))
+        except alert_channels.DeliveryError as exc:
+            results.append((channel, str(exc)))
+        else:
+            results.append((channel, None))
+    return results
 
 
 class Alerts:

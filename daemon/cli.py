@@ -16,6 +16,7 @@ import structlog
 from pydantic import SecretStr
 
 from daemon import __version__
+from daemon.alerts import send_test
 from daemon.api import ApiError, ErrorKind, ScantrustClient, classify
 from daemon.config import CREDENTIAL_NAME, ConfigError, Settings, find_config_file, load_settings, sandbox_settings
 from daemon.folders import FolderError, ledger_lock, prepare_folders, refuse_network_ledger
@@ -102,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--older-than", type=float, required=True, metavar="DAYS", help="drop rows of files finished more than DAYS ago"
     )
     with_sandbox(prune)
+
+    with_config(
+        sub.add_parser(
+            "notify-test",
+            help="send a test notification through every [notify] channel now",
+            description="Send a test notification through each channel set in [notify] (webhook, e-mail, command) "
+            "and say how each went. Exit code 0: all delivered; 1: some were not; 2: no channel is configured.",
+        )
+    )
 
     sandbox = sub.add_parser(
         "sandbox",
@@ -388,6 +398,16 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_notify_test(args: argparse.Namespace) -> int:
+    """Send a test notification through each configured channel and say how each went."""
+    results = send_test(_settings(args).notify)
+    if not results:
+        raise ConfigError("no [notify] channel is configured: set notify.webhook_url, email_to or command")
+    for channel, error in results:
+        print(f"{channel}: delivered" if error is None else f"{channel}: not delivered: {error}")
+    return EXIT_OK if all(error is None for _, error in results) else EXIT_UNEXPECTED
+
+
 COMMANDS = {
     "run": cmd_run,
     "validate": cmd_validate,
@@ -396,6 +416,7 @@ COMMANDS = {
     "retry": cmd_retry,
     "prune": cmd_prune,
     "sandbox": cmd_sandbox,
+    "notify-test": cmd_notify_test,
 }
 
 

@@ -450,3 +450,27 @@ def test_row_counts_used_in_the_text_are_the_ledgers(ledger: Ledger, tmp_path: P
     payload = file_payload(f, counts, summary=tmp_path / "s.json", rejected=tmp_path / "r.csv", host="h")
     assert payload["rows"] == {"total": 2, "rejected": 1, "uploaded": 1}
     assert "fix them in r.csv and drop it into the inbox again" in payload["text"]
+
+
+# --- scm-daemon notify-test --------------------------------------------------------------------------------------
+
+
+def test_notify_test_sends_through_each_channel_and_says_how_each_went(tmp_path: Path) -> None:
+    with WebhookReceiver() as receiver:
+        project = make_project(
+            tmp_path / "site",
+            "http://127.0.0.1:9",
+            notify={"webhook_url": receiver.url, "command": [str(tmp_path / "nope")]},
+        )
+        done = project.cli("notify-test")
+        assert receiver.events() == ["test"]
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.splitlines() == [
+        "webhook: delivered",
+        f"command: not delivered: the command {tmp_path / 'nope'} does not exist; check notify.command",
+    ]
+    assert "secretpart" not in done.stdout + done.stderr
+
+    bare = make_project(tmp_path / "bare", "http://127.0.0.1:9").cli("notify-test")
+    assert bare.returncode == 2
+    assert "no [notify] channel is configured" in bare.stderr
