@@ -29,12 +29,21 @@ class DeliveryError(Exception):
     """A notification was not delivered; the message says why in plain words and holds no secret."""
 
 
+def chat_text(text: str) -> str:
+    """`text` as Slack reads it literally: a file named `<!channel>.csv` must not notify a whole channel.
+
+    Slack's formatting rules ask for exactly these three escapes; the structured fields stay as they are.
+    """
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def post_webhook(url: str, payload: Mapping[str, Any], timeout: float) -> None:
-    """POST the payload as JSON; any 2xx answer is a delivery."""
+    """POST the payload as JSON (its `text` escaped for chat); any 2xx answer is a delivery."""
     host = urlsplit(url).hostname or "?"
+    body = {**payload, "text": chat_text(str(payload.get("text", "")))}
     request = urllib.request.Request(  # noqa: S310 -- the scheme is checked (http(s) only) when the config is read
         url,
-        data=json.dumps(payload, ensure_ascii=False).encode("utf-8"),
+        data=json.dumps(body, ensure_ascii=False).encode("utf-8"),
         method="POST",
         headers={"Content-Type": "application/json; charset=utf-8", "User-Agent": "scm-daemon"},
     )
@@ -66,7 +75,8 @@ def _os_reason(reason: object, timeout: float) -> str:
 def email_message(payload: Mapping[str, Any], *, sender: str, to: Sequence[str]) -> EmailMessage:
     """The e-mail for a notification: its subject and text, the fields below, and a Message-ID from its id."""
     message = EmailMessage()
-    message["Subject"] = str(payload["subject"])
+    # A file name may hold a line break: a header must not (it would be refused, or inject headers).
+    message["Subject"] = " ".join(str(payload["subject"]).split())
     message["From"] = sender
     message["To"] = ", ".join(to)
     message["Date"] = formatdate(usegmt=True)

@@ -34,7 +34,7 @@ from daemon.alerts import (
 from daemon.config import ConfigError, NotifySettings, load_settings
 from daemon.folders import prepare_folders
 from daemon.ledger import FileInfo, Ledger
-from daemon.logs import register_secret
+from daemon.logs import redact, register_secret
 from daemon.sandbox import Emulator
 from daemon.service import Service
 from daemon.states import FileState, Outcome, RowStatus
@@ -474,3 +474,49 @@ def test_notify_test_sends_through_each_channel_and_says_how_each_went(tmp_path:
     bare = make_project(tmp_path / "bare", "http://127.0.0.1:9").cli("notify-test")
     assert bare.returncode == 2
     assert "no [notify] channel is configured" in bare.stderr
+
+
+def test_a_hostile_file_name_neither_pings_a_chat_channel_nor_breaks_the_mail(ledger: Ledger, tmp_path: Path) -> None:
+    file_id = ledger.add_file(
+        sha256="d" * 64,
+        name="<!channel> &\nBcc: x@evil.example.csv",
+        path="/in/x",
+        size=1,
+        data_key="extended_id",
+        mode="sync",
+    )
+    ledger.transition_file(file_id, FileState.REPORTING, outcome=Outcome.FAILED, error="no key column")
+    ledger.transition_file(file_id, FileState.DONE)
+    with WebhookReceiver() as receiver, smtp_server(tmp_path, username="u", password="p") as (mailbox, port, cert):
+        alerts = alerts_for(
+            ledger,
+            tmp_path,
+            webhook_url=receiver.url,
+            email_to=["ops@example.com"],
+            smtp_host="127.0.0.1",
+            smtp_port=port,
+            smtp_username="u",
+            smtp_password=SecretStr("p"),
+            smtp_ca_file=str(cert),
+        )
+        alerts.file_done(ledger.file(file_id), _names())
+        deliver(alerts)
+        (told,) = receiver.taken
+        (mail,) = mailbox.received
+    assert told["text"].startswith("scm-daemon on testhost: &lt;!channel&gt; &amp;\nBcc: x@evil.example.csv failed")
+    assert told["file"] == "<!channel> &\nBcc: x@evil.example.csv"  # the figures stay as they are
+    message = email.message_from_bytes(mail.content, policy=email.policy.default)
+    assert message["Subject"] == "scm-daemon: <!channel> & Bcc: x@evil.example.csv failed"
+    assert message["Bcc"] is None
+    assert mail.rcpt_tos == ["ops@example.com"]
+
+
+def test_notify_keys_come_from_the_environment_too_and_the_webhook_url_is_kept_out_of_logs() -> None:
+    url = "https://hooks.example.com/services/T1/B1/envsecret"
+    env = {"SCM_NOTIFY__WEBHOOK_URL": url, "SCM_NOTIFY__ON": '["failed"]', "SCM_NOTIFY__COMMAND": '["/bin/true"]'}
+    notify = load_settings(None, env=env).notify
+    assert notify.channels == ("webhook", "command")
+    assert notify.on == ["failed"]
+    assert redact(f"posting to {url}") == "posting to ***"
+    with pytest.raises(ConfigError, match="must be a JSON list"):
+        load_settings(None, env={"SCM_NOTIFY__EMAIL_TO": "ops@example.com"})
