@@ -49,12 +49,19 @@ class PauseSource(Protocol):
     @property
     def breaker(self) -> Any: ...  # .is_open, .failures
 
+    @property
+    def start_failures(self) -> int: ...  # start-up checks in a row that could not reach the API
+
 
 def pause_cause(uploader: PauseSource) -> str:
-    """Why uploads are paused right now: "token", "configuration", "api_down" (the circuit breaker), or ""."""
-    if uploader.pause is not None:
-        return str(uploader.pause.cause)
-    return "api_down" if uploader.breaker.is_open else ""
+    """Why uploads are paused right now: "token", "configuration", "api_down" (the circuit breaker, or a start-up
+    check that could not reach the API), or "" (also while the start-up check has not answered yet)."""
+    cause = str(uploader.pause.cause) if uploader.pause is not None else ""
+    if cause == "starting":
+        cause = "api_down" if uploader.start_failures else ""
+    if not cause and uploader.breaker.is_open:
+        cause = "api_down"
+    return cause
 
 
 def pause_change(announced: str, current: str, *, answered_ok: bool) -> str | None:

@@ -7,7 +7,7 @@ both are re-exported here, so `from daemon.api import Rejected, TaskStatus, clas
 import json
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
@@ -76,6 +76,7 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 ME_PATH = "/api/v2/me/"
+DEBUG_BODY_BYTES = 2000  # of each answer, in the debug log
 TASK_PATH = "/api/v2/scm/tasks/{task_id}/"
 # API.md: the slash form is a guess; the production client polls the bare form (and follows redirects).
 TASK_PATH_BARE = "/api/v2/scm/tasks/{task_id}"
@@ -84,6 +85,10 @@ MAX_REDIRECTS = 3
 MAX_ANSWER_BYTES = 8 << 20  # a larger answer is not read further: a transient error, never gigabytes in memory
 DEADLINE_MARGIN = 30.0  # api.request_deadline defaults to read_timeout + this
 _BODY_CHUNK = 64 * 1024
+
+# Called once per HTTP request that was made: (kind, outcome, seconds). The outcome is the status code as text, or
+# "timeout" / "connection_error" when no full answer came. /metrics counts and times requests through it.
+RequestObserver = Callable[[str, str, float], None]
 
 
 class _UatAuth(requests.auth.AuthBase):
@@ -140,6 +145,7 @@ class ScantrustClient:
         self._sessions: list[requests.Session] = []
         self._closed = False
         self._task_paths = (TASK_PATH, TASK_PATH_BARE)  # the form that last answered goes first
+        self.observe: RequestObserver | None = None  # told of every request made (/metrics)
 
     def __repr__(self) -> str:
         return f"ScantrustClient(base_url={self.base_url!r}, token=SecretStr('**********'))"
@@ -152,7 +158,7 @@ class ScantrustClient:
 
     def me(self) -> dict[str, Any]:
         """The user the token belongs to (GET /api/v2/me/): the connectivity and token check."""
-        body = self._call("GET", ME_PATH)
+        body = self._call("GET", ME_PATH, kind="token_check")
         if not isinstance(body, dict):
             raise ProtocolError(f"GET {ME_PATH} answered 200 with {shape(body)} instead of a JSON object")
         return body
@@ -160,7 +166,7 @@ class ScantrustClient:
     def upload_sync(self, data_key: str, items: list[dict[str, str]]) -> SyncResult:
         """Send one synchronous SCM upload (at most 100 items)."""
         try:
-            body = self._call("POST", SYNC_UPLOAD_PATH, {"data_key": data_key, "items": items})
+            body = self._call("POST", SYNC_UPLOAD_PATH, {"data_key": data_key, "items": items}, kind="sync_upload")
         except Rejected as exc:
             exc.item_errors = item_errors(exc.body, [_key_of(item, data_key) for item in items])
             raise
@@ -169,7 +175,7 @@ class ScantrustClient:
     def upload_async(self, data_key: str, values: list[str], scm_data: dict[str, str], reference: str) -> str:
         """Create an async job setting `scm_data` on the codes whose `data_key` is in `values`; the task id."""
         payload = {"constraints": {data_key: values}, "scm_data": scm_data, "reference": reference}
-        return parse_task_id(self._call("POST", ASYNC_UPLOAD_PATH, payload))
+        return parse_task_id(self._call("POST", ASYNC_UPLOAD_PATH, payload, kind="async_submit"))
 
     def task(self, task_id: str) -> TaskStatus:
         """The status of an async task: the slash form, on 404 the bare form once; the one that answers is kept."""
@@ -178,7 +184,7 @@ class ScantrustClient:
         for tried, template in enumerate(forms):
             path = template.format(task_id=quoted)
             try:
-                body = self._call("GET", path, follow_redirects=True)
+                body = self._call("GET", path, follow_redirects=True, kind="task_poll")
             except NotFound:
                 if tried == len(forms) - 1:
                     raise
@@ -211,23 +217,24 @@ class ScantrustClient:
             self._local.session = session
         return session
 
-    def _call(self, method: str, path: str, payload: object = None, *, follow_redirects: bool = False) -> object:
+    def _call(
+        self, method: str, path: str, payload: object = None, *, kind: str, follow_redirects: bool = False
+    ) -> object:
         if self._closed:
             raise RuntimeError("the API client was closed")
         what = f"{method} {path}"
         url = self.base_url + path
         for _hop in range(MAX_REDIRECTS + 1):
-            try:
-                with self._slots:
-                    # requests' own redirect handling is off: it would decide alone where the token goes.
-                    response = self._session().request(
-                        method, url, json=payload, timeout=self._timeout, allow_redirects=False, stream=True
-                    )
-                    raw = _read_body(what, response, self._deadline, self._max_bytes)
-            except requests.RequestException as exc:
-                # `from None`: a requests exception holds the prepared request, Authorization header included, and
-                # a traceback renderer that shows causes or locals would print it.
-                raise _transport_error(what, exc, self._token, self.base_url, self._timeout[1]) from None
+            with self._slots:
+                response, raw = self._request(what, kind, method, url, payload)
+            # What to copy into a report of an API mismatch (`run --log-level debug`); scrubbed like everything.
+            log.debug(
+                "api_answer",
+                request=what,
+                status=response.status_code,
+                content_type=response.headers.get("Content-Type"),
+                body=_scrub(raw[:DEBUG_BODY_BYTES].decode("utf-8", "replace"), self._token),
+            )
             location = response.headers.get("Location")
             if not (follow_redirects and response.status_code in _REDIRECTS and location):
                 return _read_answer(what, response, raw, self._token)
@@ -243,6 +250,29 @@ class ScantrustClient:
             response.close()
             url = target
         raise ProtocolError(f"{what}: more than {MAX_REDIRECTS} redirects; not followed further", ambiguous=False)
+
+    def _request(self, what: str, kind: str, method: str, url: str, payload: object) -> tuple[requests.Response, bytes]:
+        """One HTTP request and its whole answer body; the one place where requests are counted and timed."""
+        outcome = "connection_error"
+        started = time.monotonic()
+        try:
+            # requests' own redirect handling is off: it would decide alone where the token goes.
+            response = self._session().request(
+                method, url, json=payload, timeout=self._timeout, allow_redirects=False, stream=True
+            )
+            outcome = str(response.status_code)
+            return response, _read_body(what, response, self._deadline, self._max_bytes)
+        except requests.RequestException as exc:
+            outcome = "timeout" if isinstance(exc, requests.Timeout) else "connection_error"
+            # `from None`: a requests exception holds the prepared request, Authorization header included, and
+            # a traceback renderer that shows causes or locals would print it.
+            raise _transport_error(what, exc, self._token, self.base_url, self._timeout[1]) from None
+        except Timeout:  # the whole answer took longer than api.request_deadline
+            outcome = "timeout"
+            raise
+        finally:
+            if self.observe is not None:
+                self.observe(kind, outcome, time.monotonic() - started)
 
 
 def _same_origin(url: str, base_url: str) -> bool:

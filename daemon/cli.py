@@ -8,25 +8,25 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 
 import structlog
 from pydantic import SecretStr
 
-from daemon import __version__
+from daemon import __version__, retention
 from daemon.alerts import send_test
 from daemon.api import ApiError, ErrorKind, ScantrustClient, classify
 from daemon.config import CREDENTIAL_NAME, ConfigError, Settings, find_config_file, load_settings, sandbox_settings
+from daemon.config.routes import route_overview
 from daemon.folders import FolderError, ledger_lock, prepare_folders, refuse_network_ledger
 from daemon.ledger import Ledger
-from daemon.logs import configure_logging
+from daemon.logs import LEVELS, configure_logging
 from daemon.notify import Notifier
 from daemon.progress import snapshot as progress_snapshot
 from daemon.sandbox import Emulator, EmulatorConfig, serve_forever
 from daemon.schema import LedgerVersionError
-from daemon.service import ConfigurationPausedError, Service, TokenRefusedError
+from daemon.service import ApiUnreachableError, ConfigurationPausedError, Service, TokenRefusedError
 from daemon.states import FileState
 from daemon.status import render_overview
 from daemon.validate import render_validation, validate_file
@@ -62,12 +62,20 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return p
 
+    def with_log_level(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--log-level",
+            choices=LEVELS,
+            help="debug also logs every API answer (scrubbed): what to copy into a report of an API mismatch",
+        )
+
     def with_sandbox(p: argparse.ArgumentParser) -> None:
         p.add_argument("--sandbox", action="store_true", help="the ledger of `run --sandbox` (ledger.sandbox.sqlite3)")
 
     run = with_config(sub.add_parser("run", help="watch the inbox, upload, report, until SIGTERM/SIGINT"))
     run.add_argument("--once", action="store_true", help="process the files now in the inbox, wait until final, exit")
     run.add_argument("--sandbox", action="store_true", help="run against the built-in API emulator (no token needed)")
+    with_log_level(run)
 
     validate = with_config(
         sub.add_parser(
@@ -78,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
     validate.add_argument("file", type=Path, help="a CSV or Excel file")
+    validate.add_argument(
+        "--route", metavar="FOLDER", help='read it as if dropped into inbox/FOLDER (a [routes."FOLDER"] key)'
+    )
     validate.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     status = with_config(sub.add_parser("status", help="what the ledger holds: files, rows and batches by state"))
@@ -90,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--sandbox", action="store_true", help="check the configuration of `run --sandbox` against the emulator"
     )
+    with_log_level(check)
 
     retry = with_config(sub.add_parser("retry", help="put the failed rows of files back in the upload queue"))
     retry.add_argument("files", nargs="*", metavar="NAME_OR_SHA", help="file name as dropped, or its SHA-256 (prefix)")
@@ -97,11 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
     with_sandbox(retry)
 
     prune = with_config(
-        sub.add_parser("prune", help="drop finished rows past retention, keeping what idempotency needs")
+        sub.add_parser(
+            "prune",
+            help="drop finished rows past retention, keeping what idempotency needs; apply [retention] to files",
+            description="Drop the ledger rows of files finished more than --older-than DAYS ago (file records, "
+            "counts and the last data per code stay), and remove old inputs from archive/ and failed/ and old "
+            "reports from the outbox as [retention] archive_days and outbox_days say. Only files this daemon "
+            "wrote are removed, never through a symbolic link.",
+        )
     )
     prune.add_argument(
-        "--older-than", type=float, required=True, metavar="DAYS", help="drop rows of files finished more than DAYS ago"
+        "--older-than", type=float, metavar="DAYS", help="drop ledger rows of files finished more than DAYS ago"
     )
+    prune.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
     with_sandbox(prune)
 
     with_config(
@@ -232,7 +252,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not args.file.is_file():
         state = "is a folder, not a file" if args.file.is_dir() else "does not exist"
         raise UsageError(f"file {args.file} {state}; check the path")
-    report = validate_file(args.file, settings)
+    if args.route is not None and args.route not in settings.routes:
+        known = ", ".join(f'"{key}"' for key in settings.routes) or "none configured"
+        raise UsageError(f'--route {args.route!r} is not a [routes."FOLDER"] of the configuration (routes: {known})')
+    report = validate_file(args.file, settings, route=args.route)
     print(json.dumps(report, indent=2) if args.json else render_validation(report))
     return EXIT_OK if report["ok"] else EXIT_UNEXPECTED  # 1 when unreadable or when any row would be rejected
 
@@ -295,6 +318,8 @@ def _check(settings: Settings, *, sandbox: bool) -> int:
     print(f"folders: inbox {paths.inbox}, outbox {paths.outbox}, archive {paths.archive}")
     if later:
         print(f"folders: {', '.join(later)} not there yet (created on first run)")
+    for line in route_overview(settings):
+        print(line)
     refuse_network_ledger(paths.ledger)
     if paths.ledger.exists():
         Ledger(paths.ledger).close()  # its schema version is checked
@@ -378,16 +403,18 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    """Drop old rows; file records and the last data uploaded per code stay."""
-    if args.older_than < 0:
+    """Drop old rows (file records and the last data uploaded per code stay) and old files ([retention])."""
+    if args.older_than is not None and args.older_than < 0:
         raise UsageError("--older-than takes a number of days, 0 or more")
+    settings = _settings(args)
+    if args.older_than is None and not settings.retention.enabled:
+        raise UsageError(
+            "nothing to prune: give --older-than DAYS for the ledger, or set retention.archive_days or "
+            "retention.outbox_days for the files"
+        )
     with _existing_ledger(args) as ledger:
-        cutoff = (ledger.clock() - timedelta(days=args.older_than)).isoformat(timespec="milliseconds")
-        files, rows = ledger.prune(cutoff)
-    print(
-        f"dropped {rows} row(s) of {files} file(s) finished before {cutoff}; their file records, counts and the "
-        "last data uploaded per code stay, so duplicates and repeats are still recognised"
-    )
+        for line in retention.prune(ledger, settings, args.older_than, dry_run=args.dry_run):
+            print(line)
     return EXIT_OK
 
 
@@ -423,10 +450,11 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; every exception becomes a message on stderr and an exit code here, and only here."""
     args = build_parser().parse_args(argv)
+    level = getattr(args, "log_level", None)
     if args.command in ("run", "sandbox"):
-        configure_logging()  # a service: its log on stdout, for journald
+        configure_logging(level=level or "info")  # a service: its log on stdout, for journald
     else:
-        configure_logging(level="warning", stream=sys.stderr)  # stdout carries the command's answer
+        configure_logging(level=level or "warning", stream=sys.stderr)  # stdout carries the command's answer
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, UsageError, FolderError, LedgerVersionError) as exc:
@@ -435,6 +463,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TokenRefusedError as exc:
         print(f"scm-daemon: {exc}; rows stay pending. Renew the token and run again.", file=sys.stderr)
         return EXIT_TOKEN
+    except ApiUnreachableError as exc:
+        print(
+            f"scm-daemon: not started: {exc}. No file was taken from the inbox; check the network and "
+            "api.base_url (`scm-daemon check` tells which), then run again.",
+            file=sys.stderr,
+        )
+        return EXIT_UNEXPECTED
     except ConfigurationPausedError as exc:
         print(f"scm-daemon: {exc}; rows stay pending. Fix the configuration and run again.", file=sys.stderr)
         return EXIT_USAGE

@@ -28,6 +28,7 @@ from daemon.errors import (
 from daemon.retry import RetryPolicy
 from daemon.states import RowStatus
 
+BASE_URL_EXAMPLE = "e.g. https://api.scantrust.com"
 MISSING_TASK_POLLS = 3  # a task that answers 404 this many times in a row is given up
 SPLIT_AFTER_TIMEOUTS = 2  # a batch that timed out this many times in a row is cut in halves
 
@@ -39,6 +40,7 @@ class RequestKind(StrEnum):
     ASYNC_SUBMIT = "async_submit"  # POST /api/v2/scm/upload/async/: creates a task
     TASK_POLL = "task_poll"  # GET /api/v2/scm/tasks/<id>/
     TOKEN_CHECK = "token_check"  # noqa: S105 - a kind name; GET /api/v2/me/ while the token is refused
+    START_CHECK = "start_check"  # GET /api/v2/me/ at start-up, before any file is taken
 
     @property
     def upload(self) -> bool:
@@ -180,6 +182,15 @@ class TokenStillRefused(Decision):
     reason: str
 
 
+@dataclass(frozen=True)
+class StartCheckFailed(Decision):
+    """GET /me/ at start-up failed. `cause`: token (refused: the service ends, exit 3), configuration (no such
+    endpoint: api.base_url names another server) or unreachable (asked again after a backoff)."""
+
+    cause: str
+    reason: str
+
+
 def halves(lines: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
     """A batch's rows in two halves, in row order."""
     middle = len(lines) // 2
@@ -206,10 +217,12 @@ def decide(attempt: Attempt, outcome: object, policy: Policy, rand: float) -> De
     if isinstance(outcome, ApiError):
         if attempt.kind is RequestKind.TOKEN_CHECK:
             return TokenStillRefused(health_of(outcome), reason=str(outcome))
+        if attempt.kind is RequestKind.START_CHECK:
+            return _start_check_failed(outcome)
         if attempt.kind is RequestKind.TASK_POLL:
             return _poll_failed(attempt, outcome, policy, rand)
         return _upload_failed(attempt, outcome, policy, rand)
-    if attempt.kind is RequestKind.TOKEN_CHECK:
+    if attempt.kind in (RequestKind.TOKEN_CHECK, RequestKind.START_CHECK):
         return TokenAccepted(Health.SUCCESS)
     if attempt.kind is RequestKind.SYNC_UPLOAD:
         assert isinstance(outcome, SyncResult)
@@ -218,6 +231,16 @@ def decide(attempt: Attempt, outcome: object, policy: Policy, rand: float) -> De
         return TaskCreated(Health.SUCCESS, task_id=str(outcome))
     assert isinstance(outcome, TaskStatus)
     return _polled(attempt, outcome, policy)
+
+
+def _start_check_failed(exc: ApiError) -> StartCheckFailed:
+    health = health_of(exc)
+    if classify(exc) is ErrorKind.TOKEN_REFUSED:
+        return StartCheckFailed(health, cause="token", reason=str(exc))
+    if isinstance(exc, NotFound) or (isinstance(exc, Rejected) and exc.status == 405):
+        reason = f"{exc}: this is not the Scantrust API; check api.base_url (scheme and host only, {BASE_URL_EXAMPLE})"
+        return StartCheckFailed(health, cause="configuration", reason=reason)
+    return StartCheckFailed(health, cause="unreachable", reason=str(exc))
 
 
 def _server_wait(exc: ApiError, policy: Policy) -> float | None:
@@ -236,7 +259,7 @@ def _upload_failed(attempt: Attempt, exc: ApiError, policy: Policy, rand: float)
             health,
             reason=(
                 f"{error}: the upload endpoint does not exist at this address; check api.base_url "
-                "(scheme and host only, e.g. https://api.scantrust.com)"
+                f"(scheme and host only, {BASE_URL_EXAMPLE})"
             ),
         )
     if kind is ErrorKind.DEFECTIVE:

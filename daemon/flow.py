@@ -10,13 +10,14 @@ import structlog
 
 from daemon import intake
 from daemon.config import Settings
+from daemon.config.routes import settings_for
 from daemon.folders import deliver
 from daemon.ledger import FileInfo, Ledger
 from daemon.planner import plan as plan_batches
 from daemon.reporter import ReportNames, outcome_for
 from daemon.retry import Backoff
 from daemon.states import FileState
-from daemon.watcher import InboxScanner
+from daemon.watcher import InboxScanner, inbox_name
 
 log = structlog.get_logger(__name__)
 
@@ -121,6 +122,7 @@ class FileFlow:
             states = [FileState.RECEIVED, FileState.ACTIVE, FileState.REPORTING]
             claimed = {f.path for f in self.ledger.files(states)}
             settled = [p for p in settled if str(p) not in claimed]
+        inbox = self.settings.paths.inbox
         for path in settled:
             if str(path) in self._unreadable:
                 continue
@@ -128,12 +130,13 @@ class FileFlow:
             try:
                 file_id, claimed_path = intake.claim(path, self.ledger, self.settings)
             except intake.Vanished:
-                log.info("file_vanished", file=path.name, note="taken afresh if it comes back")
+                log.info("file_vanished", file=inbox_name(inbox, path), note="taken afresh if it comes back")
                 continue
             except OSError as exc:
                 # E.g. no permission to rename it: not the file's content, so no report; looked at again later.
                 self._unreadable[str(path)] = now + UNREADABLE_RETRY
-                log.warning("file_not_claimable", file=path.name, error=str(exc), retry_in=UNREADABLE_RETRY)
+                name = inbox_name(inbox, path)
+                log.warning("file_not_claimable", file=name, error=str(exc), retry_in=UNREADABLE_RETRY)
                 continue
             if self.read(file_id, claimed_path):
                 taken += 1
@@ -206,7 +209,7 @@ class FileFlow:
         skipped = self.ledger.skip_uploaded(file_id, f.data_key)
         groups = self.ledger.plannable_groups(file_id)
         if groups:
-            upload = self.settings.upload
+            upload = settings_for(self.settings, f.name).upload  # its route's batch sizes
             p = plan_batches(
                 groups,
                 mode=f.mode,  # as configured when the file was taken
@@ -253,7 +256,7 @@ class FileFlow:
     def _report_and_move(self, f: FileInfo, now: float) -> bool:
         """Deliver one file; on a file-system error it stays `reporting` and is tried again with backoff."""
         try:
-            names, target = deliver(self.ledger, f, self.settings.paths)
+            names, target = deliver(self.ledger, f, self.settings.paths, self.settings.reports)
         except OSError as exc:
             backoff = self.delivery.setdefault(f.id, Backoff(*DELIVERY_RETRY))
             error = f"reports of {f.name} not delivered: {exc.strerror or exc} ({exc.filename or ''})"

@@ -6,11 +6,11 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import structlog
 
-from daemon.config import PathsSettings, Settings
+from daemon.config import PathsSettings, ReportsSettings, Settings
 from daemon.ledger import FileInfo, Ledger
 from daemon.mounts import MOUNTINFO, filesystem_of
 from daemon.names import free_path
@@ -57,20 +57,25 @@ def prepare_folders(settings: Settings, *, create_inbox: bool = False, strict: b
 
 
 def remove_leftover_temps(outbox: Path) -> int:
-    """Remove the temporary files of reports a crash interrupted (`.<name>.XXXX.tmp`); returns how many."""
+    """Remove the temporary files of reports a crash interrupted (`.<name>.XXXX.tmp`), in the outbox and the
+    subfolders routes write into (not following symlinks); returns how many."""
     removed = 0
-    try:
-        entries = list(os.scandir(outbox))
-    except OSError:
-        return 0
-    for entry in entries:
-        if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file(follow_symlinks=False):
-            try:
-                os.unlink(entry.path)
-            except OSError as exc:
-                log.warning("temp_report_not_removed", path=entry.path, error=str(exc))
-                continue
-            removed += 1
+    folders = [outbox]
+    while folders:
+        try:
+            entries = list(os.scandir(folders.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
+                folders.append(Path(entry.path))
+            elif entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file(follow_symlinks=False):
+                try:
+                    os.unlink(entry.path)
+                except OSError as exc:
+                    log.warning("temp_report_not_removed", path=entry.path, error=str(exc))
+                    continue
+                removed += 1
     return removed
 
 
@@ -110,11 +115,14 @@ def ledger_lock(ledger: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def deliver(ledger: Ledger, f: FileInfo, paths: PathsSettings) -> tuple[ReportNames, Path]:
+def deliver(
+    ledger: Ledger, f: FileInfo, paths: PathsSettings, reports: ReportsSettings | None = None
+) -> tuple[ReportNames, Path]:
     """Write a finished file's reports and move the input to archive/ (or failed/); safe to repeat after a crash.
 
     The report stem and the destination are fixed in the ledger before anything is written, so a second pass
-    rewrites the same reports and finds the input already moved, instead of choosing new names.
+    rewrites the same reports and finds the input already moved, instead of choosing new names. A file from an
+    inbox subfolder keeps its relative path: outbox/LineA/x.report.csv, archive/LineA/x.csv (folders made here).
     """
     folder = paths.failed if f.outcome is Outcome.FAILED else paths.archive
     for needed in (paths.outbox, folder):
@@ -122,17 +130,27 @@ def deliver(ledger: Ledger, f: FileInfo, paths: PathsSettings) -> tuple[ReportNa
         # be names already taken once it is back, and reports would be overwritten.
         if not needed.is_dir():
             raise FileNotFoundError(errno.ENOENT, "the folder is missing or not a folder", str(needed))
+    relative = PurePosixPath(f.name)  # its path in the inbox
+    subfolder = relative.parent.parts
+    for needed in (paths.outbox, folder):
+        needed.joinpath(*subfolder).mkdir(parents=True, exist_ok=True)  # inside a folder checked just above
     # Other files' names may be fixed but not used yet (their delivery failed): those are taken too.
     others = [o for o in ledger.files([FileState.REPORTING]) if o.id != f.id]
     if f.report_base is None:
-        reserved = {o.report_base for o in others if o.report_base}
-        ledger.set_file(f.id, report_base=choose_base(paths.outbox, Path(f.name).stem, reserved))
+        # A report base is relative to the outbox ("LineA/x"); names are reserved per folder.
+        reserved = {
+            PurePosixPath(o.report_base).name
+            for o in others
+            if o.report_base and PurePosixPath(o.report_base).parent == relative.parent
+        }
+        base = choose_base(paths.outbox.joinpath(*subfolder), relative.stem, reserved)
+        ledger.set_file(f.id, report_base=(relative.parent / base).as_posix())
     if f.destination is None:
         destinations = {o.destination for o in others if o.destination}
-        ledger.set_file(f.id, destination=str(free_path(folder, f.name, destinations)))
+        ledger.set_file(f.id, destination=str(free_path(folder.joinpath(*subfolder), relative.name, destinations)))
     f = ledger.file(f.id)
     assert f.destination is not None
-    names = write_reports(ledger, f, paths.outbox, ledger.now())
+    names = write_reports(ledger, f, paths.outbox, ledger.now(), reports)
     source, target = Path(f.path), Path(f.destination)
     if source.exists() and not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -5,11 +5,14 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import asdict
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import structlog
 
 from daemon.config import Settings
+from daemon.config.routes import settings_for
+from daemon.dates import DateSettings
 from daemon.ledger import Ledger
 from daemon.names import fit_name, free_path
 from daemon.normalize import (
@@ -18,6 +21,8 @@ from daemon.normalize import (
     LayoutError,
     cell_problem,
     cell_reference,
+    date_columns,
+    fix_dates,
     json_encoder,
     key_problem,
     lost_zeros_problem,
@@ -52,6 +57,8 @@ def _row_records(
     data_key: str,
     clear_empty: bool,
     *,
+    dates: DateSettings,
+    dates_rewritten: dict[str, int],
     shapes: KeyShapes | None = None,
     number_width: int = 0,
     problem_columns: dict[int, int] | None = None,
@@ -60,6 +67,8 @@ def _row_records(
 
     Workbook keys are noted in `shapes`; keys stored as numbers with fewer digits than `number_width` are
     rejected (see KeyShapes). The first rejected rows' column indexes go to `problem_columns` (line -> index).
+    Date cells (see `dates`) are written as YYYY-MM-DD; `dates_rewritten` counts the rewrites per field.
+    The report's formula escape is undone only in a rejected file this daemon wrote (Layout.written_by_daemon).
     """
     # The hot loop of a million-row intake: checks that cannot apply to a row are not made for it.
     key_index = layout.key_index
@@ -69,9 +78,11 @@ def _row_records(
     dumps = _CELLS_JSON
     digest = row_hasher(layout, clear_empty=clear_empty)
     see_key = shapes.see if shapes is not None else None
+    ours = layout.written_by_daemon
+    dated = date_columns(layout, dates)
     for line, raw in table.rows():
         joined = "".join(raw)
-        cells = unescape(raw) if "'" in joined else raw
+        cells = unescape(raw) if ours and "'" in joined else raw
         key = cells[key_index]
         problem = key_problem(key, data_key)
         column = key_index
@@ -83,6 +94,10 @@ def _row_records(
         # An error cell's text starts with "#" (a CSV holds them as typed: #N/A): a cheap test for any of them.
         if problem is None and (len(cells) > width or "#" in joined):
             found = cell_problem(cells, layout)
+            if found is not None:
+                column, problem = found
+        if problem is None and dated:
+            found = fix_dates(cells, dated, layout, dates, dates_rewritten)
             if found is not None:
                 column, problem = found
         if problem:
@@ -113,17 +128,24 @@ def processing_folder(inbox: Path) -> Path:
 
 
 def take(
-    path: Path, ledger: Ledger, settings: Settings, *, problem_columns: dict[int, int] | None = None
+    path: Path,
+    ledger: Ledger,
+    settings: Settings,
+    *,
+    name: str | None = None,
+    problem_columns: dict[int, int] | None = None,
 ) -> int | None:
     """Record a file where it lies and read all its rows; returns its ledger id, or None if it changed meanwhile.
 
     `validate` and the benchmarks use this; the service claims a file first (`claim`) and then `read`s it.
+    `name` is the file's path relative to the inbox, which picks its route (default: its bare name).
     `problem_columns`, when given, receives the column index of the first rejected rows (validate shows them).
     """
-    upload = settings.upload
+    name = name or path.name
+    upload = settings_for(settings, name).upload
     size = path.stat().st_size
     file_id = ledger.add_file(
-        sha256="", name=path.name, path=str(path), size=size, data_key=upload.data_key, mode=upload.mode
+        sha256="", name=name, path=str(path), size=size, data_key=upload.data_key, mode=upload.mode
     )
     return read(file_id, path, ledger, settings, problem_columns=problem_columns)
 
@@ -134,15 +156,18 @@ def claim(path: Path, ledger: Ledger, settings: Settings) -> tuple[int, Path]:
     The record (state `received`, with the claimed path) is committed before the rename: a crash in between
     leaves a record whose claimed path does not exist, which recovery drops (the file is still in the inbox).
     Once renamed, a new file dropped under the same name is simply a new file. Raises Vanished if the file is
-    gone, OSError if it cannot be renamed (the record is dropped again in both cases).
+    gone, OSError if it cannot be renamed (the record is dropped again in both cases). A file in a subfolder is
+    recorded under its path relative to the inbox (`LineA/x.csv`), which picks its route's settings.
     """
-    folder = processing_folder(settings.paths.inbox)
+    inbox = settings.paths.inbox
+    folder = processing_folder(inbox)
     folder.mkdir(exist_ok=True)
-    upload = settings.upload
+    name = path.relative_to(inbox).as_posix()
+    upload = settings_for(settings, name).upload
     size = path.stat().st_size
     file_id = ledger.add_file(
         sha256="",
-        name=path.name,
+        name=name,
         path="",
         size=size,
         data_key=upload.data_key,
@@ -154,7 +179,7 @@ def claim(path: Path, ledger: Ledger, settings: Settings) -> tuple[int, Path]:
         os.rename(path, claimed)
     except FileNotFoundError:
         ledger.forget_file(file_id)
-        raise Vanished(f"{path.name} vanished before it could be claimed") from None
+        raise Vanished(f"{name} vanished before it could be claimed") from None
     except OSError:
         ledger.forget_file(file_id)
         raise
@@ -171,9 +196,11 @@ def read(
 ) -> int | None:
     """Read a recorded file and record every row; returns its id, or None if it changed while it was read.
 
-    Raises Vanished (after dropping the record) when the file disappears meanwhile.
+    Raises Vanished (after dropping the record) when the file disappears meanwhile. The file is read with its
+    route's settings (its ledger name is its path in the inbox).
     """
     name = ledger.file(file_id).name
+    settings = settings_for(settings, name)
     try:
         sha256, size, mtime_ns = fingerprint(path)
     except FileNotFoundError:
@@ -184,19 +211,13 @@ def read(
     bound = log.bind(file=name, file_id=file_id, sha256=sha256[:12])
     if size == 0:
         return _refuse(ledger, file_id, path, "empty file: it has no bytes at all", bound)
-    earlier = ledger.processed(sha256, other_than=file_id)
-    if earlier is not None:
-        bound.info("file_duplicate", same_as=earlier.name)
-        ledger.transition_file(
-            file_id,
-            FileState.REPORTING,
-            outcome=Outcome.DUPLICATE,
-            error=f"the same content was received before as {earlier.name!r} at {earlier.received_at}",
-        )
+    if _duplicate(ledger, file_id, sha256, bound):
         return file_id
 
     sheet = settings.intake.sheet or None
     clear_empty = upload.empty_cells == "clear"
+    dates = upload.dates(settings.intake.date_order)
+    rewritten: dict[str, int] = {}
     try:
         with open_table(path, sheet=sheet, limits=settings.intake.limits()) as table:
             layout = map_headers(
@@ -210,7 +231,14 @@ def read(
             ledger.set_file(file_id, layout=json.dumps(info))
             shapes = KeyShapes() if table.info.format not in TEXT_FORMATS else None
             records = _row_records(
-                table, layout, upload.data_key, clear_empty, shapes=shapes, problem_columns=problem_columns
+                table,
+                layout,
+                upload.data_key,
+                clear_empty,
+                dates=dates,
+                dates_rewritten=rewritten,
+                shapes=shapes,
+                problem_columns=problem_columns,
             )
             count = ledger.insert_rows(file_id, records)
         if shapes is not None and shapes.numbers_lost_zeros():
@@ -221,16 +249,20 @@ def read(
             ledger.discard_rows(file_id)
             if problem_columns is not None:
                 problem_columns.clear()
+            rewritten.clear()
             with open_table(path, sheet=sheet, limits=settings.intake.limits()) as table:
                 records = _row_records(
                     table,
                     layout,
                     upload.data_key,
                     clear_empty,
+                    dates=dates,
+                    dates_rewritten=rewritten,
                     number_width=shapes.width,
                     problem_columns=problem_columns,
                 )
                 count = ledger.insert_rows(file_id, records)
+        _note_dates(ledger, file_id, info, rewritten, bound)
         after = path.stat()
     except FileNotFoundError:
         ledger.forget_file(file_id)
@@ -249,6 +281,43 @@ def read(
     ledger.transition_file(file_id, FileState.ACTIVE)
     bound.info("file_recorded", rows=count, repeats_skipped=skipped, conflicts_rejected=rejected)
     return file_id
+
+
+def _duplicate(ledger: Ledger, file_id: int, sha256: str, bound: structlog.typing.FilteringBoundLogger) -> bool:
+    """Whether the same content was processed before (in any folder): then the file is a duplicate, reported so."""
+    earlier = ledger.processed(sha256, other_than=file_id)
+    if earlier is None:
+        return False
+    bound.info("file_duplicate", same_as=earlier.name)
+    ledger.transition_file(
+        file_id,
+        FileState.REPORTING,
+        outcome=Outcome.DUPLICATE,
+        error=f"the same content was received before as {earlier.name!r} at {earlier.received_at}",
+    )
+    return True
+
+
+def _note_dates(
+    ledger: Ledger,
+    file_id: int,
+    info: dict[str, Any],
+    rewritten: dict[str, int],
+    bound: structlog.typing.FilteringBoundLogger,
+) -> None:
+    """Record in the file's layout (for summary.json and validate) how many date cells were rewritten."""
+    if rewritten:
+        bound.info("dates_rewritten", fields=rewritten)
+        ledger.set_file(file_id, layout=json.dumps(with_date_warnings(info, rewritten)))
+
+
+def with_date_warnings(info: dict[str, Any], rewritten: dict[str, int]) -> dict[str, Any]:
+    """A file's layout record with its date rewrites: counted per field, and a warning for each field."""
+    warnings = list(info.get("warnings", []))
+    for key, count in rewritten.items():
+        values = "value" if count == 1 else "values"
+        warnings.append(f"{count} {values} of {key!r} rewritten as YYYY-MM-DD, as the API wants dates")
+    return {**info, "warnings": warnings, "dates_rewritten": dict(rewritten)}
 
 
 def _refuse(ledger: Ledger, file_id: int, path: Path, reason: str, bound: structlog.typing.FilteringBoundLogger) -> int:
@@ -296,7 +365,13 @@ def return_orphans(inbox: Path, ledger: Ledger) -> int:
 
 
 def put_back(claimed: Path, inbox: Path, name: str) -> Path:
-    """Move a claimed file back into the inbox (it changed while read), under its name if that is free."""
-    target = free_path(inbox, name)
+    """Move a claimed file back to its place in the inbox (it changed while read), under its name if that is free.
+
+    `name` is its path relative to the inbox: a file from a subfolder goes back there (made again if removed).
+    """
+    relative = PurePosixPath(name)
+    folder = inbox.joinpath(*relative.parent.parts)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = free_path(folder, relative.name)
     os.rename(claimed, target)
     return target

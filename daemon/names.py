@@ -1,10 +1,26 @@
-"""File names the daemon makes: never overwriting a file, and always within the file system's name limit."""
+"""File names: which inbox paths the daemon leaves alone, and the names it makes (never overwriting a file, always
+within the file system's name limit)."""
 
+import fnmatch
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 NAME_MAX = 255  # bytes in one path component on Linux file systems (ext4, xfs, btrfs, tmpfs; SMB shares alike)
+
+
+def ignored(name: str, patterns: Sequence[str]) -> bool:
+    """Whether a file or folder name matches one of the `watch.ignore` patterns."""
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def skipped_folder(name: str, patterns: Sequence[str]) -> str | None:
+    """Why an inbox subfolder is never scanned, or None: hidden folders (the claims' `.processing/`, a share's
+    `.snapshot/`) always, and any folder that `watch.ignore` matches (the patterns apply to every path part)."""
+    if name.startswith("."):
+        return "hidden folders are never scanned"
+    pattern = next((p for p in patterns if fnmatch.fnmatchcase(name, p)), None)
+    return None if pattern is None else f"it matches the watch.ignore pattern {pattern!r}"
 
 
 def fit_name(prefix: str, name: str, suffix: str, *, limit: int = NAME_MAX) -> str:

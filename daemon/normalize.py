@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
+from daemon.dates import DateSettings, parse_date
 from daemon.readers import CellError, Number
 
 KEY_FIELDS = ("extended_id", "serial_number")
-REJECTED_ERROR_COLUMN = "error"  # the last column of every rejected.csv
+REJECTED_ERROR_COLUMN = "error"  # the last column of every rejected file: the mark of a file scm-daemon wrote
 EXTENDED_ID = re.compile(r"[A-Za-z0-9_-]{8,100}")
 # What Excel shows for a long number it reformatted: 1.23457E+11, 1,23457E+11 in some locales.
 # Always with "E+": a key that passes the extended_id pattern can never look like this.
@@ -53,6 +54,9 @@ class Layout:
     key_index: int
     fields: tuple[tuple[int, str], ...]  # (column index, SCM field key), in column order
     warnings: tuple[str, ...] = ()
+    # A rejected file this daemon wrote (its last column is the `error` it added): only its cells had the
+    # report's formula escape added, so only they have it undone.
+    written_by_daemon: bool = False
 
     def to_record(self) -> dict[str, Any]:
         """The layout as JSON-ready data, as the ledger keeps it."""
@@ -61,6 +65,7 @@ class Layout:
             "key_index": self.key_index,
             "fields": [list(f) for f in self.fields],
             "warnings": list(self.warnings),
+            "written_by_daemon": self.written_by_daemon,
         }
 
     @classmethod
@@ -71,6 +76,7 @@ class Layout:
             int(record["key_index"]),
             tuple((int(i), str(f)) for i, f in record["fields"]),
             tuple(record.get("warnings", ())),
+            bool(record.get("written_by_daemon", False)),
         )
 
 
@@ -130,6 +136,7 @@ def map_headers(
             f"Name the key column {data_key!r} or map it in [columns]{hint}"
         )
     data_fields = _data_fields(mapped, len(headers), data_key, fields, warnings)
+    ours = any(_is_error_column(i, t, len(headers), fields) for i, t in mapped)
     if fields:
         outside = [t for _, t in data_fields if t not in fields]
         if outside and strict_fields:
@@ -143,7 +150,12 @@ def map_headers(
             )
     if not data_fields:
         raise LayoutError(f"no SCM field columns besides {data_key!r}; columns found: {found}; expected: {expected}")
-    return Layout(tuple(headers), key_index, tuple(data_fields), tuple(warnings))
+    return Layout(tuple(headers), key_index, tuple(data_fields), tuple(warnings), ours)
+
+
+def _is_error_column(index: int, target: str, width: int, fields: Collection[str]) -> bool:
+    """Whether a column is the `error` column scm-daemon adds last to a rejected file (the campaign has none)."""
+    return target == REJECTED_ERROR_COLUMN and index == width - 1 and REJECTED_ERROR_COLUMN not in fields
 
 
 def _data_fields(
@@ -157,7 +169,7 @@ def _data_fields(
         if target in KEY_FIELDS:
             warnings.append(f"column {target!r} is not uploaded: the key is {data_key!r} (upload.data_key)")
             continue
-        if target == REJECTED_ERROR_COLUMN and index == width - 1 and REJECTED_ERROR_COLUMN not in fields:
+        if _is_error_column(index, target, width, fields):
             # The column scm-daemon adds to rejected.csv: a corrected one dropped back must not upload it.
             warnings.append(f"column {target!r} (added by scm-daemon to rejected.csv) is not uploaded")
             continue
@@ -279,6 +291,30 @@ def cell_problem(cells: Sequence[str], layout: Layout) -> tuple[int, str] | None
         if extra:
             cells_word = "cell" if len(extra) == 1 else "cells"
             return extra[0], f"the row has {len(extra)} more {cells_word} than the header has columns"
+    return None
+
+
+def date_columns(layout: Layout, dates: DateSettings) -> tuple[tuple[int, str], ...]:
+    """The layout's fields whose values are dates (upload.date_fields), as (column index, field key)."""
+    return tuple((i, key) for i, key in layout.fields if dates.matches(key))
+
+
+def fix_dates(
+    cells: list[str], columns: Sequence[tuple[int, str]], layout: Layout, dates: DateSettings, rewritten: dict[str, int]
+) -> tuple[int, str] | None:
+    """Write a row's date cells as YYYY-MM-DD in place, counting rewrites per field in `rewritten`; or the first
+    cell that is no date (with its column index and why)."""
+    for i, key in columns:
+        value = cells[i]
+        if not value or type(value) is CellError:
+            continue  # empty, or an error cell (cell_problem names those)
+        found = parse_date(value, dates.order)
+        if found.problem:
+            named = repr(layout.headers[i]) + ("" if layout.headers[i] == key else f" ({key})")
+            return i, f"column {named} (upload.date_fields): {found.problem}"
+        if found.rewritten:
+            cells[i] = found.iso
+            rewritten[key] = rewritten.get(key, 0) + 1
     return None
 
 

@@ -12,6 +12,10 @@ log = structlog.get_logger(__name__)
 STATUS_MIN_INTERVAL = 1.0  # seconds between two STATUS= messages, so a busy loop does not flood the journal
 
 
+ESSENTIAL_TRIES = 20  # READY and STOPPING are tried this often while the manager's queue is full ...
+ESSENTIAL_WAIT = 0.05  # ... this many seconds apart; other messages (a status, a ping) are dropped at once
+
+
 def socket_address(value: str) -> str | None:
     """The AF_UNIX address named by $NOTIFY_SOCKET ('@name' is Linux's abstract namespace), or None if unusable."""
     if value.startswith("@"):
@@ -66,12 +70,24 @@ class Notifier:
         """Send one datagram of KEY=VALUE lines; returns whether it went out."""
         if self.address is None:
             return False
+        essential = lines[0].startswith(("READY=", "STOPPING="))
+        tries = ESSENTIAL_TRIES if essential else 1
         try:
             if self._socket is None:
-                self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._socket.sendto("\n".join(lines).encode(), self.address)
+                # Non-blocking: a manager that does not read (its queue full) must never stall the service loop.
+                kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+                self._socket = socket.socket(socket.AF_UNIX, kind)
+            for attempt in range(tries):
+                try:
+                    self._socket.sendto("\n".join(lines).encode(), self.address)
+                    break
+                except BlockingIOError:
+                    if attempt + 1 == tries:
+                        raise
+                    time.sleep(ESSENTIAL_WAIT)
         except OSError as exc:
-            log.warning("notify_failed", error=str(exc), message=lines[0].split("=", 1)[0])
+            if not isinstance(exc, BlockingIOError):  # a full queue: the manager is busy; the next one will do
+                log.warning("notify_failed", error=str(exc), message=lines[0].split("=", 1)[0])
             return False
         return True
 
@@ -85,8 +101,8 @@ class Notifier:
         now = self.clock()
         if text == self._last_status or (not force and now - self._last_status_at < STATUS_MIN_INTERVAL):
             return
-        self._remember(text)
-        self.send(f"STATUS={text}")
+        if self.send(f"STATUS={text}"):
+            self._remember(text)  # one that could not go out (the manager's queue full) is sent again next time
 
     def alive(self) -> None:
         """The main loop made a turn: ping the watchdog if half its interval has passed since the last ping."""

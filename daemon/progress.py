@@ -4,12 +4,14 @@ The decisions (the pace, the ETA, when to log) are pure functions; `ProgressTrac
 with one cheap query per active file (`Ledger.row_counts`) and logs `file_progress` events.
 """
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import structlog
 
+from daemon.clocktext import clock_time
 from daemon.ledger import Ledger
 from daemon.states import FileState
 
@@ -42,7 +44,7 @@ class Progress:
         if self.paused:
             return f"{head}, paused: {self.paused}"
         if self.eta is not None:
-            return f"{head}, ETA {datetime.fromtimestamp(self.eta, UTC).strftime('%H:%M')} UTC"
+            return f"{head}, ETA {clock_time(self.eta, time.time(), seconds=False)}"
         return head
 
     def as_dict(self) -> dict[str, object]:

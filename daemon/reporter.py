@@ -1,19 +1,29 @@
-"""Reports: a file's summary.json, report.csv and rejected.csv, built from the ledger and written atomically."""
+"""Reports: a file's summary.json, report.csv (and .xlsx) and rejected file, built from the ledger, written atomically.
+
+The rejected file is of the input's own kind, so the person fixes it in the program they use and drops it back:
+a CSV input gets rejected.csv with its delimiter and (where it holds every character) its encoding; a workbook
+gets rejected.xlsx, every cell text, so codes keep their leading zeros. Rows are streamed from the ledger.
+"""
 
 import csv
 import json
 import os
 import tempfile
-from collections.abc import Collection, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import IO, Any
 
+import xlsxwriter
+from xlsxwriter.exceptions import FileCreateError
+
+from daemon.config import ReportsSettings
 from daemon.ledger import FileInfo, Ledger
 from daemon.logs import redact
 from daemon.names import NAME_MAX, first_free, fit_name
+from daemon.normalize import REJECTED_ERROR_COLUMN
 from daemon.states import ERROR_ROW_STATUSES, Outcome, RowStatus
 
 # The one home of the formula triggers: a cell starting with one of these is a formula to Excel (tab and CR too,
@@ -35,15 +45,23 @@ class ReportNames:
 
     summary: str
     report: str
-    rejected: str
+    rejected: str  # rejected.csv, or rejected.xlsx for a workbook input
+    report_xlsx: str
 
 
-def names_for(base: str) -> ReportNames:
-    """Report names for a chosen stem."""
-    return ReportNames(f"{base}.summary.json", f"{base}.report.csv", f"{base}.rejected.csv")
+def names_for(base: str, *, workbook: bool = False) -> ReportNames:
+    """Report names for a chosen stem; a workbook input's rejected file is an .xlsx."""
+    rejected = f"{base}.rejected.xlsx" if workbook else f"{base}.rejected.csv"
+    return ReportNames(f"{base}.summary.json", f"{base}.report.csv", rejected, f"{base}.report.xlsx")
 
 
-LONGEST_REPORT_SUFFIX = "-9999999.rejected.csv"  # what a report stem must leave room for in a 255-byte name
+def _all_names(base: str) -> tuple[str, ...]:
+    """Every name a report of this stem may take, whatever the input's kind and the settings."""
+    names = names_for(base)
+    return (names.summary, names.report, names.rejected, names.report_xlsx, names_for(base, workbook=True).rejected)
+
+
+LONGEST_REPORT_SUFFIX = "-9999999.rejected.xlsx"  # what a report stem must leave room for in a 255-byte name
 TEMP_NAME_EXTRA = len(".") + len(".XXXXXXXX.tmp")  # atomic_write's temporary name around the report's name
 
 
@@ -56,23 +74,27 @@ def choose_base(outbox: Path, stem: str, reserved: Collection[str] = ()) -> str:
     short = fit_name("", stem, "", limit=NAME_MAX - len(LONGEST_REPORT_SUFFIX) - TEMP_NAME_EXTRA)
 
     def taken(base: str) -> bool:
-        names = names_for(base)
-        return base in reserved or any(
-            os.path.lexists(outbox / name) for name in (names.summary, names.report, names.rejected)
-        )
+        return base in reserved or any(os.path.lexists(outbox / name) for name in _all_names(base))
 
     return first_free(taken, short)
 
 
 def excel_safe(value: str) -> str:
-    """Escape a cell that Excel would run as a formula."""
-    return "'" + value if value.startswith(EXCEL_TRIGGERS) else value
+    """Escape a cell that Excel would run as a formula with a leading "'".
+
+    A cell that already starts with "'"s before a trigger gets one more, so unescape gives back exactly what was
+    escaped ("'=x" typed by a person is written "''=x" and read back as "'=x").
+    """
+    if value.startswith(EXCEL_TRIGGERS) or (value[:1] == "'" and value.lstrip("'").startswith(EXCEL_TRIGGERS)):
+        return "'" + value
+    return value
 
 
 def unescape(cells: list[str]) -> list[str]:
-    """Undo excel_safe in place, so a corrected rejected.csv reads back as it was."""
+    """Undo excel_safe in place, so a corrected rejected file reads back as it was (only files this daemon wrote:
+    see Layout.written_by_daemon)."""
     for i, cell in enumerate(cells):
-        if len(cell) > 1 and cell[0] == "'" and cell[1:2] in EXCEL_TRIGGERS:
+        if cell[:1] == "'" and cell.lstrip("'").startswith(EXCEL_TRIGGERS):
             cells[i] = type(cell)(cell[1:])
     return cells
 
@@ -97,6 +119,7 @@ def build_summary(
     names: ReportNames,
     rejected_written: bool,
     finished_at: str,
+    report_xlsx: bool = False,
     tasks: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """The summary.json document of a file."""
@@ -117,49 +140,162 @@ def build_summary(
         "finished_at": finished_at,
         "error": file.error,
         "warnings": layout.get("warnings", []),
+        "dates_rewritten": layout.get("dates_rewritten", {}),  # per field: date cells sent as YYYY-MM-DD
         "format": {k: layout[k] for k in ("format", "encoding", "delimiter", "sheet", "header_row") if k in layout},
         "columns": {layout["headers"][i]: f for i, f in layout.get("fields", [])},
-        "reports": {"report_csv": names.report, "rejected_csv": names.rejected if rejected_written else None},
+        "reports": {
+            "report_csv": names.report,
+            "report_xlsx": names.report_xlsx if report_xlsx else None,
+            "rejected_csv": names.rejected if rejected_written and names.rejected.endswith(".csv") else None,
+            "rejected_xlsx": names.rejected if rejected_written and names.rejected.endswith(".xlsx") else None,
+        },
     }
 
 
 @contextmanager
-def atomic_write(path: Path, *, encoding: str = "utf-8-sig") -> Iterator[IO[str]]:
-    """Write a file under a temporary name in the same folder, then rename it: a reader never sees half of it."""
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path in the same folder to write `path` under; renamed into place (durably) when all went well."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # TEMP_NAME_EXTRA
     try:
         # mkstemp makes the file 0600; reports are for the people on the share: the usual mode under the umask.
         os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w", encoding=encoding, newline="") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        os.close(fd)
+        yield Path(tmp)
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def write_reports(ledger: Ledger, file: FileInfo, outbox: Path, finished_at: str) -> ReportNames:
-    """Write the three reports of a file under its chosen stem (report_base), rejected.csv only when needed."""
+@contextmanager
+def atomic_write(path: Path, *, encoding: str = "utf-8-sig") -> Iterator[IO[str]]:
+    """Write a text file under a temporary name in the same folder, then rename it: a reader never sees half."""
+    with atomic_path(path) as tmp, tmp.open("w", encoding=encoding, newline="") as f:
+        yield f
+
+
+RowWriter = Callable[[list[object]], None]
+
+
+@contextmanager
+def csv_table(path: Path, *, delimiter: str = ",", encoding: str = "utf-8-sig") -> Iterator[RowWriter]:
+    """A report CSV being written: each row given is scrubbed and made Excel-safe (UnicodeEncodeError when the
+    encoding cannot hold a character; nothing is left behind then)."""
+    with atomic_write(path, encoding=encoding) as f:
+        writer = csv.writer(f, delimiter=delimiter)
+        yield lambda cells: writer.writerow(_report_row(cells))
+
+
+@contextmanager
+def xlsx_table(path: Path, *, sheet: str, width: int) -> Iterator[RowWriter]:
+    """A report workbook being written, streamed (constant memory): every cell a string in a Text-formatted
+    column, so leading zeros survive and a value typed over one stays text; never a formula."""
+    # XlsxWriter streams rows into a temporary file of its own, which it leaves behind when storing the workbook
+    # fails (disk full): a folder of ours holds it, removed whatever happens.
+    with atomic_path(path) as tmp, tempfile.TemporaryDirectory(prefix="scm-daemon-xlsx-") as scratch:
+        options = {"constant_memory": True, "strings_to_formulas": False, "tmpdir": scratch}
+        workbook = xlsxwriter.Workbook(str(tmp), options)
+        try:
+            worksheet = workbook.add_worksheet(_sheet_name(sheet))
+            text = workbook.add_format({"num_format": "@"})
+            worksheet.set_column(0, max(width, 1) - 1, 18, text)
+            row = 0
+
+            def write(cells: list[object]) -> None:
+                nonlocal row
+                for column, cell in enumerate(_report_row(cells)):
+                    if cell:  # an empty cell stays blank (its column is Text all the same)
+                        worksheet.write_string(row, column, cell, text)
+                row += 1
+
+            yield write
+        except BaseException:
+            with suppress(Exception):  # only to release its temporary files; the first error is the one to tell
+                workbook.close()
+            raise
+        try:
+            workbook.close()
+        except FileCreateError as exc:
+            # XlsxWriter wraps the file system's error (disk full, folder gone): the caller retries OSErrors.
+            cause = exc.args[0] if exc.args and isinstance(exc.args[0], OSError) else OSError(str(exc))
+            raise cause from exc
+
+
+def _sheet_name(name: str) -> str:
+    """A name Excel accepts for a sheet (at most 31 characters, none of []:*?/\\)."""
+    cleaned = "".join("_" if c in "[]:*?/\\" else c for c in name).strip("'")[:31]
+    return cleaned or "Sheet1"
+
+
+def rejected_encoding(source: str | None) -> str:
+    """The encoding of a CSV input's rejected file: its own, with a BOM where it has one (Excel needs it)."""
+    if source in ("utf-16", "utf-16-le", "utf-16-be"):
+        return "utf-16"  # with a BOM, little-endian: Excel's "Unicode Text"
+    if source == "cp1252":
+        return "cp1252"
+    return "utf-8-sig"
+
+
+def write_table(
+    path: Path, layout: Mapping[str, Any], rows: Callable[[], Iterable[list[object]]], *, delimiter: str, excel: bool
+) -> None:
+    """One table of a report in the chosen kind: an .xlsx, or a CSV in the input's encoding (UTF-8 with a BOM
+    when a character does not fit it)."""
+    if excel:
+        headers = layout.get("headers", [])
+        with xlsx_table(path, sheet=str(layout.get("sheet") or "Sheet1"), width=len(headers) + 1) as write:
+            for cells in rows():
+                write(cells)
+        return
+    encoding = rejected_encoding(layout.get("encoding"))
+    try:
+        with csv_table(path, delimiter=delimiter, encoding=encoding) as write:
+            for cells in rows():
+                write(cells)
+    except UnicodeEncodeError:
+        with csv_table(path, delimiter=delimiter) as write:
+            for cells in rows():
+                write(cells)
+
+
+def write_reports(
+    ledger: Ledger, file: FileInfo, outbox: Path, finished_at: str, reports: ReportsSettings | None = None
+) -> ReportNames:
+    """Write the reports of a file under its chosen stem (report_base), the rejected file only when needed."""
     assert file.report_base is not None
-    names = names_for(file.report_base)
+    reports = reports or ReportsSettings()
+    layout = file.layout
+    # Only delimited text inputs have a delimiter; workbooks (and files never read) get the configured one.
+    text_delimiter = layout.get("delimiter")
+    workbook = bool(layout.get("format")) and not text_delimiter
+    delimiter = text_delimiter or reports.delimiter
+    names = names_for(file.report_base, workbook=workbook)
     data_key = file.data_key
-    with atomic_write(outbox / names.report) as f:
-        writer = csv.writer(f)
-        writer.writerow(_report_row(["row", data_key, "status", "detail", "batch", "task_id"]))
+
+    def report_rows() -> Iterator[list[object]]:
+        yield ["row", data_key, "status", "detail", "batch", "task_id"]
         for line, key, status, detail, seq, task_id in ledger.report_rows(file.id):
-            writer.writerow(_report_row([line, key, status, detail, seq, task_id]))
+            yield [line, key, status, detail, seq, task_id]
+
+    with csv_table(outbox / names.report, delimiter=delimiter) as write:
+        for cells in report_rows():
+            write(cells)
+    if reports.xlsx:
+        with xlsx_table(outbox / names.report_xlsx, sheet="report", width=6) as write:
+            for cells in report_rows():
+                write(cells)
+
+    def rejected_rows() -> Iterator[list[object]]:
+        yield [*layout.get("headers", []), REJECTED_ERROR_COLUMN]
+        for _line, cells, _status, detail in ledger.error_rows(file.id):
+            yield [*cells, detail]
 
     counts = ledger.row_counts(file.id)
     rejected_written = any(counts.get(s) for s in ERROR_ROW_STATUSES)
     if rejected_written:
-        headers = file.layout.get("headers", [])
-        with atomic_write(outbox / names.rejected) as f:
-            writer = csv.writer(f)
-            writer.writerow(_report_row([*headers, "error"]))
-            for _line, cells, _status, detail in ledger.error_rows(file.id):
-                writer.writerow(_report_row([*cells, detail]))
+        write_table(outbox / names.rejected, layout, rejected_rows, delimiter=delimiter, excel=workbook)
 
     batches, api_calls, extra_calls = ledger.batch_totals(file.id)
     summary = build_summary(
@@ -172,6 +308,7 @@ def write_reports(ledger: Ledger, file: FileInfo, outbox: Path, finished_at: str
         rejected_written=rejected_written,
         finished_at=finished_at,
         tasks=ledger.tasks(file.id),
+        report_xlsx=reports.xlsx,
     )
     with atomic_write(outbox / names.summary, encoding="utf-8") as f:
         f.write(redact(json.dumps(summary, indent=2, ensure_ascii=False)))

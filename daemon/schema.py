@@ -29,7 +29,7 @@ class FileRecord(SQLModel, table=True):
     mode: str
     layout: str = "{}"  # JSON: format, encoding, delimiter, sheet, headers, columns, key column, warnings
     error: str | None = None  # why an unreadable file failed
-    report_base: str | None = None  # the name stem chosen for its reports, fixed before they are written
+    report_base: str | None = None  # reports' stem in the outbox ("LineA/x"), fixed before writing
     destination: str | None = None  # where the input is moved, fixed before it is moved
     received_at: str
     finished_at: str | None = None

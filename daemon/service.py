@@ -20,11 +20,13 @@ from daemon.config import ConfigError, Settings
 from daemon.flow import FileFlow
 from daemon.folders import refuse_network_ledger, remove_leftover_temps
 from daemon.ledger import Clock, Ledger, utcnow
+from daemon.metrics import Telemetry
 from daemon.mounts import MOUNTINFO
 from daemon.notify import Notifier
 from daemon.pacing import Pace
 from daemon.progress import ProgressTracker
 from daemon.reload import adopt, changes
+from daemon.retention import RetentionSweeper
 from daemon.retry import Backoff
 from daemon.states import FileState
 from daemon.uploader import Uploader, policy_from
@@ -35,6 +37,7 @@ log = structlog.get_logger(__name__)
 
 IDLE_WAIT = 0.2  # longest pause of the loop when nothing is in flight
 STEP_RETRY = (1.0, 60.0)  # first and longest wait before a part of the loop runs again after it failed
+ONCE_START_ATTEMPTS = 3  # run --once ends (exit 1) when the start-up check could not reach the API this often
 ONCE_DELIVERY_ATTEMPTS = 3  # run --once gives up delivering a file's reports after this many failures (exit 1)
 PROGRESS_EVERY = 5.0  # seconds between progress samples (a count of each active file's open rows)
 STOP_DEADLINE = 120.0  # seconds a graceful stop waits for requests in flight (each is bounded by its timeouts)
@@ -42,6 +45,10 @@ STOP_DEADLINE = 120.0  # seconds a graceful stop waits for requests in flight (e
 
 class TokenRefusedError(Exception):
     """The API refused the token (401/403): uploads stopped, rows left pending."""
+
+
+class ApiUnreachableError(Exception):
+    """`run --once`: the start-up check could not reach the API; no file was taken."""
 
 
 class ConfigurationPausedError(Exception):
@@ -136,6 +143,10 @@ class Service:
             settings, ledger=ledger, scanner=scanner, wake=self.wake, stopping=self.stop_event, monotonic=monotonic
         )
         self._parts: dict[str, Backoff] = {}  # parts of the loop that failed, and when they run again
+        # /metrics and /healthz when [metrics] listen is set (it counts the uploader's requests and decisions);
+        # [retention] once a day, in a thread of its own.
+        self.telemetry = Telemetry(settings.metrics, ledger=ledger, uploader=uploader, clock=clock, monotonic=monotonic)
+        self.retention = RetentionSweeper(settings, ledger=ledger, clock=clock, monotonic=monotonic)
         self.alerts = Alerts(settings.notify, ledger, settings.paths.outbox, epoch=self.epoch, monotonic=monotonic)
         self.flow.on_done = self.alerts.file_done
 
@@ -258,7 +269,8 @@ class Service:
         gone) is logged, shown in `status`, and tried again after a backoff while the other parts go on.
         """
         now = self.monotonic()
-        taken = self._guarded("take", self.flow.take_if_due, now, default=0)
+        # No file is taken before the start-up check has passed (they wait, safe, in the inbox).
+        taken = 0 if self.uploader.starting else self._guarded("take", self.flow.take_if_due, now, default=0)
         planned = self._guarded("plan", self.flow.plan, default=0)
         sent = 0 if self.stop_event.is_set() else self._guarded("send", self.uploader.dispatch, self.epoch(), default=0)
         timeout = wait if self.uploader.busy else 0.0
@@ -301,22 +313,31 @@ class Service:
     def turn(self, *, once: bool = False) -> bool:
         """One turn of the service loop; False when the loop should end (`once` and nothing left to do).
 
-        Raises TokenRefusedError or ConfigurationPausedError in `once` mode, after recording what was in flight.
+        Raises TokenRefusedError when the start-up check finds the token refused; in `once` mode also
+        ConfigurationPausedError (after recording what was in flight) and ApiUnreachableError.
         """
         if self.reload_requested:
             self.reload()
         result = self.step(wait=IDLE_WAIT)
         self._guarded("notify", self.alerts.step, self.epoch(), self.uploader, result.answered, default=0)
         pause = self.uploader.pause
-        if pause is not None and once:
+        if self.uploader.start_refused is not None:
+            raise TokenRefusedError(self.uploader.start_refused)  # at start-up: a restart cannot help
+        if once and self.uploader.starting:
+            if self.uploader.start_failures >= ONCE_START_ATTEMPTS:
+                assert pause is not None
+                raise ApiUnreachableError(pause.reason)
+        elif pause is not None and once:
             self.uploader.drain(self.epoch, deadline=self.monotonic() + STOP_DEADLINE)
             self._guarded("finish", self.flow.finish, default=0)
             if pause.cause == "token":
                 raise TokenRefusedError(pause.reason)  # the service waits instead; --once cannot
             raise ConfigurationPausedError(pause.reason)
         self.notifier.alive()  # only a loop that turns pings the watchdog
+        self.telemetry.turned()  # and only one that turns keeps /healthz at 200
+        self.retention.tick()  # at most once a day, in its own thread
         self._report_status()
-        if once and not result.busy and self.idle():
+        if once and not result.busy and not self.uploader.starting and self.idle():
             return False
         if once and not result.busy and self._only_undeliverable_left():
             return False  # the CLI exits 1 naming them; the next run delivers them
@@ -345,6 +366,7 @@ class Service:
         while not self.stop_event.is_set():
             try:
                 self.recover()
+                self.uploader.check_at_start()
                 return
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
@@ -357,6 +379,7 @@ class Service:
 
     def run(self, *, once: bool = False) -> None:
         """Step until stopped (or, with once, until the inbox and the ledger hold no unfinished work)."""
+        self.telemetry.open()
         self.start()
         try:
             self.events.check()  # starts the observer
@@ -366,6 +389,8 @@ class Service:
             self.shutdown()
         finally:
             self.events.stop()
+            self.telemetry.close()
+            self.retention.close()  # before the ledger closes under it
             self.uploader.close()
             self.alerts.close()
             self.ledger.close()
@@ -398,7 +423,7 @@ class Service:
         # before its backoff ends, or a due batch or a due scan would make the loop spin.
         work = {
             "send": mono + until_due,
-            "take": self.flow.next_scan(),
+            "take": math.inf if self.uploader.starting else self.flow.next_scan(),
             "plan": self.flow.next_unblock(),
             "finish": min((b.next_at for b in self.flow.delivery.values()), default=math.inf),
         }
@@ -409,7 +434,7 @@ class Service:
         kept = self.uploader.unrecorded_retry_at()
         if kept is not None:
             waits.append(kept - mono)
-        if self.uploader.pause is not None and self.uploader.pause.cause == "token":
+        if self.uploader.pause is not None and self.uploader.pause.cause in ("token", "starting"):
             waits.append(self.uploader.next_token_check - self.epoch())
         return max(0.0, min(waits))
 
@@ -438,7 +463,9 @@ class Service:
         problems = [b.error for b in self.flow.delivery.values()] + [f"{p}: {b.error}" for p, b in self._parts.items()]
         if problems:
             text = f"PROBLEM: {problems[0]} (retried). " + text
-        if pause is not None and pause.cause == "token":
+        if pause is not None and pause.cause == "starting":
+            text = f"starting: {pause.reason}. " + text
+        elif pause is not None and pause.cause == "token":
             text = "uploads paused: the API refused the token; renew it. " + text
         elif pause is not None:
             text = f"uploads paused: configuration problem ({pause.reason}). " + text

@@ -1,14 +1,28 @@
 """`scm-daemon status`: the ledger's overview as text for a person (`--json` prints it as it is)."""
 
+import time
+from datetime import datetime
 from typing import Any
+
+from daemon.clocktext import next_time
+
+LAST_ERRORS = 5  # lines of last errors shown (`--json` has them all)
+ERROR_CHARS = 110  # an error's text is cut to this much: one short line each
 
 
 def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
 
 
-def render_overview(data: dict[str, Any]) -> str:
-    """The overview as lines of text."""
+def _short(text: str) -> str:
+    one_line = " ".join(str(text).split())
+    return one_line if len(one_line) <= ERROR_CHARS else one_line[: ERROR_CHARS - 3] + "..."
+
+
+def render_overview(data: dict[str, Any], now: float | None = None) -> str:
+    """The overview as lines of text; times as clock times on this machine, never a next time already past."""
+    now = time.time() if now is None else now
+    retry_at = datetime.fromisoformat(data["next_retry_at"]).timestamp() if data["next_retry_at"] else None
     lines = [f"UPLOADS PAUSED: {data['uploads_paused']}"] if data.get("uploads_paused") else []
     lines += [f"REPORTS NOT DELIVERED (retried): {u['error']}" for u in data.get("undelivered", [])]
     lines += [
@@ -17,7 +31,7 @@ def render_overview(data: dict[str, Any]) -> str:
         f"rows:     {_counts(data['rows'])}",
         f"batches:  {_counts(data['batches'])}",
         f"in flight: {data['in_flight']} batch(es)"
-        + (f"; next retry at {data['next_retry_at']}" if data["next_retry_at"] else ""),
+        + (f"; next try {next_time(retry_at, now)}" if retry_at is not None else ""),
     ]
     if data.get("active_files"):
         lines.append("active files:")
@@ -46,7 +60,7 @@ def render_overview(data: dict[str, Any]) -> str:
     if data["last_errors"]:
         lines.append("last errors:")
         lines.extend(
-            f"  {e['file']} batch {e['batch']} ({e['state']}, {e['attempts']} calls): {e['error']}"
-            for e in data["last_errors"]
+            "  " + _short(f"{e['file']} batch {e['batch']} ({e['state']}, {e['attempts']} calls): {e['error']}")
+            for e in data["last_errors"][:LAST_ERRORS]
         )
     return "\n".join(lines)

@@ -14,6 +14,7 @@ from pydantic import SecretStr
 
 from daemon.api import ScantrustClient
 from daemon.breaker import CircuitBreaker
+from daemon.clocktext import clock_time
 from daemon.config import Settings
 from daemon.decide import (
     Attempt,
@@ -27,6 +28,7 @@ from daemon.decide import (
     RequestKind,
     Requeue,
     Split,
+    StartCheckFailed,
     SyncDone,
     TaskComplete,
     TaskCreated,
@@ -44,6 +46,7 @@ from daemon.states import BatchState
 log = structlog.get_logger(__name__)
 
 TOKEN_RECHECK_SECONDS = 180.0  # while the token is refused, ask GET /me/ this often
+START_RETRY = (1.0, 60.0)  # first and longest wait between start-up checks while the API cannot be reached
 UNRECORDED_RETRY = (0.5, 30.0)  # first and longest wait before answers the ledger could not take are recorded again
 
 
@@ -119,7 +122,7 @@ class Work:
 class Pause:
     """Why nothing is uploaded right now, until the cause is fixed."""
 
-    cause: str  # token | configuration
+    cause: str  # starting (the start-up check has not passed yet) | token | configuration
     reason: str
 
 
@@ -161,6 +164,10 @@ class Uploader:
         self._unrecorded_backoff = Backoff(*UNRECORDED_RETRY)
         self._unknown_states: set[str] = set()
         self.gave_up_rows = 0  # rows failed because the API kept failing beyond the retry budget
+        self.start_refused: str | None = None  # the API refused the token at the start-up check: the service ends
+        self.start_failures = 0  # start-up checks in a row that could not reach the API
+        self._start_backoff = Backoff(*START_RETRY)
+        self.observe: Callable[[RequestKind, Decision], None] | None = None  # told of every decision (/metrics)
 
     @property
     def token_refused(self) -> str | None:
@@ -176,8 +183,22 @@ class Uploader:
 
     @property
     def next_token_check(self) -> float:
-        """Epoch time of the next GET /me/ while the token is refused."""
+        """Epoch time of the next GET /me/ while the token is refused or the start-up check has not passed."""
         return self._next_token_check
+
+    @property
+    def starting(self) -> bool:
+        """Whether the start-up check has not passed yet: no file is taken and nothing is sent before it has."""
+        return self.pause is not None and self.pause.cause == "starting"
+
+    def check_at_start(self) -> None:
+        """Ask GET /api/v2/me/ before anything else: a wrong host or a refused token is found before any file is
+        taken (a refused token ends the service; an unreachable API is asked again after a backoff)."""
+        self.start_refused = None
+        self.start_failures = 0
+        self._start_backoff = Backoff(*START_RETRY)
+        self._next_token_check = 0.0
+        self._set_pause(Pause("starting", "checking the API (GET /api/v2/me/) before taking files"))
 
     @property
     def busy(self) -> bool:
@@ -198,7 +219,7 @@ class Uploader:
             # The token or the base URL may have been fixed with the configuration: ask again now.
             self._next_token_check = 0.0
             if self.pause.cause == "configuration":
-                self._set_pause(None)
+                self.check_at_start()  # the base URL may be fixed: check it again before anything is sent
         log.info("pace_set", requests_per_second=round(rate, 2))
         return ["api.requests_per_second", "retry", "poll"]
 
@@ -216,7 +237,7 @@ class Uploader:
         """Start as many due uploads and task polls as there are free workers; returns how many started."""
         self.paced_until = None
         if self.pause is not None:
-            return self._check_token(now) if self.pause.cause == "token" else 0
+            return self._check_token(now) if self.pause.cause in ("token", "starting") else 0
         mono = self.monotonic()
         free = self.workers - len(self.inflight)
         allowed = self.breaker.allows(mono)
@@ -281,12 +302,15 @@ class Uploader:
 
     def _check_token(self, now: float) -> int:
         """While the token is refused: ask GET /me/ every few minutes, one request at a time."""
-        if now < self._next_token_check or any(w.kind is RequestKind.TOKEN_CHECK for w in self.inflight.values()):
+        checks = (RequestKind.TOKEN_CHECK, RequestKind.START_CHECK)
+        if now < self._next_token_check or any(w.kind in checks for w in self.inflight.values()):
             return 0
-        self._next_token_check = now + TOKEN_RECHECK_SECONDS
+        starting = self.starting
+        self._next_token_check = math.inf if starting else now + TOKEN_RECHECK_SECONDS  # a start check sets its own
         if self.token_source is not None and (token := self.token_source()) is not None:
             self.client.set_token(token)  # the credential file may hold a renewed one by now
-        self._submit(Work(RequestKind.TOKEN_CHECK, None, None), self.client.me)
+        kind = RequestKind.START_CHECK if starting else RequestKind.TOKEN_CHECK
+        self._submit(Work(kind, None, None), self.client.me)
         return 1
 
     def _send(self, call: Callable[..., Any], *args: Any) -> Any:
@@ -383,7 +407,10 @@ class Uploader:
             task_id=batch.task_id if batch is not None else None,
             task_age=work.task_age,
         )
-        self.apply(work, decide(attempt, outcome, self.policy, self.rand()), now)
+        decision = decide(attempt, outcome, self.policy, self.rand())
+        if self.observe is not None:
+            self.observe(work.kind, decision)
+        self.apply(work, decision, now)
 
     def apply(self, work: Work, decision: Decision, now: float) -> None:
         """The one place where a decision changes the ledger, the breaker, the pace and the pause."""
@@ -394,12 +421,8 @@ class Uploader:
         if decision.throttled is not None:
             pause = self.pace.throttled(decision.throttled)
             bound.warning("throttled", pause_seconds=pause, requests_per_second=round(self.pace.rate, 2))
-        if isinstance(decision, TokenAccepted):
-            bound.info("token_accepted", action="uploads resume")
-            self._set_pause(None)
-            return
-        if isinstance(decision, TokenStillRefused):
-            bound.error("token_still_refused", error=decision.reason, next_check_in=TOKEN_RECHECK_SECONDS)
+        if work.kind in (RequestKind.TOKEN_CHECK, RequestKind.START_CHECK):
+            self._checked(decision, now, bound)
             return
         batch, file = work.batch, work.file
         assert batch is not None
@@ -439,6 +462,39 @@ class Uploader:
             case _:
                 raise AssertionError(f"no applier for {decision!r}")
 
+    def _checked(self, decision: Decision, now: float, bound: Any) -> None:
+        """GET /me/ answered: at start-up, or while the token is refused."""
+        match decision:
+            case TokenAccepted():
+                if self.starting:
+                    bound.info("api_ready", base_url=self.client.base_url, action="files are taken")
+                else:
+                    bound.info("token_accepted", action="uploads resume")
+                self._set_pause(None)
+            case StartCheckFailed():
+                self._start_check_failed(decision, now, bound)
+            case TokenStillRefused(reason=reason):
+                bound.error("token_still_refused", error=reason, next_check_in=TOKEN_RECHECK_SECONDS)
+            case _:
+                raise AssertionError(f"no applier for {decision!r}")
+
+    def _start_check_failed(self, decision: StartCheckFailed, now: float, bound: Any) -> None:
+        if decision.cause == "token":
+            bound.error("token_refused", error=decision.reason, action="the service ends; renew the token")
+            self.start_refused = decision.reason
+            self._set_pause(Pause("token", decision.reason))
+            self._next_token_check = now + TOKEN_RECHECK_SECONDS
+        elif decision.cause == "configuration":
+            bound.error("configuration_problem", error=decision.reason)
+            self._set_pause(Pause("configuration", decision.reason))
+        else:
+            self.start_failures += 1
+            wait = self._start_backoff.failed(self.monotonic(), decision.reason)
+            self._next_token_check = now + wait
+            bound.error("api_unreachable", error=decision.reason, retry_in=round(wait, 3), failures=self.start_failures)
+            reason = f"the API cannot be reached ({decision.reason}); asked again at {clock_time(now + wait, now)}"
+            self._set_pause(Pause("starting", reason))
+
     def _paused(self, work: Work, batch: BatchInfo, pause: Pause, now: float, bound: Any) -> None:
         """Not the batch's fault: it goes back untouched, and every upload pauses until the cause is fixed."""
         if work.kind is RequestKind.TASK_POLL:
@@ -471,7 +527,9 @@ class Uploader:
         if pause is None:
             self.ledger.set_meta(UPLOADS_PAUSED, None)
             return
-        if pause.cause == "token":
+        if pause.cause == "starting":
+            text = f"not started yet: {pause.reason}; no file is taken before the API answers"
+        elif pause.cause == "token":
             where = (
                 "renew it in the token file or credential; it is checked every few minutes and on reload"
                 if self.token_renewable

@@ -7,6 +7,7 @@ from typing import Any
 
 from daemon import intake
 from daemon.config import Settings
+from daemon.config.routes import describe_route, name_for_validation, route_of, settings_for
 from daemon.ledger import Ledger
 from daemon.normalize import cell_reference
 from daemon.planner import plan
@@ -15,21 +16,27 @@ from daemon.states import RowStatus
 MAX_PROBLEMS = 20
 
 
-def validate_file(path: Path, settings: Settings) -> dict[str, Any]:
-    """What the service would do with a file: layout, rows by outcome, first problems, batches and calls."""
+def validate_file(path: Path, settings: Settings, *, route: str | None = None) -> dict[str, Any]:
+    """What the service would do with a file: layout, rows by outcome, first problems, batches and calls.
+
+    The route is the one of the file's folder when it lies in the inbox, or `route` when given.
+    """
+    name = name_for_validation(path, settings.paths.inbox, route)
+    key = route_of(settings.routes, name)
+    routed = {"route": key, "route_settings": describe_route(settings, key)}
     if not path.is_file():
-        return _unreadable(path, f"{path} does not exist or is not a file")
+        return _unreadable(path, f"{path} does not exist or is not a file", routed)
     with tempfile.TemporaryDirectory(prefix="scm-validate-") as scratch:
         ledger = Ledger(Path(scratch) / "validate.sqlite3")
         try:
             problem_columns: dict[int, int] = {}
-            file_id = intake.take(path, ledger, settings, problem_columns=problem_columns)
+            file_id = intake.take(path, ledger, settings, name=name, problem_columns=problem_columns)
             if file_id is None:
-                return _unreadable(path, "the file changed while it was read")
+                return _unreadable(path, "the file changed while it was read", routed)
             f = ledger.file(file_id)
             if f.error:
-                return _unreadable(path, f.error)
-            upload = settings.upload
+                return _unreadable(path, f.error, routed)
+            upload = settings_for(settings, name).upload
             p = plan(
                 ledger.plannable_groups(file_id),
                 mode=upload.mode,
@@ -48,6 +55,7 @@ def validate_file(path: Path, settings: Settings) -> dict[str, Any]:
     rejected = counts.get(RowStatus.REJECTED, 0)
     return {
         "file": str(path),
+        **routed,
         "readable": True,
         "ok": rejected == 0,  # the command exits 1 unless every row would be uploaded or skipped
         "error": None,
@@ -64,7 +72,7 @@ def validate_file(path: Path, settings: Settings) -> dict[str, Any]:
         },
         "problems": problems,
         "plan": {
-            "mode": settings.upload.mode,
+            "mode": f.mode,
             "groups": p.groups,
             "sync_calls": p.sync_calls,
             "async_jobs": p.async_jobs,
@@ -75,8 +83,8 @@ def validate_file(path: Path, settings: Settings) -> dict[str, Any]:
     }
 
 
-def _unreadable(path: Path, error: str) -> dict[str, Any]:
-    return {"file": str(path), "readable": False, "ok": False, "error": error}
+def _unreadable(path: Path, error: str, routed: dict[str, Any]) -> dict[str, Any]:
+    return {"file": str(path), **routed, "readable": False, "ok": False, "error": error}
 
 
 def _column(layout: dict[str, Any], line: int, index: int | None) -> dict[str, str | None]:
@@ -91,11 +99,12 @@ def _column(layout: dict[str, Any], line: int, index: int | None) -> dict[str, s
 def render_validation(report: dict[str, Any]) -> str:
     """The validation report as lines of text."""
     if not report["readable"]:
-        return f"{report['file']}: cannot be read: {report['error']}"
+        return f"{report['file']}: cannot be read: {report['error']}\nroute:    {report['route_settings']}"
     fmt = report["format"]
     details = ", ".join(f"{k} {v!r}" for k, v in fmt.items() if v not in (None, ""))
     lines = [
         f"file:     {report['file']} ({details})",
+        f"route:    {report['route_settings']}",
         f"key:      column {report['key_column']!r} as {report['data_key']}",
         "columns:  " + (", ".join(f"{h!r} -> {f}" for h, f in report["columns"].items()) or "none"),
     ]

@@ -1,6 +1,5 @@
 """Watcher: finds files in the inbox and hands over only those whose size and mtime have settled."""
 
-import fnmatch
 import os
 import stat
 import threading
@@ -11,6 +10,8 @@ from pathlib import Path
 
 import structlog
 from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
     FileCreatedEvent,
     FileModifiedEvent,
     FileMovedEvent,
@@ -20,6 +21,8 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
+
+from daemon.names import ignored, skipped_folder
 
 log = structlog.get_logger(__name__)
 
@@ -39,13 +42,20 @@ class Sighting:
     since: float  # monotonic time from which it has looked like this
 
 
-def ignored(name: str, patterns: Sequence[str]) -> bool:
-    """Whether a file name matches one of the `watch.ignore` patterns."""
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+__all__ = ["EMPTY_GRACE_SECONDS", "InboxEvents", "InboxScanner", "Sighting", "ignored", "inbox_name"]
+
+
+def inbox_name(inbox: Path, path: Path) -> str:
+    """A file's name in the ledger and the reports: its path relative to the inbox, in posix form (`LineA/x.csv`)."""
+    return path.relative_to(inbox).as_posix()
 
 
 class InboxScanner:
-    """A full scan of the inbox's top level; a file is settled once unchanged for `settle_seconds`."""
+    """A full scan of the inbox and its subfolders; a file is settled once unchanged for `settle_seconds`.
+
+    Subfolders at any depth are scanned, except hidden ones (the claims' `.processing/`) and those a
+    `watch.ignore` pattern matches; symlinks, to files or folders, are never followed (one warning each).
+    """
 
     def __init__(
         self, inbox: Path, *, settle_seconds: float, ignore: Sequence[str], empty_grace: float = EMPTY_GRACE_SECONDS
@@ -76,21 +86,15 @@ class InboxScanner:
         present: set[str] = set()
         settled: list[tuple[float, Path]] = []
         try:
-            entries = list(os.scandir(self.inbox))
+            entries = self._files()
         except OSError as exc:
             log.error("inbox_unreadable", inbox=str(self.inbox), error=str(exc))
             return []
         for entry in entries:
             path = str(Path(entry.path))
-            if path in claimed or ignored(entry.name, self.ignore):
+            if path in claimed:
                 continue
             try:
-                if not entry.is_file(follow_symlinks=False):
-                    # Never opened, never moved (a FIFO would block the loop; a symlink may point anywhere).
-                    if not entry.is_dir(follow_symlinks=False) and path not in self._warned:
-                        self._warned.add(path)
-                        log.warning("inbox_entry_ignored", file=entry.name, kind=_kind(entry))
-                    continue
                 st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue  # vanished between listing and stat
@@ -107,6 +111,42 @@ class InboxScanner:
         settled.sort()
         return [p for _, p in settled]
 
+    def _files(self) -> list[os.DirEntry[str]]:
+        """The regular files of the inbox and of the subfolders the scan reaches; OSError if the inbox is unreadable."""
+        files: list[os.DirEntry[str]] = []
+        folders = [self.inbox]
+        while folders:
+            folder = folders.pop()
+            try:
+                entries = list(os.scandir(folder))
+            except OSError as exc:
+                if folder == self.inbox:
+                    raise
+                self._warn(str(folder), "inbox_folder_unreadable", error=str(exc))
+                continue
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        if skipped_folder(entry.name, self.ignore) is None:
+                            folders.append(Path(entry.path))
+                    elif ignored(entry.name, self.ignore):
+                        continue
+                    elif entry.is_file(follow_symlinks=False):
+                        files.append(entry)
+                    else:
+                        # Never opened, never moved (a FIFO would block the loop; a symlink may point anywhere,
+                        # a symlinked folder even back into the inbox).
+                        self._warn(entry.path, "inbox_entry_ignored", kind=_kind(entry))
+                except OSError:
+                    continue  # vanished between listing and looking
+        return files
+
+    def _warn(self, path: str, event: str, **details: str) -> None:
+        """Log a warning about an inbox entry once, not on every scan."""
+        if path not in self._warned:
+            self._warned.add(path)
+            log.warning(event, file=inbox_name(self.inbox, Path(path)), **details)
+
     def taken(self, path: Path) -> None:
         """Forget a file's sighting once it is claimed (or must be looked at afresh)."""
         self._seen.pop(str(path), None)
@@ -115,7 +155,7 @@ class InboxScanner:
 def _kind(entry: os.DirEntry[str]) -> str:
     """What a non-regular inbox entry is, for its warning."""
     if entry.is_symlink():
-        return "symlink"
+        return "symlink to a folder (not followed)" if entry.is_dir(follow_symlinks=True) else "symlink"
     mode = entry.stat(follow_symlinks=False).st_mode
     if stat.S_ISFIFO(mode):
         return "fifo"
@@ -125,7 +165,7 @@ def _kind(entry: os.DirEntry[str]) -> str:
 
 
 class _Wake(FileSystemEventHandler):
-    """Sets the loop's wake event for a file created, written or moved into the inbox's top level; nothing more."""
+    """Sets the loop's wake event for a file (or folder) created, written or moved into the scanned inbox."""
 
     def __init__(self, inbox: str, wake: threading.Event, ignore: Sequence[str]) -> None:
         self.inbox = inbox
@@ -134,16 +174,22 @@ class _Wake(FileSystemEventHandler):
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         # Runs in watchdog's thread: no I/O and no ledger here; the scan that follows does the work.
-        if event.is_directory:
-            return
-        if isinstance(event, FileMovedEvent):
+        if isinstance(event, FileMovedEvent | DirMovedEvent):
             path = os.fsdecode(event.dest_path)
-        elif isinstance(event, FileCreatedEvent | FileModifiedEvent):
+        elif isinstance(event, FileCreatedEvent | FileModifiedEvent | DirCreatedEvent):
             path = os.fsdecode(event.src_path)
         else:
             return
-        folder, name = os.path.split(path)
-        if folder == self.inbox and not ignored(name, self.ignore):
+        relative = os.path.relpath(path, self.inbox)
+        if relative in (os.curdir, os.pardir) or relative.startswith(os.pardir + os.sep):
+            return
+        *folders, name = relative.split(os.sep)
+        # A claim's rename into .processing/ must not wake the loop: the patterns apply to every part.
+        if any(skipped_folder(f, self.ignore) for f in folders):
+            return
+        if event.is_directory and skipped_folder(name, self.ignore) is None:
+            self.wake.set()  # a folder moved in may bring files: the scan finds them
+        elif not event.is_directory and not ignored(name, self.ignore):
             self.wake.set()
 
 
@@ -206,8 +252,8 @@ class InboxEvents:
             observer.schedule(
                 self._handler,
                 str(self.inbox),
-                recursive=False,  # only the top level is the inbox; sub-folders are left alone
-                event_filter=[FileCreatedEvent, FileModifiedEvent, FileMovedEvent],
+                recursive=True,  # subfolders are routes; symlinks are not followed (watchdog's default)
+                event_filter=[FileCreatedEvent, FileModifiedEvent, FileMovedEvent, DirCreatedEvent, DirMovedEvent],
             )
             observer.start()
         except OSError as exc:

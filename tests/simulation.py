@@ -43,7 +43,7 @@ from daemon.ledger import Ledger
 from daemon.pacing import Pace
 from daemon.sandbox import Emulator, EmulatorConfig
 from daemon.sandbox.inprocess import InProcessAdapter
-from daemon.service import IDLE_WAIT, Service
+from daemon.service import IDLE_WAIT, Service, TokenRefusedError
 from daemon.states import FileState
 from daemon.uploader import Uploader, policy_from
 from daemon.watcher import InboxScanner
@@ -305,6 +305,8 @@ max_server_wait_seconds = 120
         )
         self.settings = load_settings(self.config, env={"SCM_API__TOKEN": TOKEN})
         self.crashes = 0
+        self.revoked = False  # the revoke fault is on
+        self.exited = False  # the service ended (exit 3: token refused at start-up); systemd does not restart it
         self.turns = 0
         self.disk_full = False  # the ledger_full fault
         self.disk_rng = random.Random(schedule.seed ^ 0xD15C)
@@ -389,6 +391,8 @@ max_server_wait_seconds = 120
 
     def crash(self) -> None:
         """kill -9: the process's memory is gone; what was committed stays."""
+        if self.exited:
+            return  # no process to kill
         self.crashes += 1
         self.service.ledger.close()
         self.service = self.boot()
@@ -422,6 +426,7 @@ max_server_wait_seconds = 120
             emu.configure(task_never_finishes=on)
         elif kind == "revoke":
             emu.configure(revoked=on)
+            self.revoked = on
         elif kind == "refuse":
             self.adapter.refuse = on
         elif kind == "blackhole":
@@ -504,11 +509,30 @@ max_server_wait_seconds = 120
                 f"{MAX_TURNS} turns of the loop by t={self.elapsed():.1f} s: a busy loop? {self.open_work()}"
             )
         before = self.clock.mono
-        self.service.turn()
+        if self.exited:
+            self.after_exit()
+            return
+        try:
+            self.service.turn()
+        except TokenRefusedError:
+            # A process started while the token was refused ends with exit 3 and is not restarted by systemd;
+            # the operator renews the token and starts it again.
+            self.exited = True
+            self.service.ledger.close()
+            return
         if self.clock.mono == before:
             self.clock.advance(0.001)  # a turn that did work still takes a little time
 
+    def after_exit(self) -> None:
+        """No process runs: once the token is renewed the operator starts the service; until then time passes."""
+        if not self.revoked:
+            self.exited = False
+            self.service = self.boot()
+            return
+        self.clock.advance(max(0.001, min(60.0, self.next_event - self.clock.mono)))
+
     def heal(self) -> None:
+        self.revoked = False
         self.emulator.configure(
             outage=frozenset(),
             fail_rate=0.0,

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import openpyxl
+
 TOKEN = "sandbox-token"
 
 
@@ -102,8 +104,18 @@ class Project:
         return json.loads((self.outbox / f"{stem}.summary.json").read_text(encoding="utf-8"))
 
     def report(self, stem: str, kind: str = "report") -> list[dict[str, str]]:
+        """A report's rows: of the CSV, its delimiter read from the header (the input's, or reports.delimiter);
+        of `<stem>.<kind>.xlsx` when there is no CSV (a workbook input's rejected file), empty cells as ""."""
+        workbook = self.outbox / f"{stem}.{kind}.xlsx"
+        if workbook.exists() and not (self.outbox / f"{stem}.{kind}.csv").exists():
+            sheet = openpyxl.load_workbook(workbook, read_only=True).worksheets[0]
+            header, *body = [["" if v is None else str(v) for v in row] for row in sheet.iter_rows(values_only=True)]
+            return [dict(zip(header, row, strict=False)) for row in body]
         with (self.outbox / f"{stem}.{kind}.csv").open(encoding="utf-8-sig", newline="") as f:
-            return list(csv.DictReader(f))
+            first = f.readline()
+            f.seek(0)
+            delimiter = next((c for c in first if c in ",;\t|"), ",")
+            return list(csv.DictReader(f, delimiter=delimiter))
 
     def wait_for(self, path: Path, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -140,6 +152,16 @@ def csv_text(header: Sequence[str], rows: Iterable[Sequence[str]], delimiter: st
     lines = [delimiter.join(header)]
     lines.extend(delimiter.join(r) for r in rows)
     return "\r\n".join(lines) + "\r\n"
+
+
+def wait_ready(project: Project, timeout: float = 60) -> None:
+    """Wait until a service started with `project.start()` has passed its start-up check (GET /api/v2/me/)."""
+    log = project.root / "service.log"
+    deadline = time.monotonic() + timeout
+    while '"api_ready"' not in (log.read_text(encoding="utf-8") if log.exists() else ""):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the service did not pass its start-up check within {timeout} s")
+        time.sleep(0.05)
 
 
 def stop(process: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 30) -> int:

@@ -56,6 +56,7 @@ class Uploads:
 
     pause: Pause | None = None
     breaker: Breaker = field(default_factory=Breaker)
+    start_failures: int = 0
 
 
 @pytest.fixture
@@ -259,6 +260,7 @@ def test_a_pause_and_its_resume_are_each_told_once_also_across_a_restart(ledger:
 
         restarted = alerts_for(ledger, tmp_path, webhook_url=receiver.url)
         deliver(restarted, Uploads())  # a new process starts unpaused, before any answer: no resume yet
+        deliver(restarted, Uploads(pause=Pause("starting", "checking the API")))  # nor while it checks the API
         deliver(restarted, uploads)  # refused again: already told
         deliver(restarted, Uploads(), answered=1)  # an answer while unpaused: resumed
         deliver(restarted, Uploads(breaker=Breaker(is_open=True, failures=10)))  # the API failing: paused again
@@ -269,6 +271,18 @@ def test_a_pause_and_its_resume_are_each_told_once_also_across_a_restart(ledger:
     assert resumed["text"] == "scm-daemon on testhost: uploads resumed (they had paused: the API refused the token)."
     assert down["cause"] == "api_down"
     assert len({paused["id"], resumed["id"], down["id"]}) == 3
+
+
+def test_a_start_up_check_that_cannot_reach_the_api_is_told_as_api_down(ledger: Ledger, tmp_path: Path) -> None:
+    with WebhookReceiver() as receiver:
+        alerts = alerts_for(ledger, tmp_path, webhook_url=receiver.url)
+        checking = Uploads(pause=Pause("starting", "checking the API (GET /api/v2/me/) before taking files"))
+        deliver(alerts, checking)
+        assert receiver.events() == []
+        deliver(alerts, Uploads(pause=Pause("starting", "the API cannot be reached"), start_failures=1))
+        deliver(alerts, Uploads(), answered=1)  # the check passed
+        assert receiver.events() == [UPLOADS_PAUSED_EVENT, UPLOADS_RESUMED]
+        assert receiver.taken[0]["cause"] == "api_down"
 
 
 # --- e-mail ----------------------------------------------------------------------------------------------------------

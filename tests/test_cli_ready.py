@@ -1,14 +1,20 @@
-"""The CLI before a first real run: `check` creates nothing, `check --sandbox`, token file modes, usage exits."""
+"""The CLI before a first real run: `check` creates nothing, `check --sandbox`, token file modes, usage exits, and
+the start-up check (GET /api/v2/me/ before any file is taken)."""
 
 import http.server
 import json
+import signal
+import socket
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from support import Project, csv_text, make_project
+from support import Project, csv_text, make_project, stop
 
-from daemon.sandbox import Emulator
+from daemon.sandbox import Emulator, EmulatorConfig
 
 MESSAGE = "api.base_url must be the host only, e.g. https://api.scantrust.com; drop '/api/v2/'"
 
@@ -104,21 +110,162 @@ class _NotTheApi(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.slow
-def test_a_404_on_the_upload_endpoint_pauses_and_rejects_no_row(tmp_path: Path) -> None:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotTheApi)
+class _OnlyMe(_NotTheApi):
+    """A server that knows the token check but not the upload endpoints (an API of another version)."""
+
+    def do_GET(self) -> None:
+        if self.path != "/api/v2/me/":
+            return self.do_POST()
+        body = b'{"email": "ops@example.test"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        return None
+
+
+@contextmanager
+def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        project = make_project(tmp_path / "site", f"http://127.0.0.1:{server.server_address[1]}")
-        project.drop("a.csv", csv_text(["extended_id", "batch"], [("CODE00000001", "x"), ("CODE00000002", "y")]))
-        out = project.cli("run", "--once")
-        rows = json.loads(project.cli("status", "--json").stdout)["rows"]
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (a connection to it is refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+ROWS = [("CODE00000001", "x"), ("CODE00000002", "y")]
+
+
+@pytest.mark.slow
+def test_a_404_on_the_upload_endpoint_pauses_and_rejects_no_row(tmp_path: Path) -> None:
+    with serving(_OnlyMe) as base_url:
+        project = make_project(tmp_path / "site", base_url)
+        project.drop("a.csv", csv_text(["extended_id", "batch"], ROWS))
+        out = project.cli("run", "--once")
+        rows = json.loads(project.cli("status", "--json").stdout)["rows"]
     assert out.returncode == 2, out.stderr
     assert "check api.base_url" in out.stderr
     assert not list(project.archive.glob("*"))  # not filed as done
     assert not list(project.outbox.glob("*.report.csv"))  # no report: the rows are pending, none rejected
     assert rows == {"queued": 2}  # both rows wait for the fix; none rejected or failed
+
+
+# --- the start-up check: GET /api/v2/me/ before any file is taken ---------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("once", [True, False])
+def test_a_refused_token_ends_run_at_start_with_exit_3_taking_nothing(
+    project: Project, emulator: Emulator, once: bool
+) -> None:
+    emulator.configure(revoked=True)
+    dropped = project.drop("a.csv", csv_text(["extended_id", "batch"], ROWS))
+    out = project.cli("run", *(["--once"] if once else []), timeout=60)
+    assert out.returncode == 3, out.stderr
+    assert "refused the token" in out.stderr
+    assert "Renew the token and run again" in out.stderr
+    assert dropped.exists()  # left in the inbox, not claimed
+    assert emulator.stats().data_requests == 0
+    assert "sandbox-token" not in out.stderr + out.stdout
+
+
+@pytest.mark.slow
+def test_an_unreachable_api_ends_run_once_with_exit_1_taking_nothing(tmp_path: Path) -> None:
+    port = free_port()
+    project = make_project(tmp_path / "site", f"http://127.0.0.1:{port}")
+    dropped = project.drop("a.csv", csv_text(["extended_id", "batch"], ROWS))
+    out = project.cli("run", "--once", timeout=60)
+    assert out.returncode == 1, out.stderr
+    reason = f"GET /api/v2/me/: cannot connect to 127.0.0.1:{port} (connection refused)"
+    assert f"not started: the API cannot be reached ({reason})" in out.stderr
+    assert "No file was taken from the inbox" in out.stderr
+    assert "Max retries" not in out.stderr  # the HTTP library's words stay in the debug log
+    assert dropped.exists()
+
+
+@pytest.mark.slow
+def test_a_host_that_is_not_the_api_ends_run_once_with_exit_2(tmp_path: Path) -> None:
+    with serving(_NotTheApi) as base_url:
+        project = make_project(tmp_path / "site", base_url)
+        dropped = project.drop("a.csv", csv_text(["extended_id", "batch"], ROWS))
+        out = project.cli("run", "--once", timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "GET /api/v2/me/" in out.stderr
+    assert "this is not the Scantrust API; check api.base_url" in out.stderr
+    assert dropped.exists()
+
+
+@pytest.mark.slow
+def test_the_service_waits_for_an_unreachable_api_and_starts_once_it_answers(tmp_path: Path) -> None:
+    port = free_port()
+    project = make_project(tmp_path / "site", f"http://127.0.0.1:{port}")
+    dropped = project.drop("a.csv", csv_text(["extended_id", "batch"], ROWS))
+    emulator = Emulator(EmulatorConfig(rate_limit=None))
+    with project.running() as service:
+        deadline = time.monotonic() + 30
+        status = ""
+        while "the API cannot be reached" not in status and time.monotonic() < deadline:
+            time.sleep(0.3)
+            status = project.cli("status").stdout
+        reason = f"GET /api/v2/me/: cannot connect to 127.0.0.1:{port} (connection refused)"
+        assert f"UPLOADS PAUSED: not started yet: the API cannot be reached ({reason})" in status
+        assert "asked again at " in status
+        assert dropped.exists()  # nothing is taken while the API cannot be asked
+        emulator.start(port=port)
+        try:
+            project.wait_for(project.outbox / "a.summary.json", timeout=90)
+        finally:
+            emulator.stop()
+        assert stop(service, signal.SIGTERM) == 0
+    assert project.summary("a")["status"] == "completed"
+    assert "UPLOADS PAUSED" not in project.cli("status").stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["environment", "file"])
+def test_the_paused_token_message_tells_where_the_token_came_from(
+    project: Project, emulator: Emulator, source: str
+) -> None:
+    env: dict[str, str] = {}
+    if source == "file":
+        token_file = project.root / "token.txt"
+        token_file.write_text("sandbox-token\n")
+        token_file.chmod(0o600)
+        project.config.write_text(project.config.read_text().replace("[api]", '[api]\ntoken_file = "token.txt"', 1))
+        env["SCM_API__TOKEN"] = ""
+    with project.running(**env) as service:
+        deadline = time.monotonic() + 30
+        while '"api_ready"' not in (project.root / "service.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        emulator.configure(revoked=True)  # revoked while the service runs: uploads pause, the rows wait
+        project.drop("a.csv", csv_text(["extended_id", "batch"], ROWS))
+        status = ""
+        while "UPLOADS PAUSED" not in status and time.monotonic() < deadline + 30:
+            time.sleep(0.3)
+            status = project.cli("status").stdout
+        assert stop(service, signal.SIGTERM) == 0
+    if source == "environment":
+        assert "the token comes from SCM_API__TOKEN: set a valid one and restart the service" in status
+    else:
+        assert "renew it in the token file or credential; it is checked every few minutes and on reload" in status
+    assert "sandbox-token" not in status
+
+
+def test_check_with_the_debug_log_shows_each_api_answer_scrubbed(project: Project) -> None:
+    out = project.cli("check", "--log-level", "debug")
+    assert out.returncode == 0, out.stderr
+    answers = [json.loads(line) for line in out.stderr.splitlines() if '"api_answer"' in line]
+    assert [(a["request"], a["status"]) for a in answers] == [("GET /api/v2/me/", 200)]
+    assert answers[0]["body"].startswith("{")
+    assert "sandbox-token" not in out.stderr

@@ -329,6 +329,25 @@ def test_environment_names_are_case_insensitive_and_sections_may_be_json(tmp_pat
     assert s.columns == {"Serial No.": "serial_number"}
 
 
+def test_a_json_section_in_the_environment_merges_with_the_files_table(tmp_path: Path) -> None:
+    s = load(
+        tmp_path,
+        '[columns]\n"Lot" = "batch"\n"Serial No." = "extended_id"\n',
+        env={"SCM_COLUMNS": json.dumps({"Serial No.": "serial_number"}), "SCM_COLUMNS__sku": "product_sku"},
+    )
+    assert s.columns == {"Lot": "batch", "Serial No.": "serial_number", "sku": "product_sku"}
+
+
+def test_configuration_loading_uses_only_public_pydantic_settings_api() -> None:
+    # The loader reads the file and the environment itself and hands Settings plain values; it subclasses no
+    # settings source, so no private method of pydantic-settings (which a minor release may change) is overridden.
+    from daemon.config import loading
+
+    text = Path(loading.__file__).read_text(encoding="utf-8")
+    assert "pydantic_settings" not in text
+    assert "SettingsSource" not in text
+
+
 def test_unrelated_scm_variables_are_left_alone() -> None:
     s = load_settings(None, env={"SCM_CONFIG": "/nowhere", "SCM_REVISION": "abc", "SCM_SOURCE": "elsewhere.toml"})
     assert s.source is None
@@ -342,6 +361,8 @@ def test_unrelated_scm_variables_are_left_alone() -> None:
         ({"SCM_UPLOAD__SYNC_BATCHSIZE": "5"}, ["SCM_UPLOAD__SYNC_BATCHSIZE", "did you mean 'sync_batch_size'?"]),
         ({"SCM_UPLAOD__MODE": "sync"}, ["SCM_UPLAOD__MODE", "unknown section 'uplaod'", "did you mean 'upload'?"]),
         ({"SCM_UPLOAD__FIELDS": "a,b"}, ["SCM_UPLOAD__FIELDS", "JSON list"]),
+        ({"SCM_WATCH__IGNORE": '"*.bak"'}, ["watch.ignore", "must be a list"]),
+        ({"SCM_COLUMNS": "[1]"}, ["SCM_COLUMNS", "JSON table"]),
         ({"SCM_POLL__INTERVAL_SECONDS": "90"}, ["environment variable SCM_POLL__INTERVAL_SECONDS", "[poll]"]),
     ],
 )

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import Project, csv_text, make_project, stop
+from support import Project, csv_text, make_project, stop, wait_ready
 
 from daemon.sandbox import Emulator
 
@@ -100,7 +100,7 @@ def test_a_batch_that_keeps_timing_out_is_split(tmp_path: Path, emulator: Emulat
     project = make_project(
         tmp_path / "site", emulator.base_url, upload=SYNC, api={"read_timeout": 0.3, "max_in_flight": 1}
     )
-    emulator.configure(hang_rate=1.0, hang_seconds=1.0)
+    emulator.configure(hang_rate=1.0, hang_seconds=1.0, faults_spare_me=True)  # the start-up check passes
     drop(project, 100)
     with project.running() as service:
         wait_until(lambda: emulator.stats().hangs >= 3, what="three timed-out calls")
@@ -138,8 +138,9 @@ def test_an_applied_then_500_is_reported_uploaded_with_a_detail(tmp_path: Path, 
 
 
 def test_a_refused_token_pauses_the_service_until_it_is_accepted_again(project: Project, emulator: Emulator) -> None:
-    emulator.configure(revoked=True)
     with project.running() as service:
+        wait_ready(project)
+        emulator.configure(revoked=True)  # expired while the service runs
         drop(project, 120)
         wait_until(lambda: emulator.stats().auth_failures >= 1, what="a refused upload")
         time.sleep(0.5)
@@ -171,7 +172,7 @@ def test_the_breaker_pauses_sending_after_a_run_of_failures(tmp_path: Path, emul
         retry={"breaker_failures": 3, "breaker_cooldown_seconds": 3.0, "max_attempts": 50},
         api={"max_in_flight": 1},
     )
-    emulator.configure(fail_rate=1.0)
+    emulator.configure(fail_rate=1.0, faults_spare_me=True)  # the start-up check passes; every upload fails
     drop(project, 300)
     with project.running() as service:
         wait_until(lambda: '"sending_paused"' in (project.root / "service.log").read_text(), what="the breaker opening")
@@ -251,16 +252,19 @@ def test_soak_with_every_fault_at_once_ends_with_exact_data(tmp_path: Path, emul
 def test_a_token_renewed_in_its_file_is_taken_on_sighup(tmp_path: Path, emulator: Emulator) -> None:
     project = make_project(tmp_path / "site", emulator.base_url, upload=SYNC, api={"token_file": "token"})
     token = project.root / "token"
-    token.write_text("expired-token-123\n")
+    token.write_text("sandbox-token\n")
     with project.running(SCM_API__TOKEN="") as service:
+        wait_ready(project)
+        emulator.configure(token="renewed-token-123")  # the token in the file expires while the service runs
         drop(project, 30)
         wait_until(lambda: emulator.stats().auth_failures >= 1, what="the old token refused")
-        token.write_text("sandbox-token\n")  # renewed, as an operator would
+        token.write_text("renewed-token-123\n")  # renewed, as an operator would
         os.kill(service.pid, signal.SIGHUP)
         project.wait_for(project.outbox / "lot.summary.json")
         assert stop(service) == 0
     assert project.summary("lot")["rows"]["uploaded"] == 30
     log = (project.root / "service.log").read_text()
     assert '"token_accepted"' in log
-    assert "expired-token-123" not in log
+    assert "renewed-token-123" not in log
+    assert "sandbox-token" not in log
     assert "config_change_needs_restart" not in log

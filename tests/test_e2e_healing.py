@@ -8,7 +8,6 @@ service (or a `run --once`) that ends, or keeps going, when it should.
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -95,7 +94,9 @@ def test_a_token_refused_with_batches_in_flight_leaves_none_sending_and_uploads_
     tmp_path: Path, emulator: Emulator
 ) -> None:
     project = make_project(tmp_path / "site", emulator.base_url, upload=SYNC, api={"max_in_flight": 8})
-    emulator.configure(revoked=True, latency=0.2)  # the 401s come back while the other requests are still out
+    # The 401s come back while the other requests are still out (the start-up check is spared: it would stop the
+    # run before any file is taken).
+    emulator.configure(revoked=True, latency=0.2, faults_spare_me=True)
     n = 800  # eight sync batches, all in flight at once
     project.drop("orders.csv", csv_text(HEADER, rows(n)))
 
@@ -221,7 +222,7 @@ def test_a_file_vanishing_while_read_is_forgotten_and_taken_when_it_comes_back(
         assert service.poll() is None
         assert query(project, "SELECT count(*) FROM files") == [(0,)]  # no file record left behind
         assert processing(project) == []
-        assert emulator.stats().total_requests == 0
+        assert emulator.stats().data_requests == 0
 
         project.drop("lot.csv", text)  # the same file, back again
         project.wait_for(project.outbox / "lot.summary.json")
@@ -260,7 +261,7 @@ def test_run_once_ends_when_a_file_vanishes_while_read(tmp_path: Path, emulator:
     assert query(project, "SELECT count(*) FROM files") == [(0,)]
     assert processing(project) == []
     assert list(project.outbox.iterdir()) == []
-    assert emulator.stats().total_requests == 0
+    assert emulator.stats().data_requests == 0
 
 
 # --- 5. an API outage of uploads and task polls while async jobs are in flight -----------------------------------
@@ -436,7 +437,12 @@ def test_a_name_too_long_for_its_report_suffixes_gets_shortened_reports(tmp_path
     assert summary["status"] == "completed_with_errors"
     assert summary["rows"]["uploaded"] == 10
     assert summary["rows"]["rejected"] == 1
-    assert summary["reports"] == {"report_csv": f"{stem}.report.csv", "rejected_csv": f"{stem}.rejected.csv"}
+    assert summary["reports"] == {
+        "report_csv": f"{stem}.report.csv",
+        "report_xlsx": None,
+        "rejected_csv": f"{stem}.rejected.csv",
+        "rejected_xlsx": None,
+    }
     archived = list(project.archive.iterdir())
     assert len(archived) == 1
     assert archived[0].read_bytes() == text.encode()
@@ -483,7 +489,7 @@ def test_an_empty_file_with_run_once_ends_in_failed(tmp_path: Path, emulator: Em
     assert summary["rows"]["total"] == 0
     assert [p.name for p in project.inbox.iterdir()] == [".processing"]
     assert processing(project) == []
-    assert emulator.stats().total_requests == 0
+    assert emulator.stats().data_requests == 0
 
 
 # --- 8. a huge Retry-After ---------------------------------------------------------------------------------------
@@ -539,17 +545,15 @@ def test_a_503_with_a_huge_retry_after_waits_at_most_max_server_wait(tmp_path: P
 # --- 9. run --once against an unreachable API --------------------------------------------------------------------
 
 
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_run_once_against_an_unreachable_api_ends_with_failed_rows_and_exit_1(tmp_path: Path) -> None:
+def test_run_once_against_an_api_that_keeps_failing_ends_with_failed_rows_and_exit_1(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    # The token check answers; the upload endpoint is down (503) for the whole run. (An API unreachable already at
+    # the start-up check ends the run before any file is taken: test_cli_ready.)
+    emulator.configure(outage=frozenset({"scm_upload"}))
     project = make_project(
         tmp_path / "site",
-        f"http://127.0.0.1:{closed_port()}",
+        emulator.base_url,
         upload=SYNC,
         retry={"max_attempts": 2, "base_delay_seconds": 0.2, "max_delay_seconds": 0.5},
         api={"connect_timeout": 2},
@@ -597,4 +601,4 @@ def test_leftover_temporary_reports_are_removed_at_start(tmp_path: Path, emulato
     recovered = [e for e in events(done.stdout) if e["event"] == "ledger_recovered"]
     assert len(recovered) == 1
     assert recovered[0]["temp_reports_removed"] == 1
-    assert emulator.stats().total_requests == 0
+    assert emulator.stats().data_requests == 0

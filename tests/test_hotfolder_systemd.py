@@ -60,3 +60,49 @@ def test_the_unit_declares_what_the_service_relies_on() -> None:
         "ExecReload=/bin/kill -HUP $MAINPID",
     ):
         assert f"\n{line}" in text, line
+
+
+def _unit_settings() -> tuple[str, dict[str, str], str]:
+    """The unit's ExecStart, its Environment= variables and its StateDirectory."""
+    text = UNIT.read_text(encoding="utf-8")
+    exec_start = re.search(r"^ExecStart=(.+)$", text, re.MULTILINE)
+    state = re.search(r"^StateDirectory=(\S+)$", text, re.MULTILINE)
+    assert exec_start is not None
+    assert state is not None
+    env: dict[str, str] = {}
+    for line in re.findall(r"^Environment=(.+)$", text, re.MULTILINE):
+        for assignment in line.split():
+            name, _, value = assignment.partition("=")
+            env[name] = value
+    return exec_start.group(1), env, state.group(1)
+
+
+def test_status_with_the_units_config_reads_the_ledger_the_service_writes(tmp_path: Path) -> None:
+    # The service runs with the unit's environment; an operator runs `scm-daemon status -c <the same file>` from a
+    # shell without it. Both must name one ledger, in the unit's state directory.
+    from daemon.config import load_settings
+
+    exec_start, unit_env, state = _unit_settings()
+    config_path = re.search(r"--config (\S+)", exec_start)
+    assert config_path is not None
+    readme = (UNIT.parent / "README.md").read_text(encoding="utf-8")
+    documented = re.search(r"```toml\n(.*?)```", readme, re.DOTALL)  # step 4: the config file the unit reads
+    assert documented is not None
+    config = tmp_path / "config.toml"
+    config.write_text(documented.group(1), encoding="utf-8")
+    service = load_settings(config, env=unit_env)
+    shell = load_settings(config, env={})
+    assert service.paths.ledger == shell.paths.ledger
+    assert service.paths.ledger.parent == Path("/var/lib") / state
+    assert config_path.group(1) in readme
+
+
+def test_one_virtual_environment_path_in_the_unit_and_both_readmes() -> None:
+    exec_start, _, _ = _unit_settings()
+    venv = str(Path(exec_start.split()[0]).parent.parent)
+    assert venv == "/opt/scm-daemon/venv"
+    for doc in (UNIT.parent.parent / "README.md", UNIT.parent / "README.md"):
+        text = doc.read_text(encoding="utf-8")
+        uses = re.findall(r"/opt/scm-daemon[^\s`'\"),]*", text)
+        assert uses, doc
+        assert all(use.startswith(venv) for use in uses), (doc, sorted(set(uses)))

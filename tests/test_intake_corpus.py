@@ -395,7 +395,7 @@ def test_strict_fields_refuse_the_file_before_anything_is_uploaded(tmp_path: Pat
     project.drop("strict.csv", csv_text(["extended_id", "intended_market", "colour"], [(code(1), "de", "red")]))
     run_once(project)
 
-    assert emulator.stats().total_requests == 0
+    assert emulator.stats().data_requests == 0
     summary = project.summary("strict")
     assert summary["status"] == "failed"
     assert "columns outside the campaign's fields: 'colour'" in summary["error"]
@@ -421,7 +421,7 @@ def test_unusable_headers_fail_the_file_with_the_columns_found(
 
     project.drop("bad.xlsx", workbook_bytes(tmp_path, build))
     run_once(project)
-    assert emulator.stats().total_requests == 0
+    assert emulator.stats().data_requests == 0
     summary: dict[str, Any] = project.summary("bad")
     assert summary["status"] == "failed"
     assert message in summary["error"]

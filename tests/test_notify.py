@@ -3,6 +3,7 @@
 import os
 import signal
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -72,6 +73,31 @@ def test_messages_arrive_as_newline_separated_assignments(manager: Manager) -> N
     assert got[3] == {"STOPPING": "1", "STATUS": "stopping: waiting for 2 request(s) in flight"}
 
 
+def test_a_manager_that_does_not_read_never_stalls_the_service(manager: Manager) -> None:
+    # A datagram queue holds only a few messages (net.unix.max_dgram_qlen, 10 by default); a blocking send to a
+    # manager that does not read would stop the service loop for good.
+    now = [0.0]
+    notifier = Notifier(manager.address, watchdog_seconds=1, clock=lambda: now[0])
+    sent: list[bool] = []
+
+    def chatter() -> None:
+        for n in range(200):
+            notifier.alive()
+            notifier.status(f"working on row {n}", force=True)
+            now[0] += 1.0
+        sent.append(True)
+
+    worker = threading.Thread(target=chatter, daemon=True)
+    worker.start()
+    worker.join(timeout=30)  # generous: a blocked send never returns at all
+    assert sent == [True], "a send blocked on a full queue"
+    queued = manager.receive()
+    assert 0 < len(queued) < 400  # some went out, the rest were dropped rather than waited for
+    notifier.status("idle: watching /srv/in")
+    assert manager.receive()[-1] == {"STATUS": "idle: watching /srv/in"}  # sent once the queue has room
+    notifier.close()
+
+
 def test_abstract_socket_names_work() -> None:
     name = f"scm-daemon-test-{uuid.uuid4().hex}"
     manager = Manager("\0" + name)
@@ -137,6 +163,15 @@ def test_a_real_service_reports_ready_status_watchdog_and_stopping(
     emulator.configure(latency=1.5)  # long enough for a "working" status between two idle ones
     project = make_project(tmp_path / "site", emulator.base_url)
     service = project.start(NOTIFY_SOCKET=manager.address, WATCHDOG_USEC="400000")
+    reading = threading.Event()
+    reading.set()
+
+    def read() -> None:  # as systemd does: the queue is read all the time
+        while reading.is_set():
+            manager.receive()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
         ready = manager.wait_for("READY", "1")
         assert ready["STATUS"] == f"ready: watching {project.inbox}"
@@ -148,6 +183,8 @@ def test_a_real_service_reports_ready_status_watchdog_and_stopping(
         assert stopping["STATUS"].startswith("stopping:")
         assert service.wait(timeout=30) == 0
     finally:
+        reading.clear()
+        reader.join(timeout=5)
         if service.poll() is None:
             service.kill()
             service.wait()

@@ -113,3 +113,17 @@ def test_planning_beside_an_earlier_file_probes_its_open_rows_once_per_statement
     plan = plan_of(ledger, statement, parameters)
     assert not any(step.startswith("CORRELATED") for step in plan), plan
     assert any("rows_open" in step for step in plan), plan
+
+
+def test_the_scrape_queries_never_scan_rows(ledger: Ledger) -> None:
+    """/metrics reads the ledger at every scrape (every 15 s or so): the files table and the open batches through
+    their state index, never the rows (millions of them; even the partial index of open rows costs a lookup per
+    open row)."""
+    with captured(ledger) as statements:
+        figures = ledger.figures()
+    assert figures.rows_queued == 10  # the second batch's
+    assert len(statements) >= 4
+    for statement, parameters in statements:
+        plan = plan_of(ledger, statement, parameters)
+        assert not any(re.match(r"(SCAN|SEARCH) rows\b", step) for step in plan), (statement, plan)
+        assert not any(re.match(r"SCAN batches\b", step) for step in plan), (statement, plan)

@@ -89,12 +89,12 @@ def test_run_once_takes_an_empty_file_without_a_grace(inbox: Path) -> None:
     assert scanner.scan(0.2, claimed=()) == [path]
 
 
-def test_ignored_claimed_and_folder_entries_are_left_alone(inbox: Path) -> None:
+def test_ignored_claimed_and_hidden_folder_entries_are_left_alone(inbox: Path) -> None:
     scanner = InboxScanner(inbox, settle_seconds=0, ignore=IGNORE)
     for name in ("~$orders.xlsx", ".orders.csv.part", "orders.tmp", "x.crdownload", ".hidden.csv"):
         write(inbox / name, "data")
-    (inbox / "sub").mkdir()
-    write(inbox / "sub" / "inner.csv", "data")
+    (inbox / ".processing").mkdir()
+    write(inbox / ".processing" / "7-claimed.csv", "data")  # the service's own claims
     claimed = write(inbox / "claimed.csv", "data")
     wanted = write(inbox / "orders.xlsx", "data")
     scanner.scan(0.0, claimed=())
@@ -157,7 +157,8 @@ def quiet(wake: threading.Event, seconds: float = 0.5) -> bool:
 def events(request: pytest.FixtureRequest, inbox: Path) -> Iterator[InboxEvents]:
     wake = threading.Event()
     watcher = InboxEvents(inbox, wake, polling=request.param, ignore=IGNORE, poll_interval=0.1)
-    (inbox / "sub").mkdir()
+    for folder in ("sub", ".processing", "old.tmp"):
+        (inbox / folder).mkdir()
     watcher.check()
     assert watcher.alive()
     wake.clear()
@@ -183,17 +184,23 @@ def test_created_written_and_moved_in_files_wake_the_loop(events: InboxEvents, i
     wake.clear()
     (inbox / ".copy.part").rename(inbox / "copy.csv")  # the usual end of a copy: renamed to its real name
     assert woken(wake)
+    write(inbox / "sub" / "deep.csv", "deep")  # subfolders are routes
+    assert woken(wake)
 
 
-def test_ignored_names_sub_folders_and_moves_out_do_not_wake(events: InboxEvents, inbox: Path, tmp_path: Path) -> None:
+def test_ignored_names_hidden_folders_and_moves_out_do_not_wake(
+    events: InboxEvents, inbox: Path, tmp_path: Path
+) -> None:
     wake = events.wake
     inside = write(inbox / "a.csv", "a")
     time.sleep(0.3)
     wake.clear()
     write(inbox / "~$a.xlsx", "lock")
     write(inbox / "a.tmp", "temp")
-    write(inbox / "sub" / "deep.csv", "deep")
-    shutil.move(inside, tmp_path / "a.csv")
+    write(inbox / "sub" / "~$b.xlsx", "lock")
+    write(inbox / "old.tmp" / "deep.csv", "deep")  # watch.ignore applies to every path part
+    inside.rename(inbox / ".processing" / "1-a.csv")  # a claim
+    shutil.move(inbox / ".processing" / "1-a.csv", tmp_path / "a.csv")
     assert quiet(wake)
 
 

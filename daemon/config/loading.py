@@ -5,21 +5,13 @@ import difflib
 import json
 import os
 import tomllib
+import types
+import typing
 from collections.abc import Mapping
-from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from pydantic import (
-    ValidationError,
-)
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsError,
-    TomlConfigSettingsSource,
-)
+from pydantic import BaseModel, ValidationError
 
 from daemon.config.files import absolute, notify_settings, register_notify_secrets, token_settings
 from daemon.config.models import (
@@ -31,47 +23,77 @@ from daemon.config.models import (
     ApiSettings,
     ConfigError,
     PathsSettings,
+    RouteSettings,
     Settings,
     UploadSettings,
 )
+from daemon.config.routes import apply_route, key_problem, route_keys, route_tables, unknown_key_problem
 from daemon.logs import register_secret
 
-_ALL_SECTIONS = [*SECTIONS, "columns"]
-_LIST_KEYS = {
-    ("upload", "fields"),
-    ("watch", "ignore"),
-    ("notify", "on"),
-    ("notify", "command"),
-    ("notify", "email_to"),
-}
+_ALL_SECTIONS = [*SECTIONS, "columns", "routes"]
 _SECRET_KEYS = {"token", "smtp_password", "webhook_url"}  # values never shown in a message
 _EnvNames = dict[tuple[str, str | None], str]  # (section, key or None for the whole section) -> variable name
 
 
-class _TomlFile(TomlConfigSettingsSource):
-    """The TOML source, with read and syntax errors turned into ConfigError."""
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The TOML file's tables, with read and syntax errors turned into ConfigError."""
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        # The message carries the line and column; the line's text is not echoed (it may hold a secret).
+        raise ConfigError(f"{path}: not valid TOML: {exc}; fix the syntax there") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
-    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
-        try:
-            return super()._read_file(file_path)
-        except tomllib.TOMLDecodeError as exc:
-            # The message carries the line and column; the line's text is not echoed (it may hold a secret).
-            raise ConfigError(f"{file_path}: not valid TOML: {exc}; fix the syntax there") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{file_path}: not UTF-8 text; save it as UTF-8") from None
-        except OSError as exc:
-            raise ConfigError(f"{file_path}: cannot be read ({exc.strerror or exc})") from None
+
+def _env_tables(env: Mapping[str, str], env_vars: _EnvNames) -> dict[str, dict[str, Any]]:
+    """The SCM_ variables as tables like the TOML file's: lists and tables are given as JSON."""
+    tables: dict[str, dict[str, Any]] = {}
+    for (section, key), name in sorted(env_vars.items(), key=lambda item: item[0][1] is not None):
+        value: Any = env[name]
+        if key is None:  # a whole section as JSON; single keys given beside it win
+            tables[section] = {**_json_table(value, name), **tables.get(section, {})}
+            continue
+        annotation = SECTIONS[section].model_fields[key].annotation if section != "columns" else str
+        if _is_complex(annotation):
+            value = _json_value(value, name, "list" if typing.get_origin(annotation) is list else "table")
+        tables.setdefault(section, {})[key] = value
+    return tables
 
 
-class _MappingEnvSource(EnvSettingsSource):
-    """The environment source, reading a given mapping instead of os.environ."""
+def _is_complex(annotation: Any) -> bool:
+    """A list, set or table (or an optional one): given as JSON in an environment variable."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_complex(arg) for arg in typing.get_args(annotation) if arg is not type(None))
+    return origin in (list, set, tuple, dict) or (isinstance(annotation, type) and issubclass(annotation, BaseModel))
 
-    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
-        self._given = {name.lower(): value for name, value in env.items()}  # case_sensitive=False
-        super().__init__(settings_cls)
 
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        return self._given
+def _json_value(text: str, name: str, kind: str) -> Any:
+    example = '["a", "b"]' if kind == "list" else '{"a": "b"}'
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}: must be a JSON {kind} such as {example}") from None
+
+
+def _json_table(text: str, name: str) -> dict[str, Any]:
+    value = _json_value(text, name, "table")
+    if not isinstance(value, dict):
+        raise ConfigError(f'environment variable {name}: must be a JSON table such as {{"a": "b"}}')
+    return value
+
+
+def _merged(file: Mapping[str, Any], env: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """The file's tables with the environment's keys laid over them (the environment wins)."""
+    merged = dict(file)
+    for section, values in env.items():
+        below = merged.get(section)
+        merged[section] = {**below, **values} if isinstance(below, dict) else values
+    return merged
 
 
 def find_config_file(
@@ -124,21 +146,17 @@ def sandbox_settings(path: Path | None, *, base_url: str, token: str, env: Mappi
 
 def _load(path: Path | None, env: Mapping[str, str], *, resolve_token: bool) -> Settings:
     env_vars = _scm_variables(env)
-    sources: list[PydanticBaseSettingsSource] = [
-        _MappingEnvSource(Settings, {name: env[name] for name in env_vars.values()})
-    ]
+    file: dict[str, Any] = {}
     if path is not None:
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; create it from config.example.toml")
-        toml = _TomlFile(Settings, toml_file=path)
-        _check_file_keys(toml.toml_data, path)
-        sources.append(toml)
+        file = _read_toml(path)
+        _check_file_keys(file, path)
     try:
-        raw = Settings(_build_sources=(tuple(sources), {}))
+        # Settings reads no source of its own (settings_customise_sources keeps only the values given here).
+        raw = Settings(**_merged(file, _env_tables(env, env_vars)))
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path, env_vars)) from None
-    except SettingsError as exc:
-        raise ConfigError(f"environment: {exc}") from None
 
     base = path.absolute().parent if path is not None else Path.cwd()
     where = str(path) if path is not None else "the environment"
@@ -151,16 +169,59 @@ def _load(path: Path | None, env: Mapping[str, str], *, resolve_token: bool) -> 
     upload = _with_template(raw.upload, base, _origin("upload", "fields_template", path, env_vars))
     _check_fields(upload, raw.columns, where)
     notify = notify_settings(raw.notify, base, env, _origin("notify", "smtp_password_file", path, env_vars))
-    return raw.model_copy(update={"paths": paths, "api": api, "upload": upload, "notify": notify, "source": path})
+    settings = raw.model_copy(update={"paths": paths, "api": api, "upload": upload, "notify": notify, "source": path})
+    routes = {key: _check_route(settings, key, route, base, where) for key, route in raw.routes.items()}
+    return settings.model_copy(update={"routes": routes})
+
+
+def _check_route(settings: Settings, key: str, route: RouteSettings, base: Path, where: str) -> RouteSettings:
+    """A route checked against the inbox and the rules of the keys it overrides, its fields_template read."""
+    name = f'routes."{key}"'
+    problem = key_problem(key, settings.paths.inbox, settings.watch.ignore)
+    if problem is not None:
+        raise ConfigError(f"{where}: [{name}] {problem}")
+    given = route.overrides()
+    problems = [f"{where}: {name}.{k} {p}" for k in given if (p := unknown_key_problem(k)) is not None]
+    if problems:
+        raise ConfigError("\n".join(problems))
+    if given.get("fields_template") and "fields" not in given:
+        given["fields"] = []  # the route's campaign: the template's keys, not the top level's fields
+    elif "fields" in given and "fields_template" not in given:
+        given["fields_template"] = ""
+    try:
+        effective = apply_route(settings, RouteSettings.model_validate({**given, "columns": route.columns}))
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            ctx = {k: f"{v:g}" if isinstance(v, float) else v for k, v in error.get("ctx", {}).items()}
+            rule = _RULES.get(error["type"], "{msg}").format(**ctx, msg=error["msg"]).removeprefix("Value error, ")
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            lines.append(f"{where}: {name}.{field} = {_show(given.get(field))} is not valid: {rule}")
+        raise ConfigError("\n".join(lines)) from None
+    upload = _with_template(effective.upload, base, f"{where}: {name}") if given.get("fields_template") else None
+    if upload is not None:
+        given.update(fields=upload.fields, fields_template=upload.fields_template)
+        effective = effective.model_copy(update={"upload": upload})
+    # Only the route's own headings: a top-level heading for a field this route's campaign lacks is the top's.
+    _check_fields(effective.upload, route.columns, f"{where}: {name}")
+    sections = route_keys()
+    resolved = {k: getattr(getattr(effective, sections[k]), k) for k in given}
+    return RouteSettings.model_validate({**resolved, "columns": route.columns})
 
 
 def _scm_variables(env: Mapping[str, str]) -> _EnvNames:
     """Map (section, key or None) to the SCM_ variable that sets it; refuse names that mean nothing."""
     found: _EnvNames = {}
-    for name, value in env.items():
+    for name in env:
         if not name.upper().startswith("SCM_"):
             continue
         section, nested, key = name[4:].lower().partition("__")
+        if nested and section == "routes":
+            # Folder names keep their case only inside a value: the whole section is one JSON variable.
+            raise ConfigError(
+                f"environment variable {name}: routes are set as a whole, in JSON: "
+                'SCM_ROUTES=\'{"LineA": {"mode": "sync"}}\''
+            )
         if not nested:
             if section in _ALL_SECTIONS:  # a section as JSON: SCM_COLUMNS='{"Serial No.": "serial_number"}'
                 found[(section, None)] = name
@@ -168,23 +229,10 @@ def _scm_variables(env: Mapping[str, str]) -> _EnvNames:
         if section not in _ALL_SECTIONS:
             hint = _hint(section, _ALL_SECTIONS)
             raise ConfigError(f"environment variable {name}: unknown section '{section}'{hint}")
-        if section != "columns":
-            if key not in SECTIONS[section].model_fields:
-                raise ConfigError(
-                    f"environment variable {name}: unknown key '{section}.{key}'{_hint(key, _keys(section))}"
-                )
-            if (section, key) in _LIST_KEYS and not _is_json_list(value):
-                raise ConfigError(f'environment variable {name}: must be a JSON list such as ["a", "b"]')
+        if section != "columns" and key not in SECTIONS[section].model_fields:
+            raise ConfigError(f"environment variable {name}: unknown key '{section}.{key}'{_hint(key, _keys(section))}")
         found[(section, key)] = name
     return found
-
-
-def _is_json_list(text: str) -> bool:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return False
-    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def _keys(section: str) -> list[str]:
@@ -208,6 +256,8 @@ def _check_file_keys(data: Mapping[str, Any], path: Path) -> None:
                 problems.append(f"{path}: unknown section [{name}]{_hint(name, _ALL_SECTIONS)}")
         elif not isinstance(value, dict):
             problems.append(f"{path}: '{name}' must be a section written as [{name}], not a single value")
+        elif name == "routes":
+            problems.extend(f"{path}: {problem}" for problem in route_tables(value))
         elif name == "notify" and "smtp_password" in value:
             problems.append(
                 f"{path}: notify.smtp_password must not be written in the config file; put it in a file only the "

@@ -19,6 +19,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from daemon.dates import DEFAULT_DATE_FIELDS, DateOrder, DateSettings
 from daemon.readers.limits import ReadLimits
 
 SYSTEM_CONFIG = Path("/etc/scm-daemon/config.toml")
@@ -106,11 +107,16 @@ class UploadSettings(BaseModel):
     fields: list[str] = Field(default_factory=list)
     fields_template: str = ""  # path to the campaign's template.csv; absolute after loading, "" = none
     strict_fields: bool = False
+    date_fields: list[str] = Field(default_factory=lambda: list(DEFAULT_DATE_FIELDS))  # field keys or *-patterns
 
-    @field_validator("fields")
+    @field_validator("fields", "date_fields")
     @classmethod
     def _clean_fields(cls, value: list[str]) -> list[str]:
         return list(dict.fromkeys(_nonblank(v, "entries must not be empty") for v in value))
+
+    def dates(self, order: DateOrder) -> DateSettings:
+        """The date rules row normalization applies, with the intake's date order."""
+        return DateSettings(tuple(self.date_fields), order)
 
 
 class IntakeSettings(BaseModel):
@@ -118,6 +124,7 @@ class IntakeSettings(BaseModel):
 
     model_config = _SECTION
     sheet: str = ""
+    date_order: DateOrder = ""  # how a year-last date whose day and month are both <= 12 is read; "" = refused
     # Limits on what a file may declare (issue 11): generous, so only a broken or hostile file meets them.
     max_rows: int = Field(default=1_048_576, ge=1)
     max_columns: int = Field(default=1024, ge=1)
@@ -127,6 +134,14 @@ class IntakeSettings(BaseModel):
     def limits(self) -> ReadLimits:
         """The limits as the readers take them."""
         return ReadLimits(self.max_rows, self.max_columns, self.max_cell_chars, self.max_file_mb)
+
+
+class ReportsSettings(BaseModel):
+    """[reports]: how report files are written for the people who open them."""
+
+    model_config = _SECTION
+    delimiter: Literal[",", ";", "\t", "|"] = ","  # report.csv of Excel inputs (a CSV input's report uses its own)
+    xlsx: bool = False  # also write report.xlsx
 
 
 class PathsSettings(BaseModel):
@@ -192,6 +207,80 @@ class RetrySettings(BaseModel):
     def _ordered(self) -> Self:
         _at_least(self, "base_delay_seconds", "max_delay_seconds")
         return self
+
+
+def _clean_columns(value: dict[str, str]) -> dict[str, str]:
+    """A [columns] table with its headings and keys trimmed; neither may be empty."""
+    blank = [heading for heading, key in value.items() if not heading.strip() or not key.strip()]
+    if blank:
+        raise ValueError(f"heading {blank[0]!r}: neither the heading nor the field key may be empty")
+    return {heading.strip(): key.strip() for heading, key in value.items()}
+
+
+class RouteSettings(BaseModel):
+    """[routes."FOLDER"]: settings for the files under one inbox subfolder, overriding [upload], [intake], [columns].
+
+    Its keys are checked when the configuration is loaded (daemon.config.routes): upload keys and `sheet` are
+    written flat in the route's table, headings in `[routes."FOLDER".columns]`.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    columns: dict[str, str] = Field(default_factory=dict)  # merged over the top-level [columns]
+
+    @field_validator("columns")
+    @classmethod
+    def _clean_columns(cls, value: dict[str, str]) -> dict[str, str]:
+        return _clean_columns(value)
+
+    def overrides(self) -> dict[str, Any]:
+        """The upload and intake keys this route sets, as written (after loading: checked and resolved)."""
+        return dict(self.model_extra or {})
+
+
+class MetricsSettings(BaseModel):
+    """[metrics]: where /metrics (Prometheus) and /healthz are served; "" = off."""
+
+    model_config = _SECTION
+    listen: str = ""  # "127.0.0.1:9464", "[::1]:9464"; port 0 = any free port (tests)
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            listen_address(value)
+        return value
+
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) to bind, or None when metrics are off."""
+        return listen_address(self.listen) if self.listen else None
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    """The (host, port) of a `host:port` address (IPv6 in brackets); ValueError saying what is wrong."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isascii() or not port.isdigit():
+        raise ValueError(f"{value!r} is not host:port, e.g. 127.0.0.1:9464")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{value!r}: write an IPv6 address in brackets, e.g. [::1]:9464")
+    if not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r}: the port must be 0 to 65535")
+    return host, int(port)
+
+
+class RetentionSettings(BaseModel):
+    """[retention]: how long inputs (archive/, failed/) and reports (outbox) are kept; unset = forever."""
+
+    model_config = _SECTION
+    archive_days: float | None = Field(default=None, gt=0)  # inputs in archive/ and failed/
+    outbox_days: float | None = Field(default=None, gt=0)  # reports this daemon wrote into the outbox
+
+    @property
+    def enabled(self) -> bool:
+        """Whether anything is ever removed."""
+        return self.archive_days is not None or self.outbox_days is not None
 
 
 NotifyOn = Literal["completed", "completed_with_errors", "failed", "duplicate"]  # the file statuses, as Outcome
@@ -266,20 +355,21 @@ class Settings(BaseSettings):
     upload: UploadSettings = UploadSettings()
     intake: IntakeSettings = IntakeSettings()
     columns: dict[str, str] = Field(default_factory=dict)  # a file's heading -> the field key it means
+    reports: ReportsSettings = ReportsSettings()
     paths: PathsSettings = PathsSettings()
     watch: WatchSettings = WatchSettings()
     poll: PollSettings = PollSettings()
     retry: RetrySettings = RetrySettings()
+    routes: dict[str, RouteSettings] = Field(default_factory=dict)  # inbox subfolder (posix, relative) -> overrides
+    metrics: MetricsSettings = MetricsSettings()
+    retention: RetentionSettings = RetentionSettings()
     notify: NotifySettings = NotifySettings()
     source: Path | None = None  # the config file that was read; None when only defaults and env were used
 
     @field_validator("columns")
     @classmethod
     def _clean_columns(cls, value: dict[str, str]) -> dict[str, str]:
-        blank = [heading for heading, key in value.items() if not heading.strip() or not key.strip()]
-        if blank:
-            raise ValueError(f"heading {blank[0]!r}: neither the heading nor the field key may be empty")
-        return {heading.strip(): key.strip() for heading, key in value.items()}
+        return _clean_columns(value)
 
     @classmethod
     def settings_customise_sources(
@@ -298,9 +388,12 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "api": ApiSettings,
     "upload": UploadSettings,
     "intake": IntakeSettings,
+    "reports": ReportsSettings,
     "paths": PathsSettings,
     "watch": WatchSettings,
     "poll": PollSettings,
     "retry": RetrySettings,
+    "metrics": MetricsSettings,
+    "retention": RetentionSettings,
     "notify": NotifySettings,
 }

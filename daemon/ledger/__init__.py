@@ -2,12 +2,13 @@
 
 from daemon.ledger.base import BatchInfo, Clock, FileInfo, StateConflict, utcnow
 from daemon.ledger.batches import BatchStore
+from daemon.ledger.figures import FigureStore, LedgerFigures
 from daemon.ledger.files import UPLOADS_PAUSED, FileStore
 from daemon.ledger.notifications import NotificationInfo, NotificationState, NotificationStore
 from daemon.ledger.rows import RowStore
 
 
-class Ledger(FileStore, RowStore, BatchStore, NotificationStore):
+class Ledger(FileStore, RowStore, BatchStore, FigureStore, NotificationStore):
     """The SQLite ledger. One process writes it (the service's main thread); others may read."""
 
 
@@ -17,6 +18,7 @@ __all__ = [
     "Clock",
     "FileInfo",
     "Ledger",
+    "LedgerFigures",
     "NotificationInfo",
     "NotificationState",
     "StateConflict",

@@ -120,22 +120,24 @@ class FileStore(LedgerBase):
         What idempotency needs stays: every file's record (its SHA-256 and its counts) and, in `codes`, the last
         data uploaded per code. One transaction per file, so a running service is held up only briefly.
         """
-        with self.connect() as conn:
-            ids = [
-                i
-                for (i,) in conn.exec_driver_sql(
-                    "SELECT id FROM files WHERE state='done' AND finished_at < ? AND counts IS NOT NULL "
-                    "AND (EXISTS (SELECT 1 FROM rows r WHERE r.file_id=files.id) "
-                    "OR EXISTS (SELECT 1 FROM batches b WHERE b.file_id=files.id)) ORDER BY id",
-                    (finished_before,),
-                )
-            ]
+        ids = [file_id for file_id, _name, _rows in self.prunable(finished_before)]
         dropped = 0
         for file_id in ids:
             with self.begin() as conn:
                 dropped += conn.exec_driver_sql("DELETE FROM rows WHERE file_id=?", (file_id,)).rowcount
                 self._drop_batches(conn, file_id)
         return len(ids), dropped
+
+    def prunable(self, finished_before: str) -> list[tuple[int, str, int]]:
+        """What prune(finished_before) would drop: (file id, name, rows recorded when it finished), oldest first."""
+        with self.connect() as conn:
+            found = conn.exec_driver_sql(
+                "SELECT id, name, counts FROM files WHERE state='done' AND finished_at < ? AND counts IS NOT NULL "
+                "AND (EXISTS (SELECT 1 FROM rows r WHERE r.file_id=files.id) "
+                "OR EXISTS (SELECT 1 FROM batches b WHERE b.file_id=files.id)) ORDER BY id",
+                (finished_before,),
+            ).all()
+        return [(int(i), str(name), sum(json.loads(counts).values())) for i, name, counts in found]
 
     @staticmethod
     def _drop_batches(conn: Connection, file_id: int) -> None:

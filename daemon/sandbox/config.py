@@ -58,6 +58,8 @@ class EmulatorConfig:
     - `task_fail_rate`, `task_never_finishes`, `task_pending_seconds`, `task_running_seconds`: the tasks that
       async uploads create, fixed at creation. `task_missing_rate`, `task_states`, `task_unknown_state`: polls.
     - `retry_after_header`: every 429 and every 503 (injected by `fail_rate` or by `outage`), any kind.
+    - `faults_spare_me`: `me` answers normally whatever the knobs above say (an API whose token check works
+      while its uploads fail: the daemon's start-up check passes, the faults strike the uploads).
     """
 
     token: str = field(default="sandbox-token", repr=False)
@@ -65,6 +67,7 @@ class EmulatorConfig:
     known_codes: frozenset[str] | None = None  # None: any well-formed code exists
     rate_limit: float | None = 10.0  # SCM updates (sync and async) per rolling second; None: no throttle
     latency: float = 0.0  # seconds added to every request
+    faults_spare_me: bool = False  # GET /api/v2/me/ is struck by no fault (revoked, outage, fail, hang, latency...)
     fail_rate: float = 0.0  # probability of an injected 500/502/503 (nothing applied)
     slow_rate: float = 0.0  # probability of a slow answer ...
     slow_seconds: float = 0.0  # ... that sleeps this long (after applying) before answering normally
@@ -151,3 +154,8 @@ class EmulatorStats:
     def total_requests(self) -> int:
         """Every request received, of any kind."""
         return sum(self.requests.values())
+
+    @property
+    def data_requests(self) -> int:
+        """Requests that send or ask about codes: all but GET /api/v2/me/ (the token and connectivity check)."""
+        return self.total_requests - self.requests.get(("GET", "me"), 0)

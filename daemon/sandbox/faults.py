@@ -1,5 +1,6 @@
 """Injected faults: the seeded draws for one request, and the 400 that a poison code provokes."""
 
+import dataclasses
 import random
 import uuid
 from collections.abc import Sequence
@@ -45,6 +46,12 @@ def roll(rng: random.Random, config: EmulatorConfig) -> Dice:
         task_missing=task_missing < config.task_missing_rate,
         task_id=task_id,
     )
+
+
+def spared(config: EmulatorConfig, dice: Dice) -> tuple[EmulatorConfig, Dice]:
+    """The knobs and draws for a request that no fault strikes (`faults_spare_me`: the token check)."""
+    calm = dataclasses.replace(config, revoked=False, forbidden=False, latency=0.0, outage=frozenset())
+    return calm, dataclasses.replace(dice, fail_status=0, slow=False, throttled=False, reset=False, hang=False)
 
 
 def poisoned_items(request: SyncRequest, poison_codes: frozenset[str]) -> list[int]:

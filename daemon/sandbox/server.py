@@ -15,7 +15,7 @@ from types import MappingProxyType
 from urllib.parse import unquote
 
 from daemon.sandbox.config import REQUEST_KINDS, SET_KNOBS, EmulatorConfig, EmulatorStats
-from daemon.sandbox.faults import Dice, async_poison_body, poisoned_items, roll, sync_poison_body
+from daemon.sandbox.faults import Dice, async_poison_body, poisoned_items, roll, spared, sync_poison_body
 from daemon.sandbox.http import Server
 from daemon.sandbox.responses import GATEWAY_TIMEOUT, INJECTED, NOT_FOUND, RESET, Response, json_response, throttled
 from daemon.sandbox.store import ScmStore, SyncRequest, ValidationFailed, parse_sync_body
@@ -274,6 +274,8 @@ class Emulator:
         with self._lock:
             config = self._config
             dice = roll(self._rng, config)
+        if kind == "me" and config.faults_spare_me:
+            config, dice = spared(config, dice)
         answer = self._answer(
             method, kind, param, authorization=authorization, body=body, config=config, dice=dice, arrived=arrived
         )

@@ -1,0 +1,80 @@
+"""`scm-daemon status` as text: clock times, never a next time already past, a few short error lines."""
+
+import os
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+
+from daemon.clocktext import clock_time, next_time
+from daemon.status import LAST_ERRORS, render_overview
+
+NOW = datetime(2026, 12, 2, 14, 0, 0, tzinfo=UTC).timestamp()
+
+
+@pytest.fixture(autouse=True)
+def berlin() -> Iterator[None]:
+    """A machine whose local time is not UTC: the operator reads local clock times."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "Europe/Berlin"
+    time.tzset()
+    yield
+    if old is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = old
+    time.tzset()
+
+
+def overview(**changes: object) -> dict[str, object]:
+    data: dict[str, object] = {
+        "ledger": "/var/lib/scm-daemon/ledger.sqlite3",
+        "uploads_paused": None,
+        "files": {"done": 1},
+        "rows": {"uploaded": 10},
+        "batches": {"queued": 1},
+        "in_flight": 0,
+        "tasks_in_flight": [],
+        "next_retry_at": None,
+        "recent_files": [],
+        "undelivered": [],
+        "last_errors": [],
+    }
+    data.update(changes)
+    return data
+
+
+def iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
+def test_the_next_try_is_a_local_clock_time() -> None:
+    text = render_overview(overview(next_retry_at=iso(NOW + 310)), NOW)
+    assert "next try at 15:05:10" in text  # 14:05:10 UTC is 15:05:10 in Berlin in December
+
+
+def test_a_next_try_already_past_is_shown_as_now() -> None:
+    text = render_overview(overview(next_retry_at=iso(NOW - 3600)), NOW)
+    assert "next try now" in text
+    assert "14:00" not in text
+    assert "15:00" not in text
+
+
+def test_another_days_time_carries_its_date() -> None:
+    assert clock_time(NOW + 86400, NOW) == "2026-12-03 15:00:00"
+    assert clock_time(NOW, NOW, seconds=False) == "15:00"
+    assert next_time(None, NOW) is None
+
+
+def test_at_most_five_short_lines_of_last_errors() -> None:
+    long = "cannot connect to api.example.test:443 (connection refused)\n" + "x" * 500
+    errors = [
+        {"file": f"f{i}.csv", "batch": i, "state": "queued", "attempts": 3, "error": long}
+        for i in range(LAST_ERRORS + 4)
+    ]
+    lines = render_overview(overview(last_errors=errors), NOW).splitlines()
+    shown = lines[lines.index("last errors:") + 1 :]
+    assert len(shown) == LAST_ERRORS
+    assert all(line.startswith("  f") and len(line) <= 2 + 110 and line.endswith("...") for line in shown)
+    assert "\n" not in "".join(shown)
