@@ -131,7 +131,7 @@ def file_payload(
             "rows": {"total": total, **{str(s): n for s, n in sorted(counts.items())}},
             "error": f.error,
             "summary": str(summary),
-            "rejected_csv": str(rejected) if rejected is not None else None,
+            "rejected_file": str(rejected) if rejected is not None else None,  # rejected.csv or .xlsx
             "sha256": f.sha256,
             "at": finished,
         }

@@ -193,7 +193,7 @@ def test_a_file_with_rejected_rows_is_told_to_the_webhook_once_and_a_clean_file_
     assert told["rows"]["rejected"] == 1
     assert "orders.csv completed with errors: 1 rejected and 0 failed of 2 rows" in told["text"]
     assert Path(told["summary"]).is_file()
-    assert Path(told["rejected_csv"]).name == "orders.rejected.csv"
+    assert Path(told["rejected_file"]).name == "orders.rejected.csv"
     with sqlite3.connect(project.ledger) as db:
         assert db.execute("SELECT channel, state, attempts FROM notifications").fetchall() == [("webhook", "sent", 1)]
 
