@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from alert_receivers import WebhookReceiver, free_port
-from support import TOKEN, Project, csv_text, make_project, stop
+from support import TOKEN, Project, csv_text, make_project, stop, wait_ready
 
 from daemon.sandbox import Emulator
 
@@ -76,11 +76,12 @@ def test_a_kill_9_between_queueing_and_delivery_loses_nothing_and_delivers_once(
 
 
 def test_a_refused_token_is_told_as_a_pause_and_its_renewal_as_a_resume(tmp_path: Path, emulator: Emulator) -> None:
-    emulator.configure(revoked=True)
     with WebhookReceiver() as receiver:
         project = make_project(tmp_path / "site", emulator.base_url, notify={"webhook_url": receiver.url, **FAST_RETRY})
-        project.drop("orders.csv", csv_text(HEADER, [(f"ORDER{i:04d}", "x") for i in range(50)]))
         with project.running() as service:
+            wait_ready(project)
+            emulator.configure(revoked=True)  # the token expires while the service runs
+            project.drop("orders.csv", csv_text(HEADER, [(f"ORDER{i:04d}", "x") for i in range(50)]))
             wait_until(lambda: receiver.events() == ["uploads_paused"], project, "the pause notification")
             emulator.configure(revoked=False)
             service.send_signal(signal.SIGHUP)  # the token is checked again at once
@@ -94,3 +95,13 @@ def test_a_refused_token_is_told_as_a_pause_and_its_renewal_as_a_resume(tmp_path
     assert resumed["cause"] == "token"
     assert TOKEN not in repr(receiver.taken)
     assert project.summary("orders")["status"] == "completed"
+
+
+def test_a_token_refused_at_start_up_is_told_before_the_service_ends(tmp_path: Path, emulator: Emulator) -> None:
+    emulator.configure(revoked=True)
+    with WebhookReceiver() as receiver:
+        project = make_project(tmp_path / "site", emulator.base_url, notify={"webhook_url": receiver.url})
+        with project.running() as service:
+            assert service.wait(timeout=60) == 3  # the start-up check: a refused token ends the service
+        assert receiver.events() == ["uploads_paused"]
+        assert receiver.taken[0]["cause"] == "token"
