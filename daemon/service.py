@@ -17,6 +17,7 @@ from daemon.alerts import Alerts
 from daemon.api import ScantrustClient
 from daemon.breaker import CircuitBreaker
 from daemon.config import ConfigError, Settings
+from daemon.dashboard import Dashboard
 from daemon.flow import FileFlow
 from daemon.folders import refuse_network_ledger, remove_leftover_temps
 from daemon.ledger import Clock, Ledger, utcnow
@@ -139,6 +140,7 @@ class Service:
         self._next_status = 0.0
         self._next_progress = 0.0
         self.progress = ProgressTracker(ledger)  # file_progress events and the per-file STATUS= text
+        self.dashboard = Dashboard(ledger, settings.paths.outbox, clock=clock)  # outbox/index.html
         self.flow = FileFlow(
             settings, ledger=ledger, scanner=scanner, wake=self.wake, stopping=self.stop_event, monotonic=monotonic
         )
@@ -320,6 +322,7 @@ class Service:
             self.reload()
         result = self.step(wait=IDLE_WAIT)
         self._guarded("notify", self.alerts.step, self.epoch(), self.uploader, result.answered, default=0)
+        self._dashboard(files_changed=bool(result.taken or result.finished))
         pause = self.uploader.pause
         if self.uploader.start_refused is not None:
             raise TokenRefusedError(self.uploader.start_refused)  # at start-up: a restart cannot help
@@ -402,6 +405,14 @@ class Service:
         log.info("stopping", in_flight=in_flight)
         self.uploader.drain(self.epoch, deadline=self.monotonic() + STOP_DEADLINE)
         self._guarded("finish", self.flow.finish, default=0)
+        self._dashboard(files_changed=True, running=False)
+
+    def _dashboard(self, *, files_changed: bool, running: bool = True) -> None:
+        """Rewrite outbox/index.html when due; a failed write is logged and retried by the error boundary."""
+        up = self.uploader
+        args = (up.pause, up.breaker.is_open, self.progress.current)
+        tick = self.dashboard.tick
+        self._guarded("dashboard", lambda: tick(self.monotonic(), files_changed, *args, running=running), default=0)
 
     def _wait_for_wake(self, until_work: float) -> None:
         """The production idle wait: at most IDLE_WAIT, so that signals and a stop are noticed promptly."""

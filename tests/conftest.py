@@ -1,13 +1,26 @@
 """Shared pytest fixtures: the API emulator on a free loopback port, and an HTTP session holding its token."""
 
+import os
 from collections.abc import Iterator
 
 import pytest
 import requests
 
+from daemon import reporter
 from daemon.sandbox import Emulator, EmulatorConfig, ManualClock
 
 TOKEN = "sandbox-token"
+
+
+@pytest.fixture(autouse=True)
+def _process_umask() -> Iterator[None]:
+    """A test that builds the production service in-process sets the process umask (027) for good, and the
+    reporter reads the umask once: restore both after every test, so no test depends on which ran before it."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    yield
+    os.umask(mask)
+    reporter._umask.cache_clear()
 
 
 @pytest.fixture

@@ -100,6 +100,12 @@ class Project:
         tmp.rename(target)
         return target
 
+    def reports(self) -> list[str]:
+        """The names of the report files in the outbox (not the dashboard, index.html), sorted."""
+        if not self.outbox.exists():
+            return []
+        return sorted(p.name for p in self.outbox.iterdir() if p.name != "index.html")
+
     def summary(self, stem: str) -> dict[str, Any]:
         return json.loads((self.outbox / f"{stem}.summary.json").read_text(encoding="utf-8"))
 

@@ -107,7 +107,7 @@ def test_a_token_refused_with_batches_in_flight_leaves_none_sending_and_uploads_
         assert sending_batches(project) == 0, f"run {attempt + 1} left batches `sending`"
         assert row_statuses(project) == {"queued": n}
         assert processing(project) == ["1-orders.csv"]
-        assert not project.outbox.exists() or list(project.outbox.iterdir()) == []
+        assert project.reports() == []
     assert emulator.stats().max_concurrency >= 2  # several requests really were in flight together
     assert emulator.all_data("extended_id") == {}
 
@@ -260,7 +260,7 @@ def test_run_once_ends_when_a_file_vanishes_while_read(tmp_path: Path, emulator:
     assert log[-1]["event"] == "service_stopped"
     assert query(project, "SELECT count(*) FROM files") == [(0,)]
     assert processing(project) == []
-    assert list(project.outbox.iterdir()) == []
+    assert project.reports() == []
     assert emulator.stats().data_requests == 0
 
 
@@ -399,7 +399,7 @@ def test_an_unusable_archive_is_retried_until_it_is_usable_again(tmp_path: Path,
 
     assert project.summary("lot")["rows"]["uploaded"] == 20
     assert (project.archive / "lot.csv").read_bytes() == text.encode()
-    assert sorted(p.name for p in project.outbox.iterdir()) == ["lot.report.csv", "lot.summary.json"]
+    assert project.reports() == ["lot.report.csv", "lot.summary.json"]
     assert query(project, "SELECT state, delivery_error FROM files") == [("done", None)]
     assert processing(project) == []
 
@@ -423,7 +423,7 @@ def test_a_name_too_long_for_its_report_suffixes_gets_shortened_reports(tmp_path
         assert not failures, failures[0]["error"]
         assert service.wait(timeout=30) == 0, service_log(project)[-3000:]
 
-    reports = sorted(p.name for p in project.outbox.iterdir())
+    reports = project.reports()
     assert len(reports) == 3, reports
     assert all(len(os.fsencode(r)) <= 255 for r in reports)
     stems = {r.rsplit(".", 2)[0] for r in reports}

@@ -166,7 +166,7 @@ def test_a_refused_token_exits_3_and_leaves_rows_pending(project: Project, emula
     assert "refused the token" in done.stderr
     assert "sandbox-token" not in done.stderr + done.stdout
     assert emulator.all_data("extended_id") == {}
-    assert list(project.outbox.iterdir()) == []
+    assert project.reports() == []
     claimed = list((project.inbox / ".processing").iterdir())
     assert [p.name for p in claimed] == ["1-orders.csv"]  # claimed, waiting for a valid token
     with sqlite3.connect(project.ledger) as db:

@@ -190,7 +190,7 @@ def test_a_refused_token_shows_as_paused_with_the_rows_waiting_and_clears_when_r
     tmp_path: Path, emulator: Emulator, clock: Clock, services: list[Service]
 ) -> None:
     project = project_for(tmp_path, emulator)
-    emulator.configure(revoked=True)
+    emulator.configure(revoked=True, faults_spare_me=True)  # refused for uploads; the start-up check passes
     project.drop("waiting.csv", csv_text(HEADER, [(f"TOK{i:08d}", f"M{i}") for i in range(40)]))
     service = started(project, clock)
     services.append(service)
@@ -210,7 +210,8 @@ def test_a_refused_token_shows_as_paused_with_the_rows_waiting_and_clears_when_r
     turn_until(service, lambda: (project.outbox / "waiting.summary.json").exists() and service.idle())
     samples = scrape(service)
     assert by_label(samples, "scm_daemon_uploads_paused", "reason") == {}
-    assert value(samples, "scm_daemon_api_requests_total", kind="token_check", status="200") == 1
+    # GET /me/: the start-up check, then the re-check that found the token accepted again
+    assert value(samples, "scm_daemon_api_requests_total", kind="token_check", status="200") == 2
     assert value(samples, "scm_daemon_rows", status="uploaded") == 40
     assert value(samples, "scm_daemon_rows_queued") == 0
 
@@ -297,7 +298,7 @@ def test_an_api_outage_shows_as_paused_with_the_breaker_open_and_clears_after(
         watch={"settle_seconds": 0},
         retry={"breaker_failures": 2, "max_attempts": 50, "breaker_cooldown_seconds": 30},
     )
-    emulator.configure(fail_rate=1.0)  # every request answered 5xx
+    emulator.configure(fail_rate=1.0, faults_spare_me=True)  # every upload answered 5xx; the start-up check passes
     project.drop("down.csv", csv_text(HEADER, [(f"DOWN{i:08d}", f"M{i}") for i in range(150)]))
     service = started(project, clock)
     services.append(service)

@@ -4,11 +4,12 @@ from daemon.ledger.base import BatchInfo, Clock, FileInfo, StateConflict, utcnow
 from daemon.ledger.batches import BatchStore
 from daemon.ledger.figures import FigureStore, LedgerFigures
 from daemon.ledger.files import UPLOADS_PAUSED, FileStore
+from daemon.ledger.history import FileLine, HistoryStore
 from daemon.ledger.notifications import NotificationInfo, NotificationState, NotificationStore
 from daemon.ledger.rows import RowStore
 
 
-class Ledger(FileStore, RowStore, BatchStore, FigureStore, NotificationStore):
+class Ledger(FileStore, RowStore, BatchStore, FigureStore, HistoryStore, NotificationStore):
     """The SQLite ledger. One process writes it (the service's main thread); others may read."""
 
 
@@ -17,6 +18,7 @@ __all__ = [
     "BatchInfo",
     "Clock",
     "FileInfo",
+    "FileLine",
     "Ledger",
     "LedgerFigures",
     "NotificationInfo",
