@@ -82,9 +82,17 @@ def email_message(payload: Mapping[str, Any], *, sender: str, to: Sequence[str])
     message["Date"] = formatdate(usegmt=True)
     # The event's stable id: a notification sent twice (a crash between delivery and its record) is one thread.
     message["Message-ID"] = f"<{payload['id']}@scm-daemon>"
-    fields = "\n".join(f"{k}: {v}" for k, v in payload.items() if k not in ("text", "subject") and v is not None)
+    shown = {k: v for k, v in payload.items() if k not in ("text", "subject") and v is not None}
+    fields = "\n".join(f"{k}: {_plain(v)}" for k, v in shown.items())
     message.set_content(f"{payload['text']}\n\n{fields}\n")
     return message
+
+
+def _plain(value: Any) -> str:
+    """A field as a person reads it in a mail: a table of figures as `total 2, rejected 1`."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    return str(value)
 
 
 def send_email(

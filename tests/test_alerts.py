@@ -316,6 +316,7 @@ def test_email_goes_over_starttls_with_a_login_and_a_stable_message_id(ledger: L
     body = message.get_body(("plain",))
     assert body is not None
     assert "orders.csv completed with errors: 1 rejected and 0 failed of 2 rows" in body.get_content()
+    assert "rows: total 2, rejected 1, uploaded 1" in body.get_content().splitlines()
     assert SECRET not in mail.content.decode()
 
 
