@@ -535,3 +535,17 @@ def test_notify_keys_come_from_the_environment_too_and_the_webhook_url_is_kept_o
     assert redact(f"posting to {url}") == "posting to ***"
     with pytest.raises(ConfigError, match="must be a JSON list"):
         load_settings(None, env={"SCM_NOTIFY__EMAIL_TO": "ops@example.com"})
+
+
+def test_prune_drops_notifications_sent_or_given_up_and_keeps_pending_ones(ledger: Ledger) -> None:
+    for key in ("sent", "given-up", "pending"):
+        ledger.queue_notification(key, "file_finished", {"id": key}, ["webhook"], now=0.0)
+    sent, given_up, _pending = ledger.due_notifications(1.0, limit=3)
+    ledger.notification_sent(sent.id)
+    ledger.notification_given_up(given_up.id, "no answer")
+    later = "9999-01-01T00:00:00.000+00:00"
+    assert ledger.prune_notifications(later, dry_run=True) == 2
+    assert ledger.notification_counts() == {"sent": 1, "given_up": 1, "pending": 1}
+    assert ledger.prune_notifications("2000-01-01T00:00:00.000+00:00") == 0  # none queued that long ago
+    assert ledger.prune_notifications(later) == 2
+    assert ledger.notification_counts() == {"pending": 1}

@@ -149,3 +149,14 @@ class NotificationStore(LedgerBase):
             "counts": self.notification_counts(),
             "given_up": [{"event": e, "channel": c, "error": err, "at": at} for e, c, err, at in given_up],
         }
+
+    def prune_notifications(self, created_before: str, *, dry_run: bool = False) -> int:
+        """Drop notifications sent or given up that were queued before this ISO time (pending ones stay);
+        returns how many were (or, with dry_run, would be) dropped."""
+        done = (str(NotificationState.SENT), str(NotificationState.GIVEN_UP))
+        with self.begin() as conn:
+            if dry_run:
+                sql = "SELECT count(*) FROM notifications WHERE state IN (?, ?) AND created_at < ?"
+                return int(conn.exec_driver_sql(sql, (*done, created_before)).scalar_one())
+            sql = "DELETE FROM notifications WHERE state IN (?, ?) AND created_at < ?"
+            return int(conn.exec_driver_sql(sql, (*done, created_before)).rowcount)
