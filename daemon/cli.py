@@ -7,7 +7,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from types import FrameType
 
@@ -29,6 +29,7 @@ from daemon.schema import LedgerVersionError
 from daemon.service import ApiUnreachableError, ConfigurationPausedError, Service, TokenRefusedError
 from daemon.states import FileState
 from daemon.status import render_overview
+from daemon.terminal import file_bars, rows_bar
 from daemon.validate import render_validation, validate_file
 
 log = structlog.get_logger(__name__)
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--route", metavar="FOLDER", help='read it as if dropped into inbox/FOLDER (a [routes."FOLDER"] key)'
     )
     validate.add_argument("--json", action="store_true", help="print JSON instead of text")
+    with_log_level(validate)
 
     status = with_config(sub.add_parser("status", help="what the ledger holds: files, rows and batches by state"))
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -223,7 +225,15 @@ def cmd_run(args: argparse.Namespace) -> int:
                 base_url=settings.api.base_url,
                 once=args.once,
             )
-            service.run(once=args.once)
+            # A person running --once at a terminal sees a bar per file; cron and systemd get the log lines only.
+            bars = file_bars(
+                lambda: service.progress.current,
+                stream=sys.stderr,
+                log_level=args.log_level or "info",
+                log_to=sys.stdout,
+            )
+            with bars if args.once else nullcontext():
+                service.run(once=args.once)
     finally:
         if emulator is not None:
             emulator.stop()
@@ -255,7 +265,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.route is not None and args.route not in settings.routes:
         known = ", ".join(f'"{key}"' for key in settings.routes) or "none configured"
         raise UsageError(f'--route {args.route!r} is not a [routes."FOLDER"] of the configuration (routes: {known})')
-    report = validate_file(args.file, settings, route=args.route)
+    with rows_bar(args.file.name, stream=sys.stderr, log_level=args.log_level or "warning", log_to=sys.stderr) as rows:
+        report = validate_file(args.file, settings, route=args.route, on_rows=rows)
     print(json.dumps(report, indent=2) if args.json else render_validation(report))
     return EXIT_OK if report["ok"] else EXIT_UNEXPECTED  # 1 when unreadable or when any row would be rejected
 

@@ -3,10 +3,10 @@
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -34,6 +34,7 @@ from daemon.reporter import unescape
 from daemon.states import FileState, Outcome, RowStatus
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 HASH_CHUNK = 1 << 20
 TEXT_FORMATS = frozenset({"csv", "tsv", "txt"})
@@ -134,12 +135,14 @@ def take(
     *,
     name: str | None = None,
     problem_columns: dict[int, int] | None = None,
+    on_rows: Callable[[int], None] | None = None,
 ) -> int | None:
     """Record a file where it lies and read all its rows; returns its ledger id, or None if it changed meanwhile.
 
     `validate` and the benchmarks use this; the service claims a file first (`claim`) and then `read`s it.
     `name` is the file's path relative to the inbox, which picks its route (default: its bare name).
-    `problem_columns`, when given, receives the column index of the first rejected rows (validate shows them).
+    `problem_columns`, when given, receives the column index of the first rejected rows (validate shows them);
+    `on_rows` is told how many rows were read so far, every thousand rows (validate's progress bar).
     """
     name = name or path.name
     upload = settings_for(settings, name).upload
@@ -147,7 +150,7 @@ def take(
     file_id = ledger.add_file(
         sha256="", name=name, path=str(path), size=size, data_key=upload.data_key, mode=upload.mode
     )
-    return read(file_id, path, ledger, settings, problem_columns=problem_columns)
+    return read(file_id, path, ledger, settings, problem_columns=problem_columns, on_rows=on_rows)
 
 
 def claim(path: Path, ledger: Ledger, settings: Settings) -> tuple[int, Path]:
@@ -192,7 +195,13 @@ def claimed_name(file_id: int, name: str) -> str:
 
 
 def read(
-    file_id: int, path: Path, ledger: Ledger, settings: Settings, *, problem_columns: dict[int, int] | None = None
+    file_id: int,
+    path: Path,
+    ledger: Ledger,
+    settings: Settings,
+    *,
+    problem_columns: dict[int, int] | None = None,
+    on_rows: Callable[[int], None] | None = None,
 ) -> int | None:
     """Read a recorded file and record every row; returns its id, or None if it changed while it was read.
 
@@ -240,7 +249,7 @@ def read(
                 shapes=shapes,
                 problem_columns=problem_columns,
             )
-            count = ledger.insert_rows(file_id, records)
+            count = ledger.insert_rows(file_id, _counted(records, on_rows))
         if shapes is not None and shapes.numbers_lost_zeros():
             # Only the whole key column shows the codes' width: read the workbook again, now rejecting the
             # number keys that are too short. Rare (a column mixing text and number keys), so a second pass
@@ -261,7 +270,7 @@ def read(
                     number_width=shapes.width,
                     problem_columns=problem_columns,
                 )
-                count = ledger.insert_rows(file_id, records)
+                count = ledger.insert_rows(file_id, _counted(records, on_rows))
         _note_dates(ledger, file_id, info, rewritten, bound)
         after = path.stat()
     except FileNotFoundError:
@@ -281,6 +290,22 @@ def read(
     ledger.transition_file(file_id, FileState.ACTIVE)
     bound.info("file_recorded", rows=count, repeats_skipped=skipped, conflicts_rejected=rejected)
     return file_id
+
+
+def _counted(records: Iterator[T], on_rows: Callable[[int], None] | None, every: int = 1000) -> Iterator[T]:
+    """The records as they are, telling `on_rows` how many went by, every `every` rows and at the end."""
+    if on_rows is None:
+        return records
+
+    def counting() -> Iterator[T]:
+        n = 0
+        for n, record in enumerate(records, 1):
+            if n % every == 0:
+                on_rows(n)
+            yield record
+        on_rows(n)
+
+    return counting()
 
 
 def _duplicate(ledger: Ledger, file_id: int, sha256: str, bound: structlog.typing.FilteringBoundLogger) -> bool:

@@ -16,6 +16,7 @@ from daemon import intake
 from daemon.alerts import Alerts
 from daemon.api import ScantrustClient
 from daemon.breaker import CircuitBreaker
+from daemon.clocktext import clock_time
 from daemon.config import ConfigError, Settings
 from daemon.dashboard import Dashboard
 from daemon.flow import FileFlow
@@ -328,8 +329,10 @@ class Service:
             raise TokenRefusedError(self.uploader.start_refused)  # at start-up: a restart cannot help
         if once and self.uploader.starting:
             if self.uploader.start_failures >= ONCE_START_ATTEMPTS:
-                assert pause is not None
-                raise ApiUnreachableError(pause.reason)
+                reason = f"the API cannot be reached ({self.uploader.start_error})"
+                at = clock_time(self.epoch(), self.epoch())
+                self.uploader.not_started(f"the last `run --once` ended at {at}: {reason}; no file was taken")
+                raise ApiUnreachableError(reason)
         elif pause is not None and once:
             self.uploader.drain(self.epoch, deadline=self.monotonic() + STOP_DEADLINE)
             self._guarded("finish", self.flow.finish, default=0)
@@ -403,8 +406,10 @@ class Service:
         in_flight = len(self.uploader.inflight)
         self.notifier.stopping(f"stopping: waiting for {in_flight} request(s) in flight")
         log.info("stopping", in_flight=in_flight)
+        self.uploader.not_started(None)  # stopped while waiting for the API: nothing is paused any more
         self.uploader.drain(self.epoch, deadline=self.monotonic() + STOP_DEADLINE)
         self._guarded("finish", self.flow.finish, default=0)
+        self._guarded("progress", lambda: len(self.progress.sample(self.epoch())), default=0)  # the end state
         self._dashboard(files_changed=True, running=False)
 
     def _dashboard(self, *, files_changed: bool, running: bool = True) -> None:

@@ -166,6 +166,7 @@ class Uploader:
         self.gave_up_rows = 0  # rows failed because the API kept failing beyond the retry budget
         self.start_refused: str | None = None  # the API refused the token at the start-up check: the service ends
         self.start_failures = 0  # start-up checks in a row that could not reach the API
+        self.start_error: str | None = None  # why the last of them failed
         self._start_backoff = Backoff(*START_RETRY)
         self.observe: Callable[[RequestKind, Decision], None] | None = None  # told of every decision (/metrics)
 
@@ -196,6 +197,7 @@ class Uploader:
         taken (a refused token ends the service; an unreachable API is asked again after a backoff)."""
         self.start_refused = None
         self.start_failures = 0
+        self.start_error = None
         self._start_backoff = Backoff(*START_RETRY)
         self._next_token_check = 0.0
         self._set_pause(Pause("starting", "checking the API (GET /api/v2/me/) before taking files"))
@@ -489,6 +491,7 @@ class Uploader:
             self._set_pause(Pause("configuration", decision.reason))
         else:
             self.start_failures += 1
+            self.start_error = decision.reason
             wait = self._start_backoff.failed(self.monotonic(), decision.reason)
             self._next_token_check = now + wait
             bound.error("api_unreachable", error=decision.reason, retry_in=round(wait, 3), failures=self.start_failures)
@@ -520,6 +523,13 @@ class Uploader:
             log.error("sending_paused", reason=reason, seconds=seconds)
             if self.pause is None:
                 self.ledger.set_meta(UPLOADS_PAUSED, reason)
+
+    def not_started(self, text: str | None) -> None:
+        """The process ends before its start-up check passed: `text` (or nothing) stays in the ledger for `status`,
+        instead of a promise to ask again that no process keeps."""
+        if self.starting:
+            self.pause = None
+            self.ledger.set_meta(UPLOADS_PAUSED, text)
 
     def _set_pause(self, pause: Pause | None) -> None:
         """Say in the ledger (for `scm-daemon status`) why uploads are paused, or that they are not."""

@@ -1,6 +1,7 @@
 """`scm-daemon validate`: read and plan a file exactly as the service would, in a scratch ledger, uploading nothing."""
 
 import tempfile
+from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,9 @@ from daemon.states import RowStatus
 MAX_PROBLEMS = 20
 
 
-def validate_file(path: Path, settings: Settings, *, route: str | None = None) -> dict[str, Any]:
+def validate_file(
+    path: Path, settings: Settings, *, route: str | None = None, on_rows: Callable[[int], None] | None = None
+) -> dict[str, Any]:
     """What the service would do with a file: layout, rows by outcome, first problems, batches and calls.
 
     The route is the one of the file's folder when it lies in the inbox, or `route` when given.
@@ -30,7 +33,7 @@ def validate_file(path: Path, settings: Settings, *, route: str | None = None) -
         ledger = Ledger(Path(scratch) / "validate.sqlite3")
         try:
             problem_columns: dict[int, int] = {}
-            file_id = intake.take(path, ledger, settings, name=name, problem_columns=problem_columns)
+            file_id = intake.take(path, ledger, settings, name=name, problem_columns=problem_columns, on_rows=on_rows)
             if file_id is None:
                 return _unreadable(path, "the file changed while it was read", routed)
             f = ledger.file(file_id)

@@ -114,8 +114,12 @@ class Project:
         of `<stem>.<kind>.xlsx` when there is no CSV (a workbook input's rejected file), empty cells as ""."""
         workbook = self.outbox / f"{stem}.{kind}.xlsx"
         if workbook.exists() and not (self.outbox / f"{stem}.{kind}.csv").exists():
-            sheet = openpyxl.load_workbook(workbook, read_only=True).worksheets[0]
-            header, *body = [["" if v is None else str(v) for v in row] for row in sheet.iter_rows(values_only=True)]
+            book = openpyxl.load_workbook(workbook, read_only=True)  # read-only keeps the file open: close it
+            try:
+                rows = book.worksheets[0].iter_rows(values_only=True)
+                header, *body = [["" if v is None else str(v) for v in row] for row in rows]
+            finally:
+                book.close()
             return [dict(zip(header, row, strict=False)) for row in body]
         with (self.outbox / f"{stem}.{kind}.csv").open(encoding="utf-8-sig", newline="") as f:
             first = f.readline()

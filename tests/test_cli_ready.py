@@ -191,7 +191,11 @@ def test_an_unreachable_api_ends_run_once_with_exit_1_taking_nothing(tmp_path: P
     assert f"not started: the API cannot be reached ({reason})" in out.stderr
     assert "No file was taken from the inbox" in out.stderr
     assert "Max retries" not in out.stderr  # the HTTP library's words stay in the debug log
+    assert "asked again" not in out.stderr  # this run asks no more
     assert dropped.exists()
+    status = project.cli("status").stdout
+    assert "UPLOADS PAUSED: the last `run --once` ended at " in status
+    assert f"{reason}); no file was taken" in status
 
 
 @pytest.mark.slow

@@ -150,13 +150,11 @@ def test_batches_interrupted_by_two_restarts_while_the_api_hangs_are_sent_not_as
     emulator.configure(hang_rate=1.0, hang_seconds=60.0, faults_spare_me=True)  # held, then 504, nothing applied
     project.drop("one.csv", csv_text(["extended_id", "batch"], [(code(i), f"B{i}") for i in range(150)]))
     for hung in (2, 4):
-        service = project.start()
-        deadline = time.monotonic() + 30
-        while emulator.stats().hangs < hung:
-            assert time.monotonic() < deadline, "no request went out"
-            time.sleep(0.02)
-        service.send_signal(signal.SIGKILL)
-        service.wait(timeout=10)
+        with project.running():  # killed at the end of the block, also when the wait below fails
+            deadline = time.monotonic() + 30
+            while emulator.stats().hangs < hung:
+                assert time.monotonic() < deadline, "no request went out"
+                time.sleep(0.02)
     assert emulator.all_data("extended_id") == {}
     emulator.configure(hang_rate=0.0)
     done = project.cli("run", "--once")
