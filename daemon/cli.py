@@ -15,6 +15,7 @@ import structlog
 from pydantic import SecretStr
 
 from daemon import __version__, retention
+from daemon.alerts import send_test
 from daemon.api import ApiError, ErrorKind, ScantrustClient, classify
 from daemon.config import CREDENTIAL_NAME, ConfigError, Settings, find_config_file, load_settings, sandbox_settings
 from daemon.config.routes import route_overview
@@ -124,6 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
     with_sandbox(prune)
+
+    with_config(
+        sub.add_parser(
+            "notify-test",
+            help="send a test notification through every [notify] channel now",
+            description="Send a test notification through each channel set in [notify] (webhook, e-mail, command) "
+            "and say how each went. Exit code 0: all delivered; 1: some were not; 2: no channel is configured.",
+        )
+    )
 
     sandbox = sub.add_parser(
         "sandbox",
@@ -287,6 +297,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     with _existing_ledger(args) as ledger:
         data = ledger.overview()
         data["active_files"] = progress_snapshot(ledger, time.time())
+        data["notifications"] = ledger.notification_overview()
     print(json.dumps(data, indent=2) if args.json else render_overview(data))
     return EXIT_OK
 
@@ -425,6 +436,16 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_notify_test(args: argparse.Namespace) -> int:
+    """Send a test notification through each configured channel and say how each went."""
+    results = send_test(_settings(args).notify)
+    if not results:
+        raise ConfigError("no [notify] channel is configured: set notify.webhook_url, email_to or command")
+    for channel, error in results:
+        print(f"{channel}: delivered" if error is None else f"{channel}: not delivered: {error}")
+    return EXIT_OK if all(error is None for _, error in results) else EXIT_UNEXPECTED
+
+
 COMMANDS = {
     "run": cmd_run,
     "validate": cmd_validate,
@@ -433,6 +454,7 @@ COMMANDS = {
     "retry": cmd_retry,
     "prune": cmd_prune,
     "sandbox": cmd_sandbox,
+    "notify-test": cmd_notify_test,
 }
 
 

@@ -14,7 +14,7 @@ from daemon.config.routes import settings_for
 from daemon.folders import deliver
 from daemon.ledger import FileInfo, Ledger
 from daemon.planner import plan as plan_batches
-from daemon.reporter import outcome_for
+from daemon.reporter import ReportNames, outcome_for
 from daemon.retry import Backoff
 from daemon.states import FileState
 from daemon.watcher import InboxScanner, inbox_name
@@ -58,6 +58,7 @@ class FileFlow:
         self._unreadable: dict[str, float] = {}  # inbox paths that could not be opened, and when to try again
         self._reread: dict[int, Path] = {}  # claimed files whose reading failed on the ledger, to read again
         self.delivery: dict[int, Backoff] = {}  # files whose reports could not be written or input not moved
+        self.on_done: Callable[[FileInfo, ReportNames], None] | None = None  # [notify]: inside the final commit
 
     def resume(self) -> int:
         """After recovery: every active file may have rows to plan. Returns how many there are."""
@@ -263,7 +264,10 @@ class FileFlow:
             self.ledger.set_file(f.id, delivery_error=error)
             log.error("delivery_failed", file=f.name, file_id=f.id, error=error, retry_in=wait)
             return False
-        self.ledger.transition_file(f.id, FileState.DONE, delivery_error=None)
+        with self.ledger.grouped():  # the file's final state and what it notifies: both recorded, or neither
+            self.ledger.transition_file(f.id, FileState.DONE, delivery_error=None)
+            if self.on_done is not None:
+                self.on_done(self.ledger.file(f.id), names)
         self.delivery.pop(f.id, None)
         self._active.discard(f.id)
         counts = {str(k): v for k, v in self.ledger.row_counts(f.id).items()}

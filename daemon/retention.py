@@ -245,7 +245,11 @@ def prune(ledger: Ledger, settings: Settings, older_than: float | None, *, dry_r
             lines += [f"ledger: would drop {rows} row(s) of {name}" for _, name, rows in found]
             total = sum(rows for *_, rows in found)
             lines.append(f"ledger: would drop {total} row(s) of {len(found)} file(s) finished before {before}")
+            old = ledger.prune_notifications(before, dry_run=True)
+            lines.append(f"ledger: would drop {old} notification(s) sent or given up before {before}")
         else:
+            old = ledger.prune_notifications(before)
+            lines.append(f"dropped {old} notification(s) sent or given up before {before}")
             files, rows = ledger.prune(before)
             lines.append(
                 f"dropped {rows} row(s) of {files} file(s) finished before {before}; their file records, counts "

@@ -10,7 +10,7 @@ from sqlmodel import Field, SQLModel
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class FileRecord(SQLModel, table=True):
@@ -125,6 +125,29 @@ class CodeRecord(SQLModel, table=True):
     uploaded_at: str
 
 
+class NotificationRecord(SQLModel, table=True):
+    """Schema 4. One notification to one channel (webhook, email, command): queued in the transaction that
+    records its event, marked sent after delivery, retried with backoff until a bound, then given up."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        Index("notifications_event", "event_key", "channel", unique=True),  # an event is queued once per channel
+        Index("notifications_due", "state", "next_attempt_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_key: str  # the event's stable id, also sent in the notification so that a receiver can drop a repeat
+    channel: str  # webhook | email | command
+    event: str  # file_finished | uploads_paused | uploads_resumed
+    payload: str  # JSON: the text and the structured fields, scrubbed of secrets when queued
+    state: str  # pending | sent | given_up
+    attempts: int = 0  # deliveries tried
+    next_attempt_at: float = 0.0  # epoch seconds; due from then on
+    last_error: str | None = None
+    created_at: str
+    sent_at: str | None = None
+
+
 class MetaRecord(SQLModel, table=True):
     """Key-value facts about the ledger itself, such as its schema version."""
 
@@ -187,7 +210,15 @@ _V3 = [
     "ALTER TABLE files ADD COLUMN delivery_error VARCHAR",
     "CREATE INDEX rows_open ON rows (file_id) WHERE status IN ('pending', 'queued')",
 ]
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _run(_V1), 2: _run(_V2), 3: _run(_V3)}
+_V4 = [
+    """CREATE TABLE notifications (id INTEGER NOT NULL, event_key VARCHAR NOT NULL, channel VARCHAR NOT NULL,
+    event VARCHAR NOT NULL, payload VARCHAR NOT NULL, state VARCHAR NOT NULL, attempts INTEGER NOT NULL,
+    next_attempt_at FLOAT NOT NULL, last_error VARCHAR, created_at VARCHAR NOT NULL, sent_at VARCHAR,
+    PRIMARY KEY (id))""",
+    "CREATE UNIQUE INDEX notifications_event ON notifications (event_key, channel)",
+    "CREATE INDEX notifications_due ON notifications (state, next_attempt_at)",
+]
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _run(_V1), 2: _run(_V2), 3: _run(_V3), 4: _run(_V4)}
 
 
 class LedgerVersionError(Exception):

@@ -13,6 +13,7 @@ import structlog
 from pydantic import SecretStr
 
 from daemon import intake
+from daemon.alerts import Alerts
 from daemon.api import ScantrustClient
 from daemon.breaker import CircuitBreaker
 from daemon.clocktext import clock_time
@@ -149,6 +150,8 @@ class Service:
         # [retention] once a day, in a thread of its own.
         self.telemetry = Telemetry(settings.metrics, ledger=ledger, uploader=uploader, clock=clock, monotonic=monotonic)
         self.retention = RetentionSweeper(settings, ledger=ledger, clock=clock, monotonic=monotonic)
+        self.alerts = Alerts(settings.notify, ledger, settings.paths.outbox, epoch=self.epoch, monotonic=monotonic)
+        self.flow.on_done = self.alerts.file_done
 
     @classmethod
     def from_settings(
@@ -319,6 +322,7 @@ class Service:
         if self.reload_requested:
             self.reload()
         result = self.step(wait=IDLE_WAIT)
+        self._guarded("notify", self.alerts.step, self.epoch(), self.uploader, result.answered, default=0)
         self._dashboard(files_changed=bool(result.taken or result.finished))
         pause = self.uploader.pause
         if self.uploader.start_refused is not None:
@@ -394,6 +398,7 @@ class Service:
             self.telemetry.close()
             self.retention.close()  # before the ledger closes under it
             self.uploader.close()
+            self.alerts.close()
             self.ledger.close()
 
     def shutdown(self) -> None:

@@ -39,6 +39,11 @@ def render_overview(data: dict[str, Any], now: float | None = None) -> str:
             f"  {a['file']}: {a['rows_final']:,} / {a['rows_total']:,} rows ({a['percent']} %)"
             for a in data["active_files"]
         )
+    notifications = data.get("notifications") or {}
+    if notifications.get("counts"):
+        lines.append(f"notifications: {_counts(notifications['counts'])}")
+        for n in notifications["given_up"]:
+            lines.append(f"  not delivered ({n['channel']}, {n['event']}, {n['at']}): {n['error']}")
     if data["tasks_in_flight"]:
         lines.append(f"async tasks being followed: {len(data['tasks_in_flight'])}")
         lines.extend(

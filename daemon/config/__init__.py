@@ -3,11 +3,13 @@
 from daemon.config.loading import find_config_file, load_settings, sandbox_settings
 from daemon.config.models import (
     CREDENTIAL_NAME,
+    SMTP_CREDENTIAL_NAME,
     SYSTEM_CONFIG,
     ApiSettings,
     ConfigError,
     IntakeSettings,
     MetricsSettings,
+    NotifySettings,
     PathsSettings,
     PollSettings,
     ReportsSettings,
@@ -20,11 +22,13 @@ from daemon.config.models import (
 
 __all__ = [
     "CREDENTIAL_NAME",
+    "SMTP_CREDENTIAL_NAME",
     "SYSTEM_CONFIG",
     "ApiSettings",
     "ConfigError",
     "IntakeSettings",
     "MetricsSettings",
+    "NotifySettings",
     "PathsSettings",
     "PollSettings",
     "ReportsSettings",

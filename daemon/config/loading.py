@@ -11,12 +11,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic import BaseModel, ValidationError
 
+from daemon.config.files import absolute, notify_settings, register_notify_secrets, token_settings
 from daemon.config.models import (
     CREDENTIAL_NAME,
     KEY_COLUMNS,
     SECTIONS,
+    SMTP_CREDENTIAL_NAME,
     SYSTEM_CONFIG,
     ApiSettings,
     ConfigError,
@@ -29,6 +31,7 @@ from daemon.config.routes import apply_route, key_problem, route_keys, route_tab
 from daemon.logs import register_secret
 
 _ALL_SECTIONS = [*SECTIONS, "columns", "routes"]
+_SECRET_KEYS = {"token", "smtp_password", "webhook_url"}  # values never shown in a message
 _EnvNames = dict[tuple[str, str | None], str]  # (section, key or None for the whole section) -> variable name
 
 
@@ -121,6 +124,7 @@ def load_settings(path: Path | None, *, env: Mapping[str, str] | None = None) ->
     settings = _load(path, os.environ if env is None else env, resolve_token=True)
     if settings.api.token is not None:
         register_secret(settings.api.token.get_secret_value())
+    register_notify_secrets(settings.notify)
     return settings
 
 
@@ -136,6 +140,7 @@ def sandbox_settings(path: Path | None, *, base_url: str, token: str, env: Mappi
         )
     except ValidationError as exc:
         raise ConfigError(f"sandbox: {_describe(exc, None, {})}") from None
+    register_notify_secrets(settings.notify)
     return settings.model_copy(update={"api": api})
 
 
@@ -156,14 +161,15 @@ def _load(path: Path | None, env: Mapping[str, str], *, resolve_token: bool) -> 
     base = path.absolute().parent if path is not None else Path.cwd()
     where = str(path) if path is not None else "the environment"
     paths = raw.paths.model_copy(
-        update={name: _absolute(getattr(raw.paths, name), base) for name in PathsSettings.model_fields}
+        update={name: absolute(getattr(raw.paths, name), base) for name in PathsSettings.model_fields}
     )
     _check_distinct(paths, where)
     token_origin = _origin("api", "token_file", path, env_vars)
-    api = raw.api.model_copy(update=_token_settings(raw.api, base, env, token_origin, resolve=resolve_token))
+    api = raw.api.model_copy(update=token_settings(raw.api, base, env, token_origin, resolve=resolve_token))
     upload = _with_template(raw.upload, base, _origin("upload", "fields_template", path, env_vars))
     _check_fields(upload, raw.columns, where)
-    settings = raw.model_copy(update={"paths": paths, "api": api, "upload": upload, "source": path})
+    notify = notify_settings(raw.notify, base, env, _origin("notify", "smtp_password_file", path, env_vars))
+    settings = raw.model_copy(update={"paths": paths, "api": api, "upload": upload, "notify": notify, "source": path})
     routes = {key: _check_route(settings, key, route, base, where) for key, route in raw.routes.items()}
     return settings.model_copy(update={"routes": routes})
 
@@ -252,6 +258,12 @@ def _check_file_keys(data: Mapping[str, Any], path: Path) -> None:
             problems.append(f"{path}: '{name}' must be a section written as [{name}], not a single value")
         elif name == "routes":
             problems.extend(f"{path}: {problem}" for problem in route_tables(value))
+        elif name == "notify" and "smtp_password" in value:
+            problems.append(
+                f"{path}: notify.smtp_password must not be written in the config file; put it in a file only the "
+                "service can read and set notify.smtp_password_file, or set SCM_NOTIFY__SMTP_PASSWORD, or use the "
+                f"systemd credential {SMTP_CREDENTIAL_NAME}"
+            )
         elif name == "api" and "token" in value:
             problems.append(
                 f"{path}: api.token must not be written in the config file (config files get copied and "
@@ -301,7 +313,7 @@ def _describe(exc: ValidationError, path: Path | None, env_vars: _EnvNames) -> s
             lines.append(f"{_origin(loc[0], None, path, env_vars)}: [{loc[0]}] {rule}")
             continue
         # An unknown key's value may be a misspelt token: show neither it nor any token-like key's value.
-        secretive = loc[1] == "token" or error["type"] == "extra_forbidden"
+        secretive = loc[1] in _SECRET_KEYS or error["type"] == "extra_forbidden"
         shown = "***" if secretive else _show(error["input"])
         origin = _origin(loc[0], loc[1], path, env_vars)
         lines.append(f"{origin}: {'.'.join(loc)} = {shown} is not valid: {rule}")
@@ -327,11 +339,6 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _absolute(path: Path, base: Path) -> Path:
-    path = path.expanduser()
-    return Path(os.path.normpath(path if path.is_absolute() else base / path))
-
-
 def _check_distinct(paths: PathsSettings, where: str) -> None:
     seen: dict[Path, str] = {}
     for name in PathsSettings.model_fields:
@@ -343,53 +350,11 @@ def _check_distinct(paths: PathsSettings, where: str) -> None:
         seen[value] = name
 
 
-def _token_settings(
-    api: ApiSettings, base: Path, env: Mapping[str, str], origin: str, *, resolve: bool
-) -> dict[str, Any]:
-    """The token (env, else token_file, else the systemd credential) and token_file made absolute."""
-    token_file = _absolute(Path(api.token_file), base) if api.token_file.strip() else None
-    update: dict[str, Any] = {"token_file": str(token_file or ""), "token": None}
-    if not resolve:
-        return update
-    if api.token is not None:
-        update["token"] = _clean_token(api.token.get_secret_value(), "environment variable SCM_API__TOKEN")
-    elif token_file is not None:
-        update["token"] = _read_token(token_file, f"{origin}: api.token_file")
-    elif env.get("CREDENTIALS_DIRECTORY"):
-        credential = Path(env["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME
-        if credential.exists():
-            update["token"] = _read_token(credential, "the systemd credential")
-    return update
-
-
-def _read_token(file: Path, what: str) -> SecretStr:
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(
-            f"{what}: cannot read the token file {file} ({exc.strerror or type(exc).__name__}); "
-            "check the path and that the service's user may read it"
-        ) from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{what}: the token file {file} is not UTF-8 text") from None
-    return _clean_token(text, f"{what}: the token file {file}")
-
-
-def _clean_token(text: str, what: str) -> SecretStr:
-    token = text.strip()
-    if not token:
-        raise ConfigError(f"{what} is empty; put the Scantrust API token there")
-    if any(char.isspace() for char in token):
-        # It would go into an HTTP header as is; a pasted "UAT <token>" or two lines is a mistake.
-        raise ConfigError(f"{what} has whitespace inside the token; give the token alone, without 'UAT '")
-    return SecretStr(token)
-
-
 def _with_template(upload: UploadSettings, base: Path, origin: str) -> UploadSettings:
     """Merge the header of upload.fields_template into upload.fields (key columns left out)."""
     if not upload.fields_template.strip():
         return upload
-    template = _absolute(Path(upload.fields_template), base)
+    template = absolute(Path(upload.fields_template), base)
     try:
         with template.open(encoding="utf-8-sig", newline="") as handle:
             first = handle.readline()

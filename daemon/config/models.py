@@ -24,6 +24,7 @@ from daemon.readers.limits import ReadLimits
 
 SYSTEM_CONFIG = Path("/etc/scm-daemon/config.toml")
 CREDENTIAL_NAME = "scantrust-token"  # systemd LoadCredential=scantrust-token:/path/to/file
+SMTP_CREDENTIAL_NAME = "scm-smtp-password"  # systemd LoadCredential=scm-smtp-password:/path/to/file
 KEY_COLUMNS = frozenset({"extended_id", "serial_number"})
 
 
@@ -282,6 +283,68 @@ class RetentionSettings(BaseModel):
         return self.archive_days is not None or self.outbox_days is not None
 
 
+NotifyOn = Literal["completed", "completed_with_errors", "failed", "duplicate"]  # the file statuses, as Outcome
+_NOTIFY_ON: tuple[NotifyOn, ...] = ("completed_with_errors", "failed")
+
+
+class NotifySettings(BaseModel):
+    """[notify]: who is told when a file ends badly or uploads pause; off until a channel is set."""
+
+    model_config = _SECTION
+    on: list[NotifyOn] = Field(default_factory=lambda: list(_NOTIFY_ON))
+    webhook_url: str = ""  # JSON POST with a `text` field (Slack, Teams); a secret: it is never logged
+    command: list[str] = Field(default_factory=list)  # program and arguments; the summary's path is appended
+    email_to: list[str] = Field(default_factory=list)
+    email_from: str = ""  # "" = scm-daemon@<this host's name>
+    smtp_host: str = ""
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"  # none: only to a server on this machine
+    smtp_username: str = ""
+    smtp_password_file: str = ""
+    smtp_ca_file: str = ""  # a CA bundle for a server with a private certificate; "" = the system's
+    smtp_password: SecretStr | None = None  # only from SCM_NOTIFY__SMTP_PASSWORD, the file or the credential
+    timeout_seconds: Seconds = 30.0  # one delivery (HTTP request, SMTP session, command run)
+    max_attempts: int = Field(default=10, ge=1)
+    retry_seconds: Seconds = 10.0  # the first wait after a failed delivery; it doubles ...
+    max_retry_seconds: Seconds = 900.0  # ... up to this
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """The channels configured, in a fixed order."""
+        chosen = (("webhook", self.webhook_url), ("email", self.email_to), ("command", self.command))
+        return tuple(name for name, value in chosen if value)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook(cls, value: str) -> str:
+        if not value.strip():
+            return ""
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL such as https://hooks.slack.com/services/...")
+        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+            raise ValueError("must use https:// (plain http is only allowed to 127.0.0.1 or localhost)")
+        return value.strip()
+
+    @field_validator("command", "email_to")
+    @classmethod
+    def _clean_lists(cls, value: list[str]) -> list[str]:
+        return [_nonblank(v, "entries must not be empty") for v in value]
+
+    @model_validator(mode="after")
+    def _check_email(self) -> Self:
+        _at_least(self, "retry_seconds", "max_retry_seconds")
+        if not self.email_to:
+            return self
+        if not self.smtp_host.strip():
+            raise ValueError("email_to needs smtp_host, the mail server to send through")
+        if bad := [a for a in self.email_to if "@" not in a]:
+            raise ValueError(f"email_to: {bad[0]!r} is not an e-mail address")
+        if self.smtp_security == "none" and not _is_loopback(self.smtp_host.strip()):
+            raise ValueError('smtp_security = "none" is only allowed to 127.0.0.1 or localhost; use starttls or tls')
+        return self
+
+
 class Settings(BaseSettings):
     """The whole configuration; build it with load_settings(), not directly."""
 
@@ -300,6 +363,7 @@ class Settings(BaseSettings):
     routes: dict[str, RouteSettings] = Field(default_factory=dict)  # inbox subfolder (posix, relative) -> overrides
     metrics: MetricsSettings = MetricsSettings()
     retention: RetentionSettings = RetentionSettings()
+    notify: NotifySettings = NotifySettings()
     source: Path | None = None  # the config file that was read; None when only defaults and env were used
 
     @field_validator("columns")
@@ -331,4 +395,5 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "retry": RetrySettings,
     "metrics": MetricsSettings,
     "retention": RetentionSettings,
+    "notify": NotifySettings,
 }

@@ -5,10 +5,11 @@ from daemon.ledger.batches import BatchStore
 from daemon.ledger.figures import FigureStore, LedgerFigures
 from daemon.ledger.files import UPLOADS_PAUSED, FileStore
 from daemon.ledger.history import FileLine, HistoryStore
+from daemon.ledger.notifications import NotificationInfo, NotificationState, NotificationStore
 from daemon.ledger.rows import RowStore
 
 
-class Ledger(FileStore, RowStore, BatchStore, FigureStore, HistoryStore):
+class Ledger(FileStore, RowStore, BatchStore, FigureStore, HistoryStore, NotificationStore):
     """The SQLite ledger. One process writes it (the service's main thread); others may read."""
 
 
@@ -20,6 +21,8 @@ __all__ = [
     "FileLine",
     "Ledger",
     "LedgerFigures",
+    "NotificationInfo",
+    "NotificationState",
     "StateConflict",
     "utcnow",
 ]
