@@ -14,6 +14,7 @@ from daemon.config import Settings
 from daemon.config.routes import settings_for
 from daemon.dates import DateSettings
 from daemon.ledger import Ledger
+from daemon.ledger.rows import RowRecord
 from daemon.names import fit_name, free_path
 from daemon.normalize import (
     KeyShapes,
@@ -63,7 +64,7 @@ def _row_records(
     shapes: KeyShapes | None = None,
     number_width: int = 0,
     problem_columns: dict[int, int] | None = None,
-) -> Iterator[tuple[int, str | None, str | None, str, str, str]]:
+) -> Iterator[RowRecord]:
     """Ledger records of a table's rows: valid ones pending, the others rejected with a detail naming the cell.
 
     Workbook keys are noted in `shapes`; keys stored as numbers with fewer digits than `number_width` are
@@ -240,17 +241,22 @@ def read(
             info = {**asdict(table.info), **layout.to_record(), "clear_empty": clear_empty}
             ledger.set_file(file_id, layout=json.dumps(info))
             shapes = KeyShapes() if table.info.format not in TEXT_FORMATS else None
-            records = _row_records(
-                table,
-                layout,
-                upload.data_key,
-                clear_empty,
-                dates=dates,
-                dates_rewritten=rewritten,
-                shapes=shapes,
-                problem_columns=problem_columns,
-            )
-            count = ledger.insert_rows(file_id, _counted(records, on_rows))
+
+            def rows(table: Table, **check: Any) -> Iterator[RowRecord]:
+                """The table's rows as ledger records; `check` is the key-shape pass (shapes or number_width)."""
+                records = _row_records(
+                    table,
+                    layout,
+                    upload.data_key,
+                    clear_empty,
+                    dates=dates,
+                    dates_rewritten=rewritten,
+                    problem_columns=problem_columns,
+                    **check,
+                )
+                return _counted(records, on_rows)
+
+            count = ledger.insert_rows(file_id, rows(table, shapes=shapes))
         if shapes is not None and shapes.numbers_lost_zeros():
             # Only the whole key column shows the codes' width: read the workbook again, now rejecting the
             # number keys that are too short. Rare (a column mixing text and number keys), so a second pass
@@ -261,17 +267,7 @@ def read(
                 problem_columns.clear()
             rewritten.clear()
             with open_table(path, sheet=sheet, limits=settings.intake.limits()) as table:
-                records = _row_records(
-                    table,
-                    layout,
-                    upload.data_key,
-                    clear_empty,
-                    dates=dates,
-                    dates_rewritten=rewritten,
-                    number_width=shapes.width,
-                    problem_columns=problem_columns,
-                )
-                count = ledger.insert_rows(file_id, _counted(records, on_rows))
+                count = ledger.insert_rows(file_id, rows(table, number_width=shapes.width))
         _note_dates(ledger, file_id, info, rewritten, bound)
         after = path.stat()
     except FileNotFoundError:
