@@ -545,7 +545,7 @@ class Uploader:
                 if self.token_renewable
                 else "the token comes from SCM_API__TOKEN: set a valid one and restart the service"
             )
-            text = f"the API refused the token ({pause.reason}); {where}"
+            text = f"{pause.reason}; {where}"  # the reason says so: "...: the API refused the token (401: ...)"
         else:
             text = f"configuration problem: {pause.reason}; fix it and reload (systemctl reload scm-daemon)"
         self.ledger.set_meta(UPLOADS_PAUSED, text)
