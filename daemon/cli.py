@@ -296,7 +296,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_OK
     with _existing_ledger(args) as ledger:
         data = ledger.overview()
-        data["active_files"] = progress_snapshot(ledger, time.time())
+        data["active_files"] = [p.as_dict() for p in progress_snapshot(ledger, time.time())]
         data["notifications"] = ledger.notification_overview()
     print(json.dumps(data, indent=2) if args.json else render_overview(data))
     return EXIT_OK

@@ -4,10 +4,12 @@ The decisions (the pace, the ETA, when to log) are pure functions; `ProgressTrac
 with one cheap query per active file (`Ledger.row_counts`) and logs `file_progress` events.
 """
 
+import json
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
@@ -18,6 +20,7 @@ from daemon.states import FileState
 log = structlog.get_logger(__name__)
 
 WINDOW_SECONDS = 60.0  # the pace is measured over this much of the recent past
+PACE_META = "progress_pace"  # ledger meta: the service's last pace and pause per active file, for `status`
 LOG_EVERY_SECONDS = 10.0  # at most one file_progress event per file this often, besides each 10 % step
 
 
@@ -136,15 +139,27 @@ class ProgressTracker:
         for gone in set(self._tracks) - {f.id for f in active}:
             del self._tracks[gone]
             self._totals.pop(gone, None)
+        if seen or self.current:  # `status` is another process: it reads the pace the service measured here
+            paces = {str(p.file_id): {"rate": p.rate, "paused": p.paused, "at": now} for p in seen}
+            self.ledger.set_meta(PACE_META, json.dumps(paces) if paces else None)
         self.current = seen
         return seen
 
 
-def snapshot(ledger: Ledger, now: float) -> list[dict[str, object]]:
-    """Progress of every active file from the ledger alone (for `status`: no pace, since there is one sample)."""
-    out: list[dict[str, object]] = []
+def snapshot(ledger: Ledger, now: float) -> list[Progress]:
+    """Progress of every active file, for `status`: the counts from the ledger, the pace (and any pause) as the
+    service last measured it, if it did within the last minute."""
+    try:
+        paces: dict[str, dict[str, Any]] = json.loads(ledger.get_meta(PACE_META) or "{}")
+    except ValueError:
+        paces = {}
+    out: list[Progress] = []
     for f in ledger.files([FileState.ACTIVE]):
         total = ledger.row_total(f.id)
         final = total - ledger.open_row_count(f.id)
-        out.append(Progress(f.id, f.name, final, total, None, eta(final, total, None, now)).as_dict())
+        measured = paces.get(str(f.id), {})
+        fresh = isinstance(measured.get("at"), int | float) and now - measured["at"] <= WINDOW_SECONDS
+        pace = measured.get("rate") if fresh and isinstance(measured.get("rate"), int | float) else None
+        paused = measured.get("paused") if fresh and isinstance(measured.get("paused"), str) else None
+        out.append(Progress(f.id, f.name, final, total, pace, None if paused else eta(final, total, pace, now), paused))
     return out

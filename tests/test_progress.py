@@ -10,6 +10,7 @@ from test_ledger import add_file, add_rows
 from daemon.ledger import Ledger
 from daemon.progress import ProgressTracker, eta, percent, rate, should_log, snapshot
 from daemon.states import FileState
+from daemon.status import render_overview
 
 
 @given(st.integers(0, 10**7), st.integers(0, 10**7))
@@ -47,6 +48,19 @@ def test_should_log_at_most_every_ten_seconds_unless_a_ten_percent_step(
         assert logged
 
 
+EMPTY: dict[str, object] = {
+    "ledger": "ledger.sqlite3",
+    "files": {},
+    "rows": {},
+    "batches": {},
+    "in_flight": 0,
+    "tasks_in_flight": [],
+    "next_retry_at": None,
+    "recent_files": [],
+    "last_errors": [],
+}
+
+
 def test_tracker_reads_the_ledger_and_logs_file_progress(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "ledger.sqlite3")
     fid = add_file(ledger, "1" * 64, "<orders>.csv")
@@ -69,8 +83,33 @@ def test_tracker_reads_the_ledger_and_logs_file_progress(tmp_path: Path) -> None
     assert len(events) == 2
     assert events[0]["rows_final"] == 4
     assert events[0]["rows_total"] == 10
-    assert snapshot(ledger, 0.0)[0]["percent"] == 40
+    assert snapshot(ledger, 0.0)[0].percent == 40
+    # `status` (another process) sees the pause the service measured within the last minute, and only then
+    assert snapshot(ledger, 1020.0)[0].paused == "the API refused the token"
+    assert snapshot(ledger, 1011.0 + 61)[0].paused is None
     ledger.transition_file(fid, FileState.REPORTING, outcome="completed")
     assert tracker.sample(1012.0) == []
     assert snapshot(ledger, 0.0) == []
+    assert ledger.get_meta("progress_pace") is None  # nothing at work: nothing left for `status`
+    ledger.close()
+
+
+def test_status_shows_the_pace_the_service_measured(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    fid = add_file(ledger, "2" * 64, "lot.csv")
+    add_rows(ledger, fid, [(f"K{i}", f"h{i}") for i in range(400)])
+    ledger.transition_file(fid, FileState.ACTIVE)
+    ledger.add_batches(fid, [("sync", list(range(2, 102)), None), ("sync", list(range(102, 202)), None)])
+    tracker = ProgressTracker(ledger)
+    tracker.sample(1000.0)
+    for batch_id in (1, 2):
+        batch, rows = ledger.start_sending(batch_id)
+        keys = [key for _, key, _ in rows]
+        ledger.complete_sync(batch, "extended_id", keys, changed=set(keys))
+    tracker.sample(1010.0)  # 200 rows in 10 s
+    (seen,) = snapshot(ledger, 1012.0)
+    assert (seen.final, seen.total, seen.rate) == (200, 400, 20.0)
+    assert seen.eta == 1012.0 + 200 / 20.0
+    text = render_overview({**EMPTY, "active_files": [seen.as_dict()]}, 1012.0)
+    assert "lot.csv: 200 / 400 rows (50 %), 20 rows/s, ETA " in text
     ledger.close()
