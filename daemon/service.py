@@ -442,6 +442,8 @@ class Service:
             "take": math.inf if self.uploader.starting else self.flow.next_scan(),
             "plan": self.flow.next_unblock(),
             "finish": min((b.next_at for b in self.flow.delivery.values()), default=math.inf),
+            # The progress sample runs on its own schedule (in _report_status), so a failed one is retried then.
+            "progress": max(self._next_progress, self._next_status) if "progress" in self._parts else math.inf,
         }
         for part, backoff in self._parts.items():  # and when its backoff ends, it is tried again in any case
             at = work.get(part, math.inf)
