@@ -91,7 +91,8 @@ def test_a_refused_token_is_told_as_a_pause_and_its_renewal_as_a_resume(tmp_path
         paused, resumed = receiver.taken
     assert receiver.events() == ["uploads_paused", "uploads_resumed"]  # a completed file is not told by default
     assert paused["cause"] == "token"
-    assert "uploads paused: the API refused the token" in paused["text"]
+    assert "uploads paused: POST /api/v2/scm/upload/: the API refused the token (401: Invalid token.)" in paused["text"]
+    assert paused["text"].count("refused the token") == 1  # said once, with the API's words
     assert resumed["cause"] == "token"
     assert TOKEN not in repr(receiver.taken)
     assert project.summary("orders")["status"] == "completed"
