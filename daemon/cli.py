@@ -12,21 +12,21 @@ from pathlib import Path
 from types import FrameType
 
 import structlog
-from pydantic import SecretStr
 
-from daemon import __version__, retention
+from daemon import retention
 from daemon.alerts import send_test
-from daemon.api import ApiError, ErrorKind, ScantrustClient, classify
-from daemon.config import CREDENTIAL_NAME, ConfigError, Settings, find_config_file, load_settings, sandbox_settings
-from daemon.config.routes import route_overview
-from daemon.folders import FolderError, ledger_lock, prepare_folders, refuse_network_ledger
+from daemon.api import ApiError, ErrorKind, classify
+from daemon.cli_parser import SANDBOX_TOKEN, build_parser
+from daemon.config import ConfigError, Settings, find_config_file, load_settings, sandbox_settings
+from daemon.folders import FolderError, ledger_lock, prepare_folders
 from daemon.ledger import Ledger
-from daemon.logs import LEVELS, configure_logging
+from daemon.logs import configure_logging
 from daemon.notify import Notifier
 from daemon.progress import snapshot as progress_snapshot
 from daemon.sandbox import Emulator, EmulatorConfig, serve_forever
 from daemon.schema import LedgerVersionError
 from daemon.service import ApiUnreachableError, ConfigurationPausedError, Service, TokenRefusedError
+from daemon.setup_check import check_setup
 from daemon.states import FileState
 from daemon.status import render_overview
 from daemon.terminal import file_bars, rows_bar
@@ -38,117 +38,10 @@ EXIT_OK = 0
 EXIT_UNEXPECTED = 1
 EXIT_USAGE = 2
 EXIT_TOKEN = 3
-SANDBOX_TOKEN = "sandbox-token"  # noqa: S105 - the emulator's own token, not a secret
 
 
 class UsageError(Exception):
     """Bad usage or configuration: exit code 2."""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every command."""
-    parser = argparse.ArgumentParser(
-        prog="scm-daemon",
-        description="Upload supply-chain data dropped into a folder to the Scantrust SCM API, with reports.",
-    )
-    parser.add_argument("--version", action="version", version=f"scm-daemon {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument(
-            "-c",
-            "--config",
-            metavar="FILE",
-            help="config file (default: $SCM_CONFIG, ./config.toml, /etc/scm-daemon/config.toml)",
-        )
-        return p
-
-    def with_log_level(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--log-level",
-            choices=LEVELS,
-            help="debug also logs every API answer (scrubbed): what to copy into a report of an API mismatch",
-        )
-
-    def with_sandbox(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--sandbox", action="store_true", help="the ledger of `run --sandbox` (ledger.sandbox.sqlite3)")
-
-    run = with_config(sub.add_parser("run", help="watch the inbox, upload, report, until SIGTERM/SIGINT"))
-    run.add_argument("--once", action="store_true", help="process the files now in the inbox, wait until final, exit")
-    run.add_argument("--sandbox", action="store_true", help="run against the built-in API emulator (no token needed)")
-    with_log_level(run)
-
-    validate = with_config(
-        sub.add_parser(
-            "validate",
-            help="parse and plan a file without uploading anything",
-            description="Read and plan a file as the service would, uploading nothing. Exit code 0: every row "
-            "could be sent; 1: the file cannot be read, or some rows would be rejected (listed with row and cell).",
-        )
-    )
-    validate.add_argument("file", type=Path, help="a CSV or Excel file")
-    validate.add_argument(
-        "--route", metavar="FOLDER", help='read it as if dropped into inbox/FOLDER (a [routes."FOLDER"] key)'
-    )
-    validate.add_argument("--json", action="store_true", help="print JSON instead of text")
-    with_log_level(validate)
-
-    status = with_config(sub.add_parser("status", help="what the ledger holds: files, rows and batches by state"))
-    status.add_argument("--json", action="store_true", help="print JSON instead of text")
-    with_sandbox(status)
-
-    check = with_config(
-        sub.add_parser("check", help="check configuration, folders, ledger, and the token against the API")
-    )
-    check.add_argument(
-        "--sandbox", action="store_true", help="check the configuration of `run --sandbox` against the emulator"
-    )
-    with_log_level(check)
-
-    retry = with_config(sub.add_parser("retry", help="put the failed rows of files back in the upload queue"))
-    retry.add_argument("files", nargs="*", metavar="NAME_OR_SHA", help="file name as dropped, or its SHA-256 (prefix)")
-    retry.add_argument("--all", action="store_true", help="every file that has failed rows")
-    with_sandbox(retry)
-
-    prune = with_config(
-        sub.add_parser(
-            "prune",
-            help="drop finished rows past retention, keeping what idempotency needs; apply [retention] to files",
-            description="Drop the ledger rows of files finished more than --older-than DAYS ago (file records, "
-            "counts and the last data per code stay), and remove old inputs from archive/ and failed/ and old "
-            "reports from the outbox as [retention] archive_days and outbox_days say. Only files this daemon "
-            "wrote are removed, never through a symbolic link.",
-        )
-    )
-    prune.add_argument(
-        "--older-than", type=float, metavar="DAYS", help="drop ledger rows of files finished more than DAYS ago"
-    )
-    prune.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
-    with_sandbox(prune)
-
-    with_config(
-        sub.add_parser(
-            "notify-test",
-            help="send a test notification through every [notify] channel now",
-            description="Send a test notification through each channel set in [notify] (webhook, e-mail, command) "
-            "and say how each went. Exit code 0: all delivered; 1: some were not; 2: no channel is configured.",
-        )
-    )
-
-    sandbox = sub.add_parser(
-        "sandbox",
-        help="serve the built-in API emulator on 127.0.0.1",
-        description="Serve the built-in Scantrust API emulator on 127.0.0.1. It accepts the token "
-        f'{SANDBOX_TOKEN!r} (e.g. SCM_API__TOKEN={SANDBOX_TOKEN} with api.base_url = "http://127.0.0.1:PORT"), keeps '
-        "its data in memory until it stops, and answers like the API: 100 items per sync call, async tasks, 429 "
-        "beyond the rate limit.",
-    )
-    sandbox.add_argument("--port", type=int, default=8765, help="port to listen on (default: 8765; 0 = any free)")
-    sandbox.add_argument(
-        "--rate-limit", type=float, default=10.0, help="SCM updates per second before 429 (default 10)"
-    )
-    sandbox.add_argument("--latency", type=float, default=0.0, help="seconds added to every answer (default 0)")
-    return parser
 
 
 def with_sandbox_ledger(settings: Settings) -> Settings:
@@ -314,76 +207,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         settings = _settings(args)
     try:
-        return _check(settings, sandbox=args.sandbox)
+        check_setup(settings, sandbox=args.sandbox)
+        return EXIT_OK
     finally:
         if emulator is not None:
             emulator.stop()
-
-
-def _check(settings: Settings, *, sandbox: bool) -> int:
-    paths = settings.paths
-    print(f"config: {settings.source or 'none found, defaults and environment'}")
-    if not paths.inbox.is_dir() and not sandbox:  # run --sandbox creates its inbox
-        raise FolderError(f"inbox {paths.inbox} does not exist; create it or set paths.inbox")
-    later = [str(f) for f in (paths.inbox, paths.outbox, paths.archive, paths.failed) if not f.is_dir()]
-    print(f"folders: inbox {paths.inbox}, outbox {paths.outbox}, archive {paths.archive}")
-    if later:
-        print(f"folders: {', '.join(later)} not there yet (created on first run)")
-    for line in route_overview(settings):
-        print(line)
-    refuse_network_ledger(paths.ledger)
-    if paths.ledger.exists():
-        Ledger(paths.ledger).close()  # its schema version is checked
-        print(f"ledger: {paths.ledger}")
-    else:
-        _creatable(paths.ledger.parent)
-        print(f"ledger: no ledger yet (it is created on first run) at {paths.ledger}")
-    if not sandbox:
-        for warning in _token_file_warnings(settings):
-            print(f"WARNING: {warning}")
-    client = ScantrustClient(
-        settings.api.base_url,
-        SecretStr(settings.api.require_token()),
-        connect_timeout=settings.api.connect_timeout,
-        read_timeout=settings.api.read_timeout,
-        request_deadline=settings.api.request_deadline,
-    )
-    try:
-        me = client.me()
-    finally:
-        client.close()
-    print(f"token: accepted by {settings.api.base_url} (user {me.get('email') or me.get('id') or 'unknown'})")
-    return EXIT_OK
-
-
-def _creatable(folder: Path) -> None:
-    """FolderError unless `folder` exists or its nearest existing parent lets us create it."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise FolderError(
-            f"ledger folder {folder} cannot be created ({existing} is not a folder this user may write); "
-            "fix paths.ledger or the folder's permissions"
-        )
-
-
-def _token_file_warnings(settings: Settings) -> list[str]:
-    """A token file or systemd credential that group or others may read: the token is only as safe as its mode."""
-    files = [Path(settings.api.token_file)] if settings.api.token_file else []
-    if os.environ.get("CREDENTIALS_DIRECTORY"):
-        files.append(Path(os.environ["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME)
-    warnings = []
-    for file in files:
-        try:
-            mode = file.stat().st_mode & 0o777
-        except OSError:
-            continue
-        if mode & 0o044:
-            warnings.append(
-                f"token file {file} is readable by group or others (mode {mode:03o}); run: chmod 600 {file}"
-            )
-    return warnings
 
 
 def cmd_retry(args: argparse.Namespace) -> int:

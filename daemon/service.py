@@ -31,6 +31,7 @@ from daemon.reload import adopt, changes
 from daemon.retention import RetentionSweeper
 from daemon.retry import Backoff
 from daemon.states import FileState
+from daemon.status import systemd_status
 from daemon.uploader import Uploader, policy_from
 from daemon.watcher import EMPTY_GRACE_SECONDS, InboxEvents, InboxScanner
 
@@ -469,26 +470,18 @@ class Service:
         active = self.progress.current
         if not self.notifier.enabled:
             return
-        files = len(self.ledger.files([FileState.RECEIVED, FileState.ACTIVE, FileState.REPORTING]))
-        if files or self.uploader.busy:
-            text = f"working: {files} file(s) in progress, {len(self.uploader.inflight)} request(s) in flight"
-        else:
-            text = f"idle: watching {self.settings.paths.inbox}"
-        if active:
-            text = "uploading " + "; ".join(p.text() for p in active[:3]) + ". " + text
-        if self.scanner.waiting:
-            text += f", {self.scanner.waiting} file(s) settling"
-        problems = [b.error for b in self.flow.delivery.values()] + [f"{p}: {b.error}" for p, b in self._parts.items()]
-        if problems:
-            text = f"PROBLEM: {problems[0]} (retried). " + text
-        if pause is not None and pause.cause == "starting":
-            text = f"starting: {pause.reason}. " + text
-        elif pause is not None and pause.cause == "token":
-            text = "uploads paused: the API refused the token; renew it. " + text
-        elif pause is not None:
-            text = f"uploads paused: configuration problem ({pause.reason}). " + text
-        elif self.uploader.breaker.is_open:
-            text = "uploads paused for a while after repeated API failures. " + text
+        text = systemd_status(
+            files=len(self.ledger.files([FileState.RECEIVED, FileState.ACTIVE, FileState.REPORTING])),
+            in_flight=len(self.uploader.inflight),
+            busy=self.uploader.busy,
+            inbox=str(self.settings.paths.inbox),
+            active=active,
+            settling=self.scanner.waiting,
+            problems=[b.error for b in self.flow.delivery.values()]
+            + [f"{p}: {b.error}" for p, b in self._parts.items()],
+            pause=pause,
+            breaker_open=self.uploader.breaker.is_open,
+        )
         self.notifier.status(text)
 
     def reload(self) -> None:

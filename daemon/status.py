@@ -5,6 +5,8 @@ from datetime import datetime
 from typing import Any
 
 from daemon.clocktext import clock_time, next_time
+from daemon.progress import Progress
+from daemon.work import Pause
 
 LAST_ERRORS = 5  # lines of last errors shown (`--json` has them all)
 ERROR_CHARS = 110  # an error's text is cut to this much: one short line each
@@ -71,3 +73,37 @@ def render_overview(data: dict[str, Any], now: float | None = None) -> str:
             for e in data["last_errors"][:LAST_ERRORS]
         )
     return "\n".join(lines)
+
+
+def systemd_status(
+    *,
+    files: int,
+    in_flight: int,
+    busy: bool,
+    inbox: str,
+    active: list[Progress],
+    settling: int,
+    problems: list[str],
+    pause: Pause | None,
+    breaker_open: bool,
+) -> str:
+    """The service's STATUS= line for `systemctl status`: what blocks it first, then what it is doing."""
+    if files or busy:
+        text = f"working: {files} file(s) in progress, {in_flight} request(s) in flight"
+    else:
+        text = f"idle: watching {inbox}"
+    if active:
+        text = "uploading " + "; ".join(p.text() for p in active[:3]) + ". " + text
+    if settling:
+        text += f", {settling} file(s) settling"
+    if problems:
+        text = f"PROBLEM: {problems[0]} (retried). " + text
+    if pause is not None and pause.cause == "starting":
+        text = f"starting: {pause.reason}. " + text
+    elif pause is not None and pause.cause == "token":
+        text = "uploads paused: the API refused the token; renew it. " + text
+    elif pause is not None:
+        text = f"uploads paused: configuration problem ({pause.reason}). " + text
+    elif breaker_open:
+        text = "uploads paused for a while after repeated API failures. " + text
+    return text

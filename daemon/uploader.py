@@ -1,20 +1,22 @@
-"""Uploader: sends due batches and polls async tasks through a pool of HTTP workers, and applies every decision."""
+"""Uploader: sends due batches and polls async tasks through a pool of HTTP workers, and applies every decision.
+
+The pieces it hands its workers (Work, the runner, the pause) are in daemon.work; `Pause` and `policy_from` are
+imported from here by the service and the operator's views."""
 
 import dataclasses
 import math
 import random
 import time
-from collections.abc import Callable, Collection
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
 
 import structlog
 from pydantic import SecretStr
 
 from daemon.api import ScantrustClient
 from daemon.breaker import CircuitBreaker
-from daemon.clocktext import clock_time
+from daemon.checks import START_RETRY, TOKEN_RECHECK_SECONDS, StartAndTokenChecks
 from daemon.config import Settings
 from daemon.decide import (
     Attempt,
@@ -28,105 +30,25 @@ from daemon.decide import (
     RequestKind,
     Requeue,
     Split,
-    StartCheckFailed,
     SyncDone,
     TaskComplete,
     TaskCreated,
-    TokenAccepted,
-    TokenStillRefused,
     decide,
 )
 from daemon.errors import ApiError, ProtocolError
 from daemon.ledger import UPLOADS_PAUSED, BatchInfo, Ledger, StateConflict
 from daemon.normalize import Layout, scm_data
 from daemon.pacing import Pace
-from daemon.retry import Backoff, RetryPolicy
+from daemon.retry import Backoff
 from daemon.states import BatchState
+from daemon.work import FileContext, Pause, Runner, ThreadRunner, Work, policy_from
 
 log = structlog.get_logger(__name__)
 
-TOKEN_RECHECK_SECONDS = 180.0  # while the token is refused, ask GET /me/ this often
-START_RETRY = (1.0, 60.0)  # first and longest wait between start-up checks while the API cannot be reached
 UNRECORDED_RETRY = (0.5, 30.0)  # first and longest wait before answers the ledger could not take are recorded again
 
 
-class Runner(Protocol):
-    """Where requests run: worker threads in production, the simulation's clock in tests."""
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        """Start fn(*args); its future completes with the answer."""
-
-    def wait(self, futures: Collection[Future[Any]], timeout: float) -> set[Future[Any]]:
-        """Wait up to `timeout` seconds for at least one of `futures`; the done ones."""
-
-    def shutdown(self) -> None:
-        """Wait for what runs and stop."""
-
-
-class ThreadRunner:
-    """A pool of worker threads (HTTP is blocking I/O; the ledger is written only from the caller's thread)."""
-
-    def __init__(self, workers: int) -> None:
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload")
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        """Start fn(*args) in a worker."""
-        return self.pool.submit(fn, *args)
-
-    def wait(self, futures: Collection[Future[Any]], timeout: float) -> set[Future[Any]]:
-        """Wait for the first answer, up to `timeout` seconds."""
-        done, _ = wait(futures, timeout=timeout, return_when=FIRST_COMPLETED)
-        return done
-
-    def shutdown(self) -> None:
-        """Wait for the workers."""
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-def policy_from(settings: Settings) -> Policy:
-    """The decision policy the settings give."""
-    retry, poll = settings.retry, settings.poll
-    return Policy(
-        retry=RetryPolicy(retry.max_attempts, retry.base_delay_seconds, retry.max_delay_seconds),
-        poll_interval=poll.interval_seconds,
-        poll_max_interval=poll.max_interval_seconds,
-        poll_timeout=poll.timeout_seconds,
-        max_server_wait=retry.max_server_wait_seconds,
-    )
-
-
-@dataclass(frozen=True)
-class FileContext:
-    """What sending a file's rows needs from its ledger record."""
-
-    name: str
-    data_key: str
-    layout: Layout
-    clear_empty: bool
-
-
-@dataclass(frozen=True)
-class Work:
-    """A request in a worker's hands."""
-
-    kind: RequestKind
-    batch: BatchInfo | None
-    file: FileContext | None
-    keys: tuple[str, ...] = ()
-    lines: tuple[int, ...] = ()
-    trial: bool = False  # the circuit breaker's half-open trial
-    task_age: float = 0.0  # polls: seconds since the task was created, at the time of the request
-
-
-@dataclass(frozen=True)
-class Pause:
-    """Why nothing is uploaded right now, until the cause is fixed."""
-
-    cause: str  # starting (the start-up check has not passed yet) | token | configuration
-    reason: str
-
-
-class Uploader:
+class Uploader(StartAndTokenChecks):
     """Runs up to `workers` requests at once; the ledger is written only from the caller's thread."""
 
     def __init__(
@@ -170,37 +92,12 @@ class Uploader:
         self._start_backoff = Backoff(*START_RETRY)
         self.observe: Callable[[RequestKind, Decision], None] | None = None  # told of every decision (/metrics)
 
-    @property
-    def token_refused(self) -> str | None:
-        """The API's words when it refused the token, if it did."""
-        return self.pause.reason if self.pause is not None and self.pause.cause == "token" else None
-
     def held_until(self) -> float | None:
         """Monotonic time before which due uploads cannot start (pace, breaker); inf while paused."""
         if self.pause is not None:
             return math.inf
         times = [t for t in (self.paced_until, self.breaker.open_until) if t is not None]
         return max(times) if times else None
-
-    @property
-    def next_token_check(self) -> float:
-        """Epoch time of the next GET /me/ while the token is refused or the start-up check has not passed."""
-        return self._next_token_check
-
-    @property
-    def starting(self) -> bool:
-        """Whether the start-up check has not passed yet: no file is taken and nothing is sent before it has."""
-        return self.pause is not None and self.pause.cause == "starting"
-
-    def check_at_start(self) -> None:
-        """Ask GET /api/v2/me/ before anything else: a wrong host or a refused token is found before any file is
-        taken (a refused token ends the service; an unreachable API is asked again after a backoff)."""
-        self.start_refused = None
-        self.start_failures = 0
-        self.start_error = None
-        self._start_backoff = Backoff(*START_RETRY)
-        self._next_token_check = 0.0
-        self._set_pause(Pause("starting", "checking the API (GET /api/v2/me/) before taking files"))
 
     @property
     def busy(self) -> bool:
@@ -301,19 +198,6 @@ class Uploader:
             {file.data_key: key, **scm_data(cells, file.layout, clear_empty=file.clear_empty)} for _, key, cells in rows
         ]
         return Work(RequestKind.SYNC_UPLOAD, batch, file, keys, lines), self.client.upload_sync, (file.data_key, items)
-
-    def _check_token(self, now: float) -> int:
-        """While the token is refused: ask GET /me/ every few minutes, one request at a time."""
-        checks = (RequestKind.TOKEN_CHECK, RequestKind.START_CHECK)
-        if now < self._next_token_check or any(w.kind in checks for w in self.inflight.values()):
-            return 0
-        starting = self.starting
-        self._next_token_check = math.inf if starting else now + TOKEN_RECHECK_SECONDS  # a start check sets its own
-        if self.token_source is not None and (token := self.token_source()) is not None:
-            self.client.set_token(token)  # the credential file may hold a renewed one by now
-        kind = RequestKind.START_CHECK if starting else RequestKind.TOKEN_CHECK
-        self._submit(Work(kind, None, None), self.client.me)
-        return 1
 
     def _send(self, call: Callable[..., Any], *args: Any) -> Any:
         """In a worker: wait (rarely, briefly) for the rolling window, then make the upload call."""
@@ -464,40 +348,6 @@ class Uploader:
             case _:
                 raise AssertionError(f"no applier for {decision!r}")
 
-    def _checked(self, decision: Decision, now: float, bound: Any) -> None:
-        """GET /me/ answered: at start-up, or while the token is refused."""
-        match decision:
-            case TokenAccepted():
-                if self.starting:
-                    bound.info("api_ready", base_url=self.client.base_url, action="files are taken")
-                else:
-                    bound.info("token_accepted", action="uploads resume")
-                self._set_pause(None)
-            case StartCheckFailed():
-                self._start_check_failed(decision, now, bound)
-            case TokenStillRefused(reason=reason):
-                bound.error("token_still_refused", error=reason, next_check_in=TOKEN_RECHECK_SECONDS)
-            case _:
-                raise AssertionError(f"no applier for {decision!r}")
-
-    def _start_check_failed(self, decision: StartCheckFailed, now: float, bound: Any) -> None:
-        if decision.cause == "token":
-            bound.error("token_refused", error=decision.reason, action="the service ends; renew the token")
-            self.start_refused = decision.reason
-            self._set_pause(Pause("token", decision.reason))
-            self._next_token_check = now + TOKEN_RECHECK_SECONDS
-        elif decision.cause == "configuration":
-            bound.error("configuration_problem", error=decision.reason)
-            self._set_pause(Pause("configuration", decision.reason))
-        else:
-            self.start_failures += 1
-            self.start_error = decision.reason
-            wait = self._start_backoff.failed(self.monotonic(), decision.reason)
-            self._next_token_check = now + wait
-            bound.error("api_unreachable", error=decision.reason, retry_in=round(wait, 3), failures=self.start_failures)
-            reason = f"the API cannot be reached ({decision.reason}); asked again at {clock_time(now + wait, now)}"
-            self._set_pause(Pause("starting", reason))
-
     def _paused(self, work: Work, batch: BatchInfo, pause: Pause, now: float, bound: Any) -> None:
         """Not the batch's fault: it goes back untouched, and every upload pauses until the cause is fixed."""
         if work.kind is RequestKind.TASK_POLL:
@@ -524,33 +374,10 @@ class Uploader:
             if self.pause is None:
                 self.ledger.set_meta(UPLOADS_PAUSED, reason)
 
-    def not_started(self, text: str | None) -> None:
-        """The process ends before its start-up check passed: `text` (or nothing) stays in the ledger for `status`,
-        instead of a promise to ask again that no process keeps."""
-        if self.starting:
-            self.pause = None
-            self.ledger.set_meta(UPLOADS_PAUSED, text)
-
-    def _set_pause(self, pause: Pause | None) -> None:
-        """Say in the ledger (for `scm-daemon status`) why uploads are paused, or that they are not."""
-        self.pause = pause
-        if pause is None:
-            self.ledger.set_meta(UPLOADS_PAUSED, None)
-            return
-        if pause.cause == "starting":
-            text = f"not started yet: {pause.reason}; no file is taken before the API answers"
-        elif pause.cause == "token":
-            where = (
-                "renew it in the token file or credential; it is checked every few minutes and on reload"
-                if self.token_renewable
-                else "the token comes from SCM_API__TOKEN: set a valid one and restart the service"
-            )
-            text = f"{pause.reason}; {where}"  # the reason says so: "...: the API refused the token (401: ...)"
-        else:
-            text = f"configuration problem: {pause.reason}; fix it and reload (systemctl reload scm-daemon)"
-        self.ledger.set_meta(UPLOADS_PAUSED, text)
-
 
 def _order(work: Work) -> int:
     """Answers that arrive together are recorded in batch order, so a run is reproducible."""
     return work.batch.id if work.batch is not None else 0
+
+
+__all__ = ["START_RETRY", "TOKEN_RECHECK_SECONDS", "Pause", "Uploader", "policy_from"]

@@ -78,3 +78,29 @@ def test_at_most_five_short_lines_of_last_errors() -> None:
     assert len(shown) == LAST_ERRORS
     assert all(line.startswith("  f") and len(line) <= 2 + 110 and line.endswith("...") for line in shown)
     assert "\n" not in "".join(shown)
+
+
+def test_the_systemd_status_says_first_what_blocks_the_service() -> None:
+    from daemon.status import systemd_status
+    from daemon.work import Pause
+
+    base = {
+        "files": 1,
+        "in_flight": 2,
+        "busy": True,
+        "inbox": "/srv/scm/inbox",
+        "active": [],
+        "settling": 1,
+        "problems": [],
+        "pause": None,
+        "breaker_open": False,
+    }
+    assert systemd_status(**base) == "working: 1 file(s) in progress, 2 request(s) in flight, 1 file(s) settling"
+    idle = systemd_status(**{**base, "files": 0, "busy": False, "settling": 0})
+    assert idle == "idle: watching /srv/scm/inbox"
+    problem = systemd_status(**{**base, "problems": ["outbox gone"], "breaker_open": True})
+    assert problem.startswith("uploads paused for a while after repeated API failures. PROBLEM: outbox gone (retried).")
+    token = systemd_status(**{**base, "pause": Pause("token", "401"), "breaker_open": True})
+    assert token.startswith("uploads paused: the API refused the token; renew it. working:")
+    starting = systemd_status(**{**base, "pause": Pause("starting", "the API cannot be reached (...)")})
+    assert starting.startswith("starting: the API cannot be reached (...). working:")
