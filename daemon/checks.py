@@ -32,6 +32,7 @@ class StartAndTokenChecks:
     token_source: Callable[[], SecretStr | None] | None
     token_renewable: bool
     start_refused: str | None
+    start_passed: bool  # the start-up check answered 200 (True when none was asked for)
     start_failures: int
     start_error: str | None
     _start_backoff: Backoff
@@ -59,6 +60,7 @@ class StartAndTokenChecks:
         """Ask GET /api/v2/me/ before anything else: a wrong host or a refused token is found before any file is
         taken (a refused token ends the service; an unreachable API is asked again after a backoff)."""
         self.start_refused = None
+        self.start_passed = False
         self.start_failures = 0
         self.start_error = None
         self._start_backoff = Backoff(*START_RETRY)
@@ -84,6 +86,7 @@ class StartAndTokenChecks:
             case TokenAccepted():
                 if self.starting:
                     bound.info("api_ready", base_url=self.client.base_url, action="files are taken")
+                    self.start_passed = True
                 else:
                     bound.info("token_accepted", action="uploads resume")
                 self._set_pause(None)
@@ -98,8 +101,9 @@ class StartAndTokenChecks:
         if decision.cause == "token":
             bound.error("token_refused", error=decision.reason, action="the service ends; renew the token")
             self.start_refused = decision.reason
-            self._set_pause(Pause("token", decision.reason))
-            self._next_token_check = now + TOKEN_RECHECK_SECONDS
+            self.pause = Pause("token", decision.reason)
+            ended = "the service ended at start-up (exit 3): renew the token, then start it again"
+            self.ledger.set_meta(UPLOADS_PAUSED, f"{decision.reason}; {ended}")
         elif decision.cause == "configuration":
             bound.error("configuration_problem", error=decision.reason)
             self._set_pause(Pause("configuration", decision.reason))

@@ -274,7 +274,7 @@ class Service:
         """
         now = self.monotonic()
         # No file is taken before the start-up check has passed (they wait, safe, in the inbox).
-        taken = 0 if self.uploader.starting else self._guarded("take", self.flow.take_if_due, now, default=0)
+        taken = self._guarded("take", self.flow.take_if_due, now, default=0) if self.uploader.start_passed else 0
         planned = self._guarded("plan", self.flow.plan, default=0)
         sent = 0 if self.stop_event.is_set() else self._guarded("send", self.uploader.dispatch, self.epoch(), default=0)
         timeout = wait if self.uploader.busy else 0.0
@@ -344,7 +344,7 @@ class Service:
         self.telemetry.turned()  # and only one that turns keeps /healthz at 200
         self.retention.tick()  # at most once a day, in its own thread
         self._report_status()
-        if once and not result.busy and not self.uploader.starting and self.idle():
+        if once and not result.busy and self.uploader.start_passed and self.idle():
             return False
         if once and not result.busy and self._only_undeliverable_left():
             return False  # the CLI exits 1 naming them; the next run delivers them
@@ -440,7 +440,7 @@ class Service:
         # before its backoff ends, or a due batch or a due scan would make the loop spin.
         work = {
             "send": mono + until_due,
-            "take": math.inf if self.uploader.starting else self.flow.next_scan(),
+            "take": self.flow.next_scan() if self.uploader.start_passed else math.inf,
             "plan": self.flow.next_unblock(),
             "finish": min((b.next_at for b in self.flow.delivery.values()), default=math.inf),
             # The progress sample runs on its own schedule (in _report_status), so a failed one is retried then.

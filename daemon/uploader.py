@@ -87,6 +87,7 @@ class Uploader(StartAndTokenChecks):
         self._unknown_states: set[str] = set()
         self.gave_up_rows = 0  # rows failed because the API kept failing beyond the retry budget
         self.start_refused: str | None = None  # the API refused the token at the start-up check: the service ends
+        self.start_passed = True  # no start-up check asked for (check_at_start asks one)
         self.start_failures = 0  # start-up checks in a row that could not reach the API
         self.start_error: str | None = None  # why the last of them failed
         self._start_backoff = Backoff(*START_RETRY)

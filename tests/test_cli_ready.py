@@ -178,6 +178,9 @@ def test_a_refused_token_ends_run_at_start_with_exit_3_taking_nothing(
     assert dropped.exists()  # left in the inbox, not claimed
     assert emulator.stats().data_requests == 0
     assert "sandbox-token" not in out.stderr + out.stdout
+    status = project.cli("status").stdout
+    assert "the service ended at start-up (exit 3): renew the token, then start it again" in status
+    assert "checked every few minutes" not in status  # no process keeps that promise
 
 
 @pytest.mark.slow
@@ -204,6 +207,14 @@ def test_a_host_that_is_not_the_api_ends_run_once_with_exit_2(tmp_path: Path) ->
         project = make_project(tmp_path / "site", base_url)
         dropped = project.drop("a.csv", csv_text(["extended_id", "batch"], ROWS))
         out = project.cli("run", "--once", timeout=60)
+        with project.running() as service:  # the service waits for a fixed configuration, taking nothing
+            deadline = time.monotonic() + 30
+            while '"configuration_problem"' not in (project.root / "service.log").read_text():
+                assert time.monotonic() < deadline, "no configuration problem logged"
+                time.sleep(0.1)
+            time.sleep(1.5)  # several turns of the loop
+            assert dropped.exists()
+            assert stop(service, signal.SIGTERM) == 0
     assert out.returncode == 2, out.stderr
     assert "GET /api/v2/me/" in out.stderr
     assert "this is not the Scantrust API; check api.base_url" in out.stderr
