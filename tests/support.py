@@ -7,13 +7,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import openpyxl
+
+from daemon.config import load_settings
+from daemon.service import Service
 
 TOKEN = "sandbox-token"
 
@@ -162,6 +165,15 @@ def csv_text(header: Sequence[str], rows: Iterable[Sequence[str]], delimiter: st
     lines = [delimiter.join(header)]
     lines.extend(delimiter.join(r) for r in rows)
     return "\r\n".join(lines) + "\r\n"
+
+
+def in_process(project: Project, monotonic: Callable[[], float]) -> Service:
+    """The project's service built as production builds it, in this process, with its folders made (not started)."""
+    settings = load_settings(project.config, env={"SCM_API__TOKEN": TOKEN})
+    project.ledger.parent.mkdir(parents=True, exist_ok=True)
+    for folder in (project.outbox, project.archive, project.failed):
+        folder.mkdir(exist_ok=True)
+    return Service.from_settings(settings, monotonic=monotonic)
 
 
 def wait_ready(project: Project, timeout: float = 60) -> None:

@@ -14,9 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
-from support import TOKEN, Project, csv_text, make_project, stop
+from support import TOKEN, Project, csv_text, in_process, make_project, stop
 
-from daemon.config import load_settings
 from daemon.config.models import listen_address
 from daemon.decide import Health, PollAgain, RequestKind, Requeue
 from daemon.metrics import BIND_RETRY, HEALTHY_WITHIN, Metrics
@@ -54,11 +53,7 @@ def clock() -> Clock:
 
 
 def started(project: Project, clock: Clock) -> Service:
-    settings = load_settings(project.config, env={"SCM_API__TOKEN": TOKEN})
-    project.ledger.parent.mkdir(parents=True, exist_ok=True)
-    for folder in (project.outbox, project.archive, project.failed):
-        folder.mkdir(exist_ok=True)
-    service = Service.from_settings(settings, monotonic=clock)
+    service = in_process(project, clock)
     service.telemetry.open()
     service.start()
     return service

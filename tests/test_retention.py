@@ -15,11 +15,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
-from support import TOKEN, Project, csv_text, make_project
+from support import Project, csv_text, in_process, make_project
 
 from daemon import retention
 from daemon.cli import UsageError, build_parser, cmd_prune
-from daemon.config import RetentionSettings, Settings, load_settings
+from daemon.config import RetentionSettings, Settings
 from daemon.ledger import utcnow
 from daemon.sandbox import Emulator
 from daemon.service import Service
@@ -45,11 +45,7 @@ def site(tmp_path: Path, emulator: Emulator, **retention_keys: float) -> Project
 
 
 def service_for(project: Project, clock: Clock) -> Service:
-    settings = load_settings(project.config, env={"SCM_API__TOKEN": TOKEN})
-    project.ledger.parent.mkdir(parents=True, exist_ok=True)
-    for folder in (project.outbox, project.archive, project.failed):
-        folder.mkdir(exist_ok=True)
-    service = Service.from_settings(settings, monotonic=clock)
+    service = in_process(project, clock)
     service.start()
     return service
 
