@@ -26,6 +26,7 @@ def project(tmp_path: Path, emulator: Emulator) -> Project:
     return make_project(tmp_path / "site", emulator.base_url, upload=SERIALS)
 
 
+@pytest.mark.slow  # the real CLI as a subprocess
 def test_a_semicolon_csv_gets_its_reports_in_columns_and_its_fixed_rejected_rows_upload(
     project: Project, emulator: Emulator
 ) -> None:
@@ -96,6 +97,7 @@ def serial_workbook(path: Path) -> None:
     workbook.close()
 
 
+@pytest.mark.slow  # the real CLI as a subprocess
 def test_a_workbook_gets_rejected_xlsx_of_text_cells_that_uploads_with_its_zeros_once_fixed(
     tmp_path: Path, emulator: Emulator
 ) -> None:

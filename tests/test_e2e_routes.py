@@ -94,6 +94,7 @@ def test_nested_files_take_their_routes_and_keep_their_paths(project: Project, e
     assert "LineA/codes.csv: 0 failed row(s) back in the queue" in retried.stdout
 
 
+@pytest.mark.slow  # the real CLI as a subprocess
 def test_same_content_in_two_folders_is_uploaded_once(project: Project, emulator: Emulator) -> None:
     # Duplicate detection by content is global: a file copied into two line folders is not sent twice.
     text = csv_text(["extended_id", "batch"], [("SAME00000001", "x")])
@@ -108,6 +109,7 @@ def test_same_content_in_two_folders_is_uploaded_once(project: Project, emulator
     assert (project.archive / "LineC" / "orders.csv").is_file()
 
 
+@pytest.mark.slow  # the real CLI as a subprocess
 def test_validate_shows_the_route_a_path_takes(project: Project) -> None:
     put(project, "LineA/x.csv", csv_text(["Serial No.", "batch"], [("SN-1", "b")]))
     outside = project.root / "x.csv"
