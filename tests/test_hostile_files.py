@@ -1,6 +1,8 @@
 """Issue 11, findings 1 and 2: workbook bombs are refused by cheap pre-checks with a reason; the service stays up
 and the good file beside them is uploaded. The corpus (tests/hostile_corpus.py) is replayed on every run."""
 
+import io
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,26 @@ def test_each_hostile_file_is_refused_with_a_reason(tmp_path: Path, name: str) -
         list(table.rows())
     assert reason in str(caught.value)
     assert name in str(caught.value)
+
+
+def _far_cell_as(path: Path, cell: bytes) -> Path:
+    """far_cell_xlsx() with its far cell's tag written as `cell`."""
+    with zipfile.ZipFile(io.BytesIO(far_cell_xlsx())) as source, zipfile.ZipFile(path, "w") as target:
+        for name in source.namelist():
+            data = source.read(name)
+            target.writestr(name, data.replace(b'<c r="XFD1048576"', cell) if name.endswith("sheet1.xml") else data)
+    return path
+
+
+def test_only_a_cells_own_reference_counts_as_far(tmp_path: Path) -> None:
+    # The pre-check looks for `r="..."`: the same text in another attribute (`xr="XFD1048576"`) is no cell's place,
+    # and a reference after any blank (a tab, a newline) still is.
+    other = _far_cell_as(tmp_path / "other.xlsx", b'<c r="B2" xr="XFD1048576"')
+    with open_table(other, limits=ReadLimits()) as table:
+        assert table.headers == ["extended_id"]
+    tabbed = _far_cell_as(tmp_path / "tabbed.xlsx", b'<c\tr="XFD1048576"')
+    with pytest.raises(UnreadableFile, match="reaches column 16384"), open_table(tabbed, limits=ReadLimits()):
+        pass
 
 
 def test_a_long_cell_names_its_row_and_column(tmp_path: Path) -> None:
