@@ -68,6 +68,7 @@ class EmulatorConfig:
     rate_limit: float | None = 10.0  # SCM updates (sync and async) per rolling second; None: no throttle
     latency: float = 0.0  # seconds added to every request
     faults_spare_me: bool = False  # GET /api/v2/me/ is struck by no fault (revoked, outage, fail, hang, latency...)
+    echo_token: bool = False  # every error answer carries the token the client presented (body texts and a header)
     fail_rate: float = 0.0  # probability of an injected 500/502/503 (nothing applied)
     slow_rate: float = 0.0  # probability of a slow answer ...
     slow_seconds: float = 0.0  # ... that sleeps this long (after applying) before answering normally

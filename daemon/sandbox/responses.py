@@ -1,5 +1,6 @@
 """The emulator's answers: a response value and the canned bodies of its errors."""
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping
@@ -39,3 +40,30 @@ INJECTED: Mapping[int, Response] = {
     503: Response(503, b"<html><body><h1>503 Service Unavailable</h1></body></html>", "text/html"),
 }
 GATEWAY_TIMEOUT = Response(504, b"<html><body><h1>504 Gateway Time-out</h1></body></html>", "text/html")
+
+
+def echoing(answer: Response, presented: str) -> Response:
+    """The answer with the token the client presented written into it (`echo_token`): into every text of a JSON
+    body, into any other body, and into a header, as a careless API or proxy might."""
+    if not presented or answer.reset:
+        return answer
+    headers = {**answer.headers, "X-Echo-Authorization": f"UAT {presented}"}
+    try:
+        payload = json.loads(answer.body) if answer.content_type == "application/json" else None
+    except ValueError:
+        payload = None
+    if payload is None:
+        body = answer.body + f" (token UAT {presented})".encode()
+    else:
+        body = json.dumps(_with_token(payload, presented)).encode()
+    return dataclasses.replace(answer, body=body, headers=headers)
+
+
+def _with_token(value: object, presented: str) -> object:
+    if isinstance(value, str):
+        return f"{value} (token UAT {presented})"
+    if isinstance(value, list):
+        return [_with_token(v, presented) for v in value]
+    if isinstance(value, dict):
+        return {k: _with_token(v, presented) for k, v in value.items()}
+    return value

@@ -17,7 +17,16 @@ from urllib.parse import unquote
 from daemon.sandbox.config import REQUEST_KINDS, SET_KNOBS, EmulatorConfig, EmulatorStats
 from daemon.sandbox.faults import Dice, async_poison_body, poisoned_items, roll, spared, sync_poison_body
 from daemon.sandbox.http import Server
-from daemon.sandbox.responses import GATEWAY_TIMEOUT, INJECTED, NOT_FOUND, RESET, Response, json_response, throttled
+from daemon.sandbox.responses import (
+    GATEWAY_TIMEOUT,
+    INJECTED,
+    NOT_FOUND,
+    RESET,
+    Response,
+    echoing,
+    json_response,
+    throttled,
+)
 from daemon.sandbox.store import ScmStore, SyncRequest, ValidationFailed, parse_sync_body
 from daemon.sandbox.tasks import TaskSnapshot, TaskStore, parse_async_body, respell_task_body, task_body
 from daemon.sandbox.throttle import SlidingWindowThrottle
@@ -279,6 +288,8 @@ class Emulator:
         answer = self._answer(
             method, kind, param, authorization=authorization, body=body, config=config, dice=dice, arrived=arrived
         )
+        if config.echo_token and answer.status >= 400:
+            answer = echoing(answer, (authorization or "").partition(" ")[2])
         headers = answer.headers
         if config.retry_after_header is not None and answer.status in (429, 503):
             headers = {**headers, "Retry-After": _seconds_text(config.retry_after_header)}
