@@ -43,12 +43,7 @@ class Progress:
 
     def text(self) -> str:
         """'orders.csv: 45,000 / 120,000 rows (37 %), ETA 14:05' (or 'paused: ...' instead of the ETA)."""
-        head = f"{self.name}: {self.final:,} / {self.total:,} rows ({self.percent} %)"
-        if self.paused:
-            return f"{head}, paused: {self.paused}"
-        if self.eta is not None:
-            return f"{head}, ETA {clock_time(self.eta, time.time(), seconds=False)}"
-        return head
+        return line(self.name, self.final, self.total, pace=None, eta_at=self.eta, paused=self.paused, now=time.time())
 
     def as_dict(self) -> dict[str, object]:
         """For `status --json` and the log."""
@@ -61,6 +56,18 @@ class Progress:
             "eta": None if self.eta is None else datetime.fromtimestamp(self.eta, UTC).isoformat(timespec="seconds"),
             "paused": self.paused,
         }
+
+
+def line(
+    name: str, final: int, total: int, *, pace: float | None, eta_at: float | None, paused: str | None, now: float
+) -> str:
+    """A file's progress for a person: 'orders.csv: 45,000 / 120,000 rows (37 %), 770 rows/s, ETA 14:05' (the pace
+    when given), or 'paused: why' instead of pace and ETA. The one wording of STATUS= and `status`."""
+    head = f"{name}: {final:,} / {total:,} rows ({percent(final, total)} %)"
+    if paused:
+        return f"{head}, paused: {paused}"
+    rate_text = f", {pace:,.0f} rows/s" if pace else ""
+    return head + rate_text + (f", ETA {clock_time(eta_at, now, seconds=False)}" if eta_at is not None else "")
 
 
 def percent(final: int, total: int) -> int:

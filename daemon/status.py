@@ -4,7 +4,8 @@ import time
 from datetime import datetime
 from typing import Any
 
-from daemon.clocktext import clock_time, next_time
+from daemon import progress
+from daemon.clocktext import next_time
 from daemon.progress import Progress
 from daemon.work import Pause
 
@@ -22,13 +23,10 @@ def _short(text: str) -> str:
 
 
 def _active(a: dict[str, Any], now: float) -> str:
-    """'orders.csv: 45,000 / 120,000 rows (37 %), 770 rows/s, ETA 14:05' (or 'paused: why')."""
-    head = f"{a['file']}: {a['rows_final']:,} / {a['rows_total']:,} rows ({a['percent']} %)"
-    if a.get("paused"):
-        return f"{head}, paused: {a['paused']}"
-    pace = f", {a['rows_per_second']:,.0f} rows/s" if a.get("rows_per_second") else ""
+    """An active file's line, from its `--json` form."""
     eta = datetime.fromisoformat(a["eta"]).timestamp() if a.get("eta") else None
-    return head + pace + (f", ETA {clock_time(eta, now, seconds=False)}" if eta is not None else "")
+    pace, paused = a.get("rows_per_second"), a.get("paused")
+    return progress.line(a["file"], a["rows_final"], a["rows_total"], pace=pace, eta_at=eta, paused=paused, now=now)
 
 
 def render_overview(data: dict[str, Any], now: float | None = None) -> str:
