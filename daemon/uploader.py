@@ -147,22 +147,26 @@ class Uploader(StartAndTokenChecks):
         started = 0
         uploads: list[FileContext] = []
         ids: list[int] = []
-        for queued in self.ledger.due_batches(now, free, exclude=busy):
-            file = self._file(queued.file_id)
-            if queued.state is BatchState.SUBMITTED:
-                assert queued.task_id is not None
-                age = max(0.0, now - (queued.submitted_at if queued.submitted_at is not None else now))
-                work = Work(RequestKind.TASK_POLL, queued, file, trial=self.breaker.started(mono), task_age=age)
-                self._submit(work, self.client.task, queued.task_id)  # polls are not paced (another scope)
-                started += 1
-                continue
-            # Paced here, not in the worker: `sending` is committed only when the request can leave at once, so a
-            # crash almost never catches a batch whose request had not gone out (it would be sent once more).
-            if not self.pace.try_acquire():
-                self.paced_until = self.pace.next_free()
-                continue
-            uploads.append(file)
-            ids.append(queued.id)
+        # The pace gives at most one upload slot at a time (no bursts), so one due upload is looked for first and
+        # task polls (not paced: another scope) take the other free workers. Asked for together, oldest first,
+        # the queued uploads of a big file would fill every place and starve the polls until all were sent.
+        if free > 0:
+            for queued in self.ledger.due_batches(now, 1, exclude=busy, states=(BatchState.QUEUED,)):
+                # Paced here, not in the worker: `sending` is committed only when the request can leave at once,
+                # so a crash almost never catches a batch whose request had not gone out (it would be sent again).
+                if not self.pace.try_acquire():
+                    self.paced_until = self.pace.next_free()
+                    continue
+                uploads.append(self._file(queued.file_id))
+                ids.append(queued.id)
+        for due in self.ledger.due_batches(now, free - len(ids), exclude=busy, states=(BatchState.SUBMITTED,)):
+            assert due.task_id is not None
+            age = max(0.0, now - (due.submitted_at if due.submitted_at is not None else now))
+            work = Work(
+                RequestKind.TASK_POLL, due, self._file(due.file_id), trial=self.breaker.started(mono), task_age=age
+            )
+            self._submit(work, self.client.task, due.task_id)
+            started += 1
         if not ids:
             return started
         with self.ledger.grouped():  # every `sending` of this pass in one commit, before any request exists

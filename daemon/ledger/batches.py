@@ -19,6 +19,7 @@ RESENT_NOT_AFFECTED = (
     "(or Scantrust does not know the code)"
 )
 
+DUE_STATES = (BatchState.QUEUED, BatchState.SUBMITTED)  # what due_batches returns unless asked for one
 PLAN_CHUNK = 50_000  # rows queued per statement when a file is planned
 PlannedRows = tuple[str, Sequence[int], str | None]  # kind, lines, data hash (async)
 # The rows of one batch: bind (file id, batch id).
@@ -74,16 +75,19 @@ class BatchStore(LedgerBase):
             row = conn.exec_driver_sql(f"SELECT {BATCH_COLUMNS} FROM batches WHERE id=?", (batch_id,)).one()
         return batch_info(row)
 
-    def due_batches(self, now: float, limit: int, *, exclude: Collection[int] = ()) -> list[BatchInfo]:
-        """Batches to send (queued) or tasks to poll (submitted) that are due, oldest first."""
+    def due_batches(
+        self, now: float, limit: int, *, exclude: Collection[int] = (), states: Collection[BatchState] = DUE_STATES
+    ) -> list[BatchInfo]:
+        """Batches to send (queued) or tasks to poll (submitted) that are due, oldest first; `states` picks one kind."""
         if limit <= 0:
             return []
         skip = f" AND id NOT IN ({placeholders(len(exclude))})" if exclude else ""
+        wanted = [str(s) for s in states]
         with self.connect() as conn:
             rows = conn.exec_driver_sql(
-                f"SELECT {BATCH_COLUMNS} FROM batches WHERE state IN ('queued', 'submitted') AND next_attempt_at<=?"
-                f"{skip} ORDER BY next_attempt_at, id LIMIT ?",
-                (now, *exclude, limit),
+                f"SELECT {BATCH_COLUMNS} FROM batches WHERE state IN ({placeholders(len(wanted))}) "
+                f"AND next_attempt_at<=?{skip} ORDER BY next_attempt_at, id LIMIT ?",
+                (*wanted, now, *exclude, limit),
             ).all()
         return [batch_info(r) for r in rows]
 
