@@ -276,11 +276,13 @@ class Service:
         # No file is taken before the start-up check has passed (they wait, safe, in the inbox).
         taken = self._guarded("take", self.flow.take_if_due, now, default=0) if self.uploader.start_passed else 0
         planned = self._guarded("plan", self.flow.plan, default=0)
-        sent = 0 if self.stop_event.is_set() else self._guarded("send", self.uploader.dispatch, self.epoch(), default=0)
+        # Answers are waited for up to the pace's next slot (set by the last dispatch), and the dispatch follows at
+        # once: nothing else of the step sits between a slot falling due and its request leaving.
         timeout = wait if self.uploader.busy else 0.0
         if self.uploader.paced_until is not None:  # answers may wait; the next paced slot may not
             timeout = min(timeout, max(0.0, self.uploader.paced_until - self.monotonic()))
         answered = self._guarded("record", self.uploader.collect, timeout, self.epoch, default=0)
+        sent = 0 if self.stop_event.is_set() else self._guarded("send", self.uploader.dispatch, self.epoch(), default=0)
         finished = self._guarded("finish", self.flow.finish, default=0)
         if answered or planned or finished:
             self.flow.progressed(finished=finished > 0)
