@@ -17,6 +17,7 @@ from daemon.planner import plan as plan_batches
 from daemon.reporter import ReportNames, outcome_for
 from daemon.retry import Backoff
 from daemon.states import FileState
+from daemon.steps import Inline, Offload, Steps, offloaded
 from daemon.watcher import InboxScanner, inbox_name
 
 log = structlog.get_logger(__name__)
@@ -27,6 +28,8 @@ EVENT_SCAN_GAP = 0.1
 UNREADABLE_RETRY = 60.0  # seconds before a file that could not be opened (permissions) is tried again
 BLOCKED_RECHECK = 1.0  # seconds between looks at rows blocked by an earlier file's open rows for the same code
 DELIVERY_RETRY = (5.0, 300.0)  # first and longest wait before writing a file's reports again after a failure
+STEP_ROWS = 10_000  # rows of work (hashed, read, recorded, planned) one step of the loop does at most (~0.1 s)
+SKIP_LINES = 50_000  # lines of a file looked up in the upload history per step when it is planned
 
 
 class FileFlow:
@@ -41,8 +44,10 @@ class FileFlow:
         wake: threading.Event,
         stopping: threading.Event,
         monotonic: Callable[[], float],
+        offload: Offload | None = None,
     ) -> None:
         self.settings = settings  # replaced by the service on a reload
+        self.offload = offload or Inline()  # long ledger reads, off the loop's thread in the service
         self.ledger = ledger
         self.scanner = scanner
         self.wake = wake
@@ -57,6 +62,9 @@ class FileFlow:
         self._active: set[int] = set()  # active files this process knows; others were reopened by `retry`
         self._unreadable: dict[str, float] = {}  # inbox paths that could not be opened, and when to try again
         self._reread: dict[int, Path] = {}  # claimed files whose reading failed on the ledger, to read again
+        self._reading: dict[int, tuple[Path, str, Steps[int | None]]] = {}  # files being read: copy, name, steps
+        self._planning: dict[int, Steps[int]] = {}  # files being planned, a slice of their batches per step
+        self._recorded_files = 0  # files recorded whole since take_recorded() was last asked
         self.delivery: dict[int, Backoff] = {}  # files whose reports could not be written or input not moved
         self.on_done: Callable[[FileInfo, ReportNames], None] | None = None  # [notify]: inside the final commit
 
@@ -111,10 +119,12 @@ class FileFlow:
     def _take_settled(self, now: float) -> int:
         taken = 0
         for file_id, copy in sorted(self._reread.items()):
+            if file_id in self._reading:
+                continue
             self.ledger.discard_rows(file_id)
             log.info("intake_restarted", file_id=file_id, note="its reading failed before")
-            if self.read(file_id, copy):
-                taken += 1
+            self.read(file_id, copy)
+            taken += 1
         self._unreadable = {p: at for p, at in self._unreadable.items() if at > now}
         settled = self.scanner.scan(now, ())
         if settled:
@@ -138,39 +148,91 @@ class FileFlow:
                 name = inbox_name(inbox, path)
                 log.warning("file_not_claimable", file=name, error=str(exc), retry_in=UNREADABLE_RETRY)
                 continue
-            if self.read(file_id, claimed_path):
-                taken += 1
+            self.read(file_id, claimed_path)
+            taken += 1
         return taken
 
-    def read(self, file_id: int, claimed: Path) -> bool:
-        """Read a claimed file into the ledger; False when it vanished or changed meanwhile (claim released)."""
-        name = self.ledger.file(file_id).name
-        try:
-            done = intake.read(file_id, claimed, self.ledger, self.settings)
-            self._reread.pop(file_id, None)
-        except intake.Vanished:
+    def read(self, file_id: int, claimed: Path) -> None:
+        """Start reading a claimed file into the ledger; read_some() takes it a few thousand rows at a time."""
+        steps = intake.reading(file_id, claimed, self.ledger, self.settings, offload=self.offload)
+        self._reading[file_id] = (claimed, self.ledger.file(file_id).name, steps)
+
+    def busy(self) -> bool:
+        """Whether files are being read or planned (or wait to be): the loop must not sleep."""
+        return self.reading() or self.planning_any()
+
+    def reading(self) -> bool:
+        """Whether claimed files are being read."""
+        return bool(self._reading)
+
+    def planning_any(self) -> bool:
+        """Whether files are being planned or wait to be."""
+        return bool(self._planning or self._to_plan)
+
+    def close(self) -> None:
+        """Drop the files being read or planned (their open tables close): a stop, or the end of `run --once`."""
+        for _, _, steps in self._reading.values():
+            steps.close()
+        for planning in self._planning.values():
+            planning.close()
+        self._reading.clear()
+        self._planning.clear()
+
+    def take_recorded(self) -> int:
+        """How many files were recorded whole since the last call."""
+        recorded, self._recorded_files = self._recorded_files, 0
+        return recorded
+
+    def read_some(self) -> int:
+        """Advance the reading of claimed files by up to STEP_ROWS rows; returns the rows of work done (the files
+        recorded whole are counted for take_recorded)."""
+        budget = STEP_ROWS
+        for file_id, (claimed, name, steps) in list(self._reading.items()):
+            while budget > 0:
+                try:
+                    work = next(steps)
+                except StopIteration as end:
+                    del self._reading[file_id]
+                    self._recorded_files += self._recorded(file_id, claimed, name, end.value)
+                    break
+                except Exception as exc:
+                    del self._reading[file_id]
+                    self._read_failed(file_id, claimed, name, exc)
+                    break
+                if work == 0:
+                    break  # it waits for a read off the loop's thread: the next file meanwhile
+                budget -= work
+            if budget <= 0:
+                break
+        return STEP_ROWS - budget
+
+    def _recorded(self, file_id: int, claimed: Path, name: str, done: int | None) -> int:
+        self._reread.pop(file_id, None)
+        if done is None:  # it changed while being read: back into the inbox, to settle anew
+            self._put_back(claimed, name)
+            self.wake.set()
+            return 0
+        self._to_plan.add(file_id)
+        return 1
+
+    def _read_failed(self, file_id: int, claimed: Path, name: str, exc: Exception) -> None:
+        if isinstance(exc, intake.Vanished):
             self._reread.pop(file_id, None)
             log.warning("file_vanished", file=name, file_id=file_id, note="claim released; taken afresh if it returns")
-            return False
-        except OSError as exc:
+            return
+        if isinstance(exc, OSError):
             # E.g. no read permission yet: not the file's content, so no report; back to the inbox, tried later.
+            self._reread.pop(file_id, None)
             self.ledger.forget_file(file_id)
             back = self._put_back(claimed, name)
             if back is not None:
                 self._unreadable[str(back)] = self.monotonic() + UNREADABLE_RETRY
             log.warning("file_not_readable", file=name, error=str(exc), retry_in=UNREADABLE_RETRY)
-            return False
-        except Exception:
-            # The ledger could not take it (a full disk): its rows so far are dropped and it is read again from
-            # the start when the take part runs next; the boundary around it logs the error.
-            self._reread[file_id] = claimed
-            raise
-        if done is None:  # it changed while being read: back into the inbox, to settle anew
-            self._put_back(claimed, name)
-            self.wake.set()
-            return False
-        self._to_plan.add(file_id)
-        return True
+            return
+        # The ledger could not take it (a full disk): its rows so far are dropped and it is read again from the
+        # start when the take part runs next; the boundary around this part logs the error.
+        self._reread[file_id] = claimed
+        raise exc
 
     def _put_back(self, claimed: Path, name: str) -> Path | None:
         try:
@@ -185,29 +247,55 @@ class FileFlow:
         return now >= self._next_scan or (self.wake.is_set() and now >= self._last_scan + EVENT_SCAN_GAP)
 
     def plan(self) -> int:
-        """Put the plannable rows of files that may have some into batches; returns the rows planned or skipped.
+        """Put the plannable rows of files that may have some into batches, up to STEP_ROWS rows of work per step
+        (a file's batches are committed a slice at a time, and its first slices are sent while the rest are
+        made); returns the rows of work done.
 
         A file whose planning fails (a full disk) stays to be planned again, and the others are still planned: the
         first failure is raised at the end, for the loop's error boundary to log and back off.
         """
-        planned = 0
+        for file_id in sorted(self._to_plan - set(self._planning)):
+            self._to_plan.discard(file_id)  # taken up: added again if something changes while it is planned
+            self._planning[file_id] = self._planning_steps(file_id)
+        done = 0
         failure: Exception | None = None
-        for file_id in sorted(self._to_plan):
-            try:
-                planned += self._plan_file(file_id)
-            except Exception as exc:
-                failure = failure or exc
+        for file_id, steps in list(self._planning.items()):
+            while done < STEP_ROWS:
+                try:
+                    work = next(steps)
+                except StopIteration:
+                    del self._planning[file_id]
+                    break
+                except Exception as exc:
+                    del self._planning[file_id]
+                    self._to_plan.add(file_id)  # planned again from where the committed slices left it
+                    failure = failure or exc
+                    break
+                if work == 0:
+                    break  # it waits for a read off the loop's thread
+                done += work
+            if done >= STEP_ROWS:
+                break
         if failure is not None:
             raise failure
-        return planned
+        return done
 
-    def _plan_file(self, file_id: int) -> int:
+    def planning(self, file_id: int) -> bool:
+        """Whether the file has rows that may still be planned (so it cannot be finished yet)."""
+        return file_id in self._to_plan or file_id in self._planning or file_id in self._blocked
+
+    def _planning_steps(self, file_id: int) -> Steps[int]:
         f = self.ledger.file(file_id)
         if f.state is not FileState.ACTIVE:
-            self._to_plan.discard(file_id)
             return 0
-        skipped = self.ledger.skip_uploaded(file_id, f.data_key)
-        groups = self.ledger.plannable_groups(file_id)
+        skipped = 0
+        first, last = self.ledger.line_range(file_id)
+        for start in range(first, last + 1, SKIP_LINES):
+            skipped += self.ledger.skip_uploaded(f.id, f.data_key, lines=(start, start + SKIP_LINES - 1))
+            yield max(1, min(SKIP_LINES, last + 1 - start) // 10)  # a lookup costs a tenth of a recorded row
+        size = last + 1 - first
+        groups = yield from offloaded(self.offload, lambda: self.ledger.plannable_groups(file_id), size)
+        planned = sum(len(lines) for lines in groups.values())
         if groups:
             upload = settings_for(self.settings, f.name).upload  # its route's batch sizes
             p = plan_batches(
@@ -216,7 +304,17 @@ class FileFlow:
                 sync_batch_size=upload.sync_batch_size,
                 async_batch_size=upload.async_batch_size,
             )
-            self.ledger.add_batches(file_id, [(b.kind, b.lines, b.data_hash) for b in p.batches])
+            del groups
+            batches = [(b.kind, b.lines, b.data_hash) for b in p.batches]
+            start = 0
+            while start < len(batches):
+                end, rows = start, 0
+                while end < len(batches) and (rows == 0 or rows + len(batches[end][1]) <= STEP_ROWS):
+                    rows += len(batches[end][1])
+                    end += 1
+                self.ledger.add_batches(file_id, batches[start:end])  # sent from the next dispatch on
+                start = end
+                yield rows
             log.info(
                 "file_planned",
                 file=f.name,
@@ -227,10 +325,9 @@ class FileFlow:
                 sync_only_calls=p.sync_only_calls,
                 skipped=skipped,
             )
-        self._to_plan.discard(file_id)  # only now: a failure above leaves it to be planned again
-        if self.ledger.has_pending_rows(file_id):
+        if (yield from offloaded(self.offload, lambda: self.ledger.has_pending_rows(file_id), size)):
             self._blocked.add(file_id)
-        return skipped + sum(len(lines) for lines in groups.values())
+        return skipped + planned
 
     def finish(self) -> int:
         """Close files whose rows are all final and deliver their reports; returns how many were delivered."""
@@ -242,7 +339,7 @@ class FileFlow:
                     self._active.add(f.id)
                     self._to_plan.add(f.id)
                     continue
-                if f.id in self._to_plan or f.id in self._blocked or self.ledger.has_open_rows(f.id):
+                if self.planning(f.id) or self.ledger.has_open_rows(f.id):
                     continue
                 counts = self.ledger.row_counts(f.id)
                 self.ledger.transition_file(f.id, FileState.REPORTING, outcome=outcome_for(counts))

@@ -5,6 +5,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
+from itertools import islice
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
@@ -33,23 +34,31 @@ from daemon.normalize import (
 from daemon.readers import Imprecise, Table, UnreadableFile, open_table
 from daemon.reporter import unescape
 from daemon.states import FileState, Outcome, RowStatus
+from daemon.steps import Inline, Offload, Steps, offloaded, run_through
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 HASH_CHUNK = 1 << 20
+HASH_STEP = 8 << 20  # bytes hashed in one step of the loop
+STEP_ROWS = 2_000  # rows parsed and recorded in one step of the loop (a transaction each)
 TEXT_FORMATS = frozenset({"csv", "tsv", "txt"})
 PROBLEM_COLUMNS_KEPT = 1000
 _CELLS_JSON = json_encoder()  # the ledger's cells column: json.dumps of the row's cells
 
 
-def fingerprint(path: Path) -> tuple[str, int, int]:
-    """The file's SHA-256, size and mtime (ns), read in chunks."""
+def fingerprint_steps(path: Path) -> Steps[tuple[str, int, int]]:
+    """The file's SHA-256, size and mtime (ns), a few megabytes per step (each worth a row per 200 bytes)."""
     before = path.stat()
     digest = hashlib.sha256()
     with path.open("rb") as f:
+        read = 0
         while chunk := f.read(HASH_CHUNK):
             digest.update(chunk)
+            read += len(chunk)
+            if read >= HASH_STEP:
+                yield read // 200
+                read = 0
     return digest.hexdigest(), before.st_size, before.st_mtime_ns
 
 
@@ -208,12 +217,31 @@ def read(
     """Read a recorded file and record every row; returns its id, or None if it changed while it was read.
 
     Raises Vanished (after dropping the record) when the file disappears meanwhile. The file is read with its
-    route's settings (its ledger name is its path in the inbox).
+    route's settings (its ledger name is its path in the inbox). All at once: the service takes `reading` in steps.
+    """
+    return run_through(reading(file_id, path, ledger, settings, problem_columns=problem_columns, on_rows=on_rows))
+
+
+def reading(
+    file_id: int,
+    path: Path,
+    ledger: Ledger,
+    settings: Settings,
+    *,
+    problem_columns: dict[int, int] | None = None,
+    on_rows: Callable[[int], None] | None = None,
+    offload: Offload | None = None,
+) -> Steps[int | None]:
+    """read() as steps of a few thousand rows, each recorded in its own transaction (see daemon.steps).
+
+    The file stays `received` until its last row is recorded and its repeats are resolved: a crash in between
+    leaves rows that recovery drops before the file is read again from the start. `offload` runs the search for
+    repeats (a pass over every row of the file) off the loop's thread.
     """
     name = ledger.file(file_id).name
     settings = settings_for(settings, name)
     try:
-        sha256, size, mtime_ns = fingerprint(path)
+        sha256, size, mtime_ns = yield from fingerprint_steps(path)
     except FileNotFoundError:
         ledger.forget_file(file_id)
         raise Vanished(f"{name} vanished while it was read") from None
@@ -256,7 +284,7 @@ def read(
                 )
                 return _counted(records, on_rows)
 
-            count = ledger.insert_rows(file_id, rows(table, shapes=shapes))
+            count = yield from _record(ledger, file_id, rows(table, shapes=shapes))
         if shapes is not None and shapes.numbers_lost_zeros():
             # Only the whole key column shows the codes' width: read the workbook again, now rejecting the
             # number keys that are too short. Rare (a column mixing text and number keys), so a second pass
@@ -267,7 +295,7 @@ def read(
                 problem_columns.clear()
             rewritten.clear()
             with open_table(path, sheet=sheet, limits=settings.intake.limits()) as table:
-                count = ledger.insert_rows(file_id, rows(table, number_width=shapes.width))
+                count = yield from _record(ledger, file_id, rows(table, number_width=shapes.width))
         _note_dates(ledger, file_id, info, rewritten, bound)
         after = path.stat()
     except FileNotFoundError:
@@ -283,10 +311,21 @@ def read(
     if count == 0:
         return _refuse(ledger, file_id, path, "the file has a header but no data rows", bound)
 
-    skipped, rejected = ledger.resolve_in_file_duplicates(file_id)
+    repeats = yield from offloaded(offload or Inline(), lambda: ledger.in_file_repeats(file_id), count)
+    skipped, rejected = ledger.resolve_repeats(file_id, repeats)
     ledger.transition_file(file_id, FileState.ACTIVE)
     bound.info("file_recorded", rows=count, repeats_skipped=skipped, conflicts_rejected=rejected)
     return file_id
+
+
+def _record(ledger: Ledger, file_id: int, records: Iterator[RowRecord]) -> Steps[int]:
+    """Record rows STEP_ROWS at a time, a step (and a transaction) each; returns the count."""
+    count = 0
+    while chunk := list(islice(records, STEP_ROWS)):
+        ledger.insert_rows(file_id, iter(chunk))
+        count += len(chunk)
+        yield len(chunk)
+    return count
 
 
 def _counted(records: Iterator[T], on_rows: Callable[[int], None] | None, every: int = 1000) -> Iterator[T]:

@@ -32,6 +32,7 @@ from daemon.retention import RetentionSweeper
 from daemon.retry import Backoff
 from daemon.states import FileState
 from daemon.status import systemd_status
+from daemon.steps import Offload, ThreadOffload
 from daemon.uploader import Uploader, policy_from
 from daemon.watcher import EMPTY_GRACE_SECONDS, InboxEvents, InboxScanner
 
@@ -39,6 +40,8 @@ SERVICE_UMASK = 0o027
 log = structlog.get_logger(__name__)
 
 IDLE_WAIT = 0.2  # longest pause of the loop when nothing is in flight
+SLOW_PART = 0.25  # seconds a part of the step may hold the loop before it is logged (step_part_slow)
+WORK_WAIT = 0.01  # pause of a loop whose file work waits for a read on the ledger's own thread
 STEP_RETRY = (1.0, 60.0)  # first and longest wait before a part of the loop runs again after it failed
 ONCE_START_ATTEMPTS = 3  # run --once ends (exit 1) when the start-up check could not reach the API this often
 ONCE_DELIVERY_ATTEMPTS = 3  # run --once gives up delivering a file's reports after this many failures (exit 1)
@@ -89,16 +92,18 @@ class NullEvents:
 class StepResult:
     """What one step of the loop did, for tests and for the idle wait."""
 
-    taken: int = 0
-    planned: int = 0  # rows put into batches or skipped
+    taken: int = 0  # files recorded whole (read and their repeats resolved)
+    planned: int = 0  # rows of planning work: looked up, put into batches or skipped
     sent: int = 0
     answered: int = 0
     finished: int = 0
+    claimed: int = 0  # files claimed from the inbox (read from this step on)
+    read: int = 0  # rows of reading work: hashed, parsed, recorded
 
     @property
     def busy(self) -> bool:
         """Whether the step did anything at all."""
-        return any((self.taken, self.planned, self.sent, self.answered, self.finished))
+        return any((self.taken, self.planned, self.sent, self.answered, self.finished, self.claimed, self.read))
 
 
 class Service:
@@ -122,6 +127,7 @@ class Service:
         notifier: Notifier | None = None,
         reload_settings: Callable[[], Settings] | None = None,
         wake: threading.Event | None = None,
+        offload: Offload | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -143,8 +149,17 @@ class Service:
         self._next_progress = 0.0
         self.progress = ProgressTracker(ledger)  # file_progress events and the per-file STATUS= text
         self.dashboard = Dashboard(ledger, settings.paths.outbox, clock=clock)  # outbox/index.html
+        # Long ledger reads of the file work (a file's repeats, its plannable groups) run on a thread of their own;
+        # the simulation passes Inline() to keep its runs deterministic.
+        self.offload: Offload = offload or ThreadOffload()
         self.flow = FileFlow(
-            settings, ledger=ledger, scanner=scanner, wake=self.wake, stopping=self.stop_event, monotonic=monotonic
+            settings,
+            ledger=ledger,
+            scanner=scanner,
+            wake=self.wake,
+            stopping=self.stop_event,
+            monotonic=monotonic,
+            offload=self.offload,
         )
         self._parts: dict[str, Backoff] = {}  # parts of the loop that failed, and when they run again
         # /metrics and /healthz when [metrics] listen is set (it counts the uploader's requests and decisions);
@@ -274,13 +289,19 @@ class Service:
         """
         now = self.monotonic()
         # No file is taken before the start-up check has passed (they wait, safe, in the inbox).
-        taken = self._guarded("take", self.flow.take_if_due, now, default=0) if self.uploader.start_passed else 0
+        claimed = self._guarded("take", self.flow.take_if_due, now, default=0) if self.uploader.start_passed else 0
+        # Reading and planning go a few thousand rows per step, so that answers are recorded and requests leave
+        # meanwhile however big the file (daemon.steps).
+        read = self._guarded("read", self.flow.read_some, default=0)
+        taken = self.flow.take_recorded()
         planned = self._guarded("plan", self.flow.plan, default=0)
         # Answers are waited for up to the pace's next slot (set by the last dispatch), and the dispatch follows at
         # once: nothing else of the step sits between a slot falling due and its request leaving.
         timeout = wait if self.uploader.busy else 0.0
         if self.uploader.paced_until is not None:  # answers may wait; the next paced slot may not
             timeout = min(timeout, max(0.0, self.uploader.paced_until - self.monotonic()))
+        if self.flow.busy() and "read" not in self._parts and "plan" not in self._parts:
+            timeout = min(timeout, 0.0 if read or planned else WORK_WAIT)  # more rows to do: a glance at answers
         answered = self._guarded("record", self.uploader.collect, timeout, self.epoch, default=0)
         sent = 0 if self.stop_event.is_set() else self._guarded("send", self.uploader.dispatch, self.epoch(), default=0)
         finished = self._guarded("finish", self.flow.finish, default=0)
@@ -288,7 +309,7 @@ class Service:
             self.flow.progressed(finished=finished > 0)
         else:
             self.flow.recheck_blocked()
-        return StepResult(taken, planned, sent, answered, finished)
+        return StepResult(taken, planned, sent, answered, finished, claimed, read)
 
     def _guarded(self, part: str, fn: Callable[..., int], *args: Any, default: int) -> int:
         """Run one part of the step unless it is backing off after a failure; a failure never ends the loop."""
@@ -296,6 +317,7 @@ class Service:
         now = self.monotonic()
         if backoff is not None and now < backoff.next_at:
             return default
+        began = time.perf_counter()
         try:
             result = fn(*args)
         except Exception as exc:
@@ -304,6 +326,9 @@ class Service:
             wait = backoff.failed(now, error)
             log.error("step_failed", part=part, error=error, retry_in=wait, failures=backoff.failures)
             return default
+        took = time.perf_counter() - began - (args[0] if part == "record" else 0.0)  # less its wait for answers
+        if took > SLOW_PART:
+            log.info("step_part_slow", part=part, seconds=round(took, 3), note="the loop was held this long")
         if backoff is not None:
             log.info("step_recovered", part=part, after_failures=backoff.failures)
             del self._parts[part]
@@ -326,7 +351,7 @@ class Service:
             self.reload()
         result = self.step(wait=IDLE_WAIT)
         self._guarded("notify", self.alerts.step, self.epoch(), self.uploader, result.answered, default=0)
-        self._dashboard(files_changed=bool(result.taken or result.finished))
+        self._dashboard(files_changed=bool(result.claimed or result.taken or result.finished))
         pause = self.uploader.pause
         if self.uploader.start_refused is not None:
             raise TokenRefusedError(self.uploader.start_refused)  # at start-up: a restart cannot help
@@ -400,6 +425,8 @@ class Service:
             self.events.stop()
             self.telemetry.close()
             self.retention.close()  # before the ledger closes under it
+            self.flow.close()  # a file half read stays `received`: read again from the start next time
+            self.offload.close()
             self.uploader.close()
             self.alerts.close()
             self.ledger.close()
@@ -443,7 +470,9 @@ class Service:
         work = {
             "send": mono + until_due,
             "take": self.flow.next_scan() if self.uploader.start_passed else math.inf,
-            "plan": self.flow.next_unblock(),
+            # Files being read or planned go on at once; WORK_WAIT when they wait for a read on the ledger thread.
+            "read": mono + WORK_WAIT if self.flow.reading() else math.inf,
+            "plan": mono + WORK_WAIT if self.flow.planning_any() else self.flow.next_unblock(),
             "finish": min((b.next_at for b in self.flow.delivery.values()), default=math.inf),
             # The progress sample runs on its own schedule (in _report_status), so a failed one is retried then.
             "progress": max(self._next_progress, self._next_status) if "progress" in self._parts else math.inf,

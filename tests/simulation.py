@@ -45,6 +45,7 @@ from daemon.sandbox import Emulator, EmulatorConfig
 from daemon.sandbox.inprocess import InProcessAdapter
 from daemon.service import IDLE_WAIT, Service, TokenRefusedError
 from daemon.states import FileState
+from daemon.steps import Inline
 from daemon.uploader import Uploader, policy_from
 from daemon.watcher import InboxScanner
 
@@ -352,6 +353,7 @@ max_server_wait_seconds = 120
             monotonic=self.clock.monotonic,
             idle_wait=self.idle,
             reload_settings=lambda: self.settings,
+            offload=Inline(),  # the file work's long reads at once: the same schedule gives the same run
         )
         service.idle_wait = self.booting_wait
         service.start()

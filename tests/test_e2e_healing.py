@@ -174,20 +174,20 @@ import sys
 import daemon.intake
 from daemon.cli import main
 
-real = daemon.intake.fingerprint
+real = daemon.intake.fingerprint_steps
 vanished = []
 
 
-def fingerprint(path):
+def fingerprint_steps(path):
     # The first file read is deleted under the service's feet, as a user or a sync tool would.
     if not vanished:
         vanished.append(str(path))
         os.unlink(path)
         raise FileNotFoundError(2, "No such file or directory", str(path))
-    return real(path)
+    return (yield from real(path))
 
 
-daemon.intake.fingerprint = fingerprint
+daemon.intake.fingerprint_steps = fingerprint_steps
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -232,22 +232,23 @@ def test_a_file_that_cannot_be_opened_is_left_alone_and_tried_again_later(
     project.ledger.parent.mkdir(parents=True)
     now = [1000.0]
     service = Service.from_settings(settings, monotonic=lambda: now[0])
-    real_fingerprint = intake.fingerprint
+    real_fingerprint = intake.fingerprint_steps
 
-    def refused(path: Path) -> tuple[str, int, int]:
+    def refused(path: Path) -> Iterator[int]:
         raise PermissionError(13, "Permission denied", str(path))
+        yield 0  # a step generator, as the real one
 
     try:
         service.recover()
         project.drop("locked.csv", csv_text(["extended_id", "batch"], [(code("LOCK", 1), "x")]))
-        monkeypatch.setattr(intake, "fingerprint", refused)
+        monkeypatch.setattr(intake, "fingerprint_steps", refused)
         with capture_logs() as logs:
             for _ in range(4):
                 now[0] += 1.0
                 assert service.step().taken == 0
         assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["file_not_readable"]
         assert (project.inbox / "locked.csv").exists()
-        monkeypatch.setattr(intake, "fingerprint", real_fingerprint)
+        monkeypatch.setattr(intake, "fingerprint_steps", real_fingerprint)
         now[0] += 60.0
         assert service.step().taken == 1
     finally:

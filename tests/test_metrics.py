@@ -189,7 +189,7 @@ def test_a_refused_token_shows_as_paused_with_the_rows_waiting_and_clears_when_r
     project.drop("waiting.csv", csv_text(HEADER, [(f"TOK{i:08d}", f"M{i}") for i in range(40)]))
     service = started(project, clock)
     services.append(service)
-    turn_until(service, lambda: service.uploader.pause is not None)
+    turn_until(service, lambda: service.uploader.pause is not None and service.uploader.pause.cause == "token")
 
     samples = scrape(service)
     assert by_label(samples, "scm_daemon_uploads_paused", "reason") == {"token": 1}

@@ -14,6 +14,7 @@ INSERT_CHUNK = 20_000  # rows per executemany; one commit per chunk keeps the WA
 ALREADY_UPLOADED = "the same data was already uploaded for this code"
 
 RowRecord = tuple[int, str | None, str | None, str, str, str]  # line, key, data_hash, cells JSON, status, detail
+Repeat = tuple[RowStatus, str, int]  # a repeated code's row: its new status, why, its line
 
 
 class RowStore(LedgerBase):
@@ -34,32 +35,45 @@ class RowStore(LedgerBase):
 
     def resolve_in_file_duplicates(self, file_id: int) -> tuple[int, int]:
         """Skip identical repeats of a code within the file; reject every row of a code given different data."""
-        with self.begin() as conn:
+        return self.resolve_repeats(file_id, self.in_file_repeats(file_id))
+
+    def in_file_repeats(self, file_id: int) -> list[Repeat]:
+        """What resolving the file's repeated codes changes, row by row: a read (a pass over every row of the file)
+        that writes nothing, so the service runs it off its loop's thread (see daemon.steps)."""
+        pending = str(RowStatus.PENDING)
+        with self.connect() as conn:
             rows = conn.exec_driver_sql(
                 "SELECT key, line, data_hash FROM rows WHERE file_id=? AND status=? AND key IN "
                 "(SELECT key FROM rows WHERE file_id=? AND status=? GROUP BY key HAVING count(*) > 1) "
                 "ORDER BY key, line",
-                (file_id, str(RowStatus.PENDING), file_id, str(RowStatus.PENDING)),
+                (file_id, pending, file_id, pending),
             ).all()
-            updates: list[tuple[str, str, int, int]] = []
-            for key, group in _group_by_key(rows):
-                if len({h for _, h in group}) == 1:
-                    first = group[0][0]
-                    updates.extend(
-                        (str(RowStatus.SKIPPED), f"same data as row {first} of this file", file_id, line)
-                        for line, _ in group[1:]
-                    )
-                    continue
-                for line, _ in group:
-                    others = [str(other) for other, _ in group if other != line]
-                    shown = ", ".join(others[:10]) + (f" and {len(others) - 10} more" if len(others) > 10 else "")
-                    rows_word = "row" if len(others) == 1 else "rows"
-                    detail = f"{key} has different values in {rows_word} {shown} of this file; make them agree"
-                    updates.append((str(RowStatus.REJECTED), detail, file_id, line))
-            if updates:
-                conn.exec_driver_sql("UPDATE rows SET status=?, detail=? WHERE file_id=? AND line=?", updates)
-        skipped = sum(1 for u in updates if u[0] == RowStatus.SKIPPED)
-        return skipped, len(updates) - skipped
+        repeats: list[Repeat] = []
+        for key, group in _group_by_key(rows):
+            if len({h for _, h in group}) == 1:
+                first = group[0][0]
+                repeats.extend(
+                    (RowStatus.SKIPPED, f"same data as row {first} of this file", line) for line, _ in group[1:]
+                )
+                continue
+            for line, _ in group:
+                others = [str(other) for other, _ in group if other != line]
+                shown = ", ".join(others[:10]) + (f" and {len(others) - 10} more" if len(others) > 10 else "")
+                rows_word = "row" if len(others) == 1 else "rows"
+                detail = f"{key} has different values in {rows_word} {shown} of this file; make them agree"
+                repeats.append((RowStatus.REJECTED, detail, line))
+        return repeats
+
+    def resolve_repeats(self, file_id: int, repeats: Sequence[Repeat]) -> tuple[int, int]:
+        """Apply in_file_repeats(): returns how many rows were skipped and how many rejected."""
+        if repeats:
+            with self.begin() as conn:
+                conn.exec_driver_sql(
+                    "UPDATE rows SET status=?, detail=? WHERE file_id=? AND line=? AND status=?",
+                    [(str(status), detail, file_id, line, str(RowStatus.PENDING)) for status, detail, line in repeats],
+                )
+        skipped = sum(1 for status, _, _ in repeats if status is RowStatus.SKIPPED)
+        return skipped, len(repeats) - skipped
 
     def _unblocked(self, file_id: int, alias: str) -> str:
         """SQL that keeps rows whose code has no open row in an earlier file, so uploads keep drop order."""
@@ -83,15 +97,27 @@ class RowStore(LedgerBase):
             ).all()
         return [r[0] for r in rows]
 
-    def skip_uploaded(self, file_id: int, data_key: str) -> int:
-        """Skip pending rows whose code already holds the same data from an earlier upload; returns how many."""
+    def skip_uploaded(self, file_id: int, data_key: str, *, lines: tuple[int, int] | None = None) -> int:
+        """Skip pending rows whose code already holds the same data from an earlier upload; returns how many.
+
+        `lines` (first, last) limits it to a range of the file's lines, so that a big file is looked up in steps.
+        """
+        within = " AND line BETWEEN ? AND ?" if lines is not None else ""
         with self.begin() as conn:
             return conn.exec_driver_sql(
-                "UPDATE rows SET status='skipped', detail=? WHERE file_id=? AND status='pending' AND EXISTS "
+                f"UPDATE rows SET status='skipped', detail=? WHERE file_id=?{within} AND status='pending' AND EXISTS "
                 "(SELECT 1 FROM codes c WHERE c.data_key=? AND c.key=rows.key AND c.data_hash=rows.data_hash)"
                 + self._unblocked(file_id, "rows"),
-                (ALREADY_UPLOADED, file_id, data_key),
+                (ALREADY_UPLOADED, file_id, *(lines or ()), data_key),
             ).rowcount
+
+    def line_range(self, file_id: int) -> tuple[int, int]:
+        """The file's first and last recorded line ((0, -1) when it has no rows): two probes of the primary key."""
+        with self.connect() as conn:
+            first, last = conn.exec_driver_sql(
+                "SELECT min(line), max(line) FROM rows WHERE file_id=?", (file_id,)
+            ).one()
+        return (0, -1) if first is None else (int(first), int(last))
 
     def plannable_groups(self, file_id: int) -> dict[str, Sequence[int]]:
         """Pending, unblocked rows of a file as {data hash: lines in row order}, compact for a million rows."""

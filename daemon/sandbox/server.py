@@ -96,7 +96,7 @@ class Emulator:
         self._burst_wait = 1.0
         self._in_flight = 0
         self._max_in_flight = 0
-        self._upload_arrivals: list[float] = []  # monotonic arrival of every upload, for the gap benchmarks
+        self._upload_arrivals: list[tuple[float, str]] = []  # (monotonic arrival, route) of every upload
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
         self._server: Server | None = None
@@ -212,10 +212,11 @@ class Emulator:
         """Every task created, as it stands now, oldest first."""
         return self._tasks.all()
 
-    def upload_arrivals(self) -> tuple[float, ...]:
-        """When each upload request (sync or async) arrived, on the emulator's clock, oldest first."""
+    def upload_arrivals(self, kind: str | None = None) -> tuple[float, ...]:
+        """When each upload request arrived, on the emulator's clock, oldest first; `kind` picks one route
+        (scm_upload: sync, scm_upload_async), for the gap benchmarks."""
         with self._lock:
-            return tuple(self._upload_arrivals)
+            return tuple(t for t, route in self._upload_arrivals if kind is None or route == kind)
 
     def stats(self) -> EmulatorStats:
         """A frozen snapshot of the counters."""
@@ -253,7 +254,7 @@ class Emulator:
         with self._lock:
             self._requests[method, kind] += 1
             if kind in UPLOAD_KINDS:
-                self._upload_arrivals.append(self._clock())
+                self._upload_arrivals.append((self._clock(), kind))
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
         return kind, param
