@@ -193,8 +193,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"no ledger yet at {ledger_path} (it is created on first run)")
         return EXIT_OK
     with _existing_ledger(args) as ledger:
-        data = ledger.overview()
-        data["active_files"] = [p.as_dict() for p in progress_snapshot(ledger, time.time())]
+        live = ledger.live_row_counts()  # one pass over the rows of the files at work, for both
+        data = ledger.overview(live=live)
+        data["active_files"] = [p.as_dict() for p in progress_snapshot(ledger, time.time(), live)]
         data["notifications"] = ledger.notification_overview()
     print(json.dumps(data, indent=2) if args.json else render_overview(data))
     return EXIT_OK

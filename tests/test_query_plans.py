@@ -190,3 +190,15 @@ def test_prune_deletes_ranges_of_one_files_primary_key(ledger: Ledger) -> None:
             "batches": r"SEARCH batches USING (COVERING )?INDEX ix_batches_file_id \(file_id=\? AND rowid<\?\)",
         }[target]
         assert re.fullmatch(expected, plan[0]), (statement, plan)
+
+
+def test_status_counts_only_the_rows_of_files_at_work(ledger: Ledger) -> None:
+    """`status` counts rows of the files not done yet in one pass (done files keep their counts): the rows are
+    reached by those files' primary-key ranges, never by a scan of the table."""
+    with captured(ledger) as statements:
+        live = ledger.live_row_counts()
+    assert live == {ledger.files([FileState.ACTIVE])[0].id: {"uploaded": ROWS - 10, "queued": 10}}
+    ((statement, parameters),) = statements
+    plan = plan_of(ledger, statement, parameters)
+    assert "SEARCH rows USING PRIMARY KEY (file_id=?)" in plan, plan
+    assert not any(re.match(r"SCAN rows\b", step) for step in plan), plan

@@ -196,8 +196,21 @@ class FileStore(LedgerBase):
         )
         conn.exec_driver_sql("DELETE FROM batches WHERE file_id=?", (file_id,))
 
-    def overview(self, *, recent: int = 10) -> dict[str, Any]:
-        """What the ledger holds, for `scm-daemon status`."""
+    def live_row_counts(self) -> dict[int, dict[str, int]]:
+        """Rows by status of each file not done yet: one pass over those files' rows (the done ones keep their
+        counts), read once by `status` for its totals and its progress lines."""
+        live: dict[int, dict[str, int]] = {}
+        with self.connect() as conn:
+            for file_id, status, n in conn.exec_driver_sql(
+                "SELECT file_id, status, count(*) FROM rows "
+                "WHERE file_id IN (SELECT id FROM files WHERE state<>'done') GROUP BY file_id, status"
+            ):
+                live.setdefault(int(file_id), {})[str(status)] = int(n)
+        return live
+
+    def overview(self, *, recent: int = 10, live: dict[int, dict[str, int]] | None = None) -> dict[str, Any]:
+        """What the ledger holds, for `scm-daemon status`; `live` is live_row_counts() if the caller has it."""
+        live = self.live_row_counts() if live is None else live
         with self.connect() as conn:
 
             def counts(sql: str) -> dict[str, int]:
@@ -209,12 +222,9 @@ class FileStore(LedgerBase):
             for (stored,) in conn.exec_driver_sql("SELECT counts FROM files WHERE state='done' AND counts IS NOT NULL"):
                 for status, n in json.loads(stored).items():
                     rows[status] = rows.get(status, 0) + n
-            live = conn.exec_driver_sql(
-                "SELECT status, count(*) FROM rows WHERE file_id IN (SELECT id FROM files WHERE state<>'done') "
-                "GROUP BY status"
-            ).all()
-            for status, n in live:
-                rows[status] = rows.get(status, 0) + n
+            for by_status in live.values():
+                for status, n in by_status.items():
+                    rows[status] = rows.get(status, 0) + n
             batches = counts("SELECT state, count(*) FROM batches GROUP BY state")
             latest = conn.exec_driver_sql(
                 "SELECT id, name, state, outcome, received_at, finished_at, coalesce(delivery_error, error) FROM files "
