@@ -10,27 +10,23 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import structlog
 
-from daemon import retention
-from daemon.alerts import send_test
-from daemon.api import ApiError, ErrorKind, classify
 from daemon.cli_parser import SANDBOX_TOKEN, build_parser
 from daemon.config import ConfigError, Settings, find_config_file, load_settings, sandbox_settings
-from daemon.folders import FolderError, ledger_lock, prepare_folders
 from daemon.ledger import Ledger
 from daemon.logs import configure_logging
-from daemon.notify import Notifier
 from daemon.progress import snapshot as progress_snapshot
-from daemon.sandbox import Emulator, EmulatorConfig, serve_forever
 from daemon.schema import LedgerVersionError
-from daemon.service import ApiUnreachableError, ConfigurationPausedError, Service, TokenRefusedError
-from daemon.setup_check import check_setup
 from daemon.states import FileState
 from daemon.status import render_overview
-from daemon.terminal import file_bars, rows_bar
-from daemon.validate import render_validation, validate_file
+
+# Each command imports the heavy modules it needs (the service, the API client, the emulator, the readers) when
+# it runs: `status` on a big ledger must answer within a second, and most of its time went to imports it never used.
+if TYPE_CHECKING:
+    from daemon.service import Service
 
 log = structlog.get_logger(__name__)
 
@@ -58,7 +54,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(find_config_file(args.config))
 
 
-def _install_signals(service: Service) -> None:
+def _install_signals(service: "Service") -> None:
     # Handlers only set flags that the loop reads; it stops (or reloads) at its next turn, within 0.2 s.
     def handler(signum: int, _frame: FrameType | None) -> None:
         if service.stop_event.is_set():
@@ -75,6 +71,12 @@ def _install_signals(service: Service) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """The service."""
+    from daemon.folders import ledger_lock, prepare_folders
+    from daemon.notify import Notifier
+    from daemon.sandbox import Emulator, EmulatorConfig
+    from daemon.service import Service
+    from daemon.terminal import file_bars
+
     emulator: Emulator | None = None
     notifier = Notifier.from_env()
     notifier.status("starting: checking the configuration, folders and ledger", force=True)
@@ -151,6 +153,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Parse and plan one file."""
+    from daemon.terminal import rows_bar
+    from daemon.validate import render_validation, validate_file
+
     settings = _settings(args)
     if not args.file.is_file():
         state = "is a folder, not a file" if args.file.is_dir() else "does not exist"
@@ -188,8 +193,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"no ledger yet at {ledger_path} (it is created on first run)")
         return EXIT_OK
     with _existing_ledger(args) as ledger:
-        data = ledger.overview()
-        data["active_files"] = [p.as_dict() for p in progress_snapshot(ledger, time.time())]
+        live = ledger.live_row_counts()  # one pass over the rows of the files at work, for both
+        data = ledger.overview(live=live)
+        data["active_files"] = [p.as_dict() for p in progress_snapshot(ledger, time.time(), live)]
         data["notifications"] = ledger.notification_overview()
     print(json.dumps(data, indent=2) if args.json else render_overview(data))
     return EXIT_OK
@@ -197,6 +203,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Configuration, folders, ledger, token; creates nothing (the first `run` does)."""
+    from daemon.sandbox import Emulator, EmulatorConfig
+    from daemon.setup_check import check_setup
+
     emulator: Emulator | None = None
     if args.sandbox:
         # As `run --sandbox` would: only an explicit -c, the sandbox ledger, the emulator's token.
@@ -243,6 +252,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """Drop old rows (file records and the last data uploaded per code stay) and old files ([retention])."""
+    from daemon import retention
+
     if args.older_than is not None and args.older_than < 0:
         raise UsageError("--older-than takes a number of days, 0 or more")
     settings = _settings(args)
@@ -259,6 +270,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
     """Serve the emulator until interrupted."""
+    from daemon.sandbox import EmulatorConfig, serve_forever
+
     config = EmulatorConfig(token=SANDBOX_TOKEN, rate_limit=args.rate_limit or None, latency=args.latency)
     serve_forever(args.port, config)
     return EXIT_OK
@@ -266,6 +279,8 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 def cmd_notify_test(args: argparse.Namespace) -> int:
     """Send a test notification through each configured channel and say how each went."""
+    from daemon.alerts import send_test
+
     results = send_test(_settings(args).notify)
     if not results:
         raise ConfigError("no [notify] channel is configured: set notify.webhook_url, email_to or command")
@@ -296,28 +311,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(level=level or "warning", stream=sys.stderr)  # stdout carries the command's answer
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, UsageError, FolderError, LedgerVersionError) as exc:
-        print(f"scm-daemon: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except TokenRefusedError as exc:
-        print(f"scm-daemon: {exc}; rows stay pending. Renew the token and run again.", file=sys.stderr)
-        return EXIT_TOKEN
-    except ApiUnreachableError as exc:
-        print(
-            f"scm-daemon: not started: {exc}. No file was taken from the inbox; check the network and "
-            "api.base_url (`scm-daemon check` tells which), then run again.",
-            file=sys.stderr,
-        )
-        return EXIT_UNEXPECTED
-    except ConfigurationPausedError as exc:
-        print(f"scm-daemon: {exc}; rows stay pending. Fix the configuration and run again.", file=sys.stderr)
-        return EXIT_USAGE
-    except ApiError as exc:
-        if classify(exc) is ErrorKind.TOKEN_REFUSED:
-            print(f"scm-daemon: {exc}; renew the token and try again", file=sys.stderr)
-            return EXIT_TOKEN
-        print(f"scm-daemon: the API could not be reached or answered badly: {exc}", file=sys.stderr)
-        return EXIT_UNEXPECTED
     except KeyboardInterrupt:
         return EXIT_OK
     except BrokenPipeError:
@@ -325,9 +318,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         # cannot fail again (the recipe in Python's signal module documentation).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
-    except Exception:
-        log.exception("unexpected_error")
+    except Exception as exc:
+        return _failed(exc)
+
+
+def _failed(exc: Exception) -> int:
+    """The message and exit code of a command's exception (the modules that define the kinds are imported here,
+    on the way out, so that a command that never meets them never loads them)."""
+    from daemon.api import ApiError, ErrorKind, classify
+    from daemon.folders import FolderError
+    from daemon.service import ApiUnreachableError, ConfigurationPausedError, TokenRefusedError
+
+    if isinstance(exc, ConfigError | UsageError | FolderError | LedgerVersionError):
+        print(f"scm-daemon: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if isinstance(exc, TokenRefusedError):
+        print(f"scm-daemon: {exc}; rows stay pending. Renew the token and run again.", file=sys.stderr)
+        return EXIT_TOKEN
+    if isinstance(exc, ApiUnreachableError):
+        print(
+            f"scm-daemon: not started: {exc}. No file was taken from the inbox; check the network and "
+            "api.base_url (`scm-daemon check` tells which), then run again.",
+            file=sys.stderr,
+        )
         return EXIT_UNEXPECTED
+    if isinstance(exc, ConfigurationPausedError):
+        print(f"scm-daemon: {exc}; rows stay pending. Fix the configuration and run again.", file=sys.stderr)
+        return EXIT_USAGE
+    if isinstance(exc, ApiError):
+        if classify(exc) is ErrorKind.TOKEN_REFUSED:
+            print(f"scm-daemon: {exc}; renew the token and try again", file=sys.stderr)
+            return EXIT_TOKEN
+        print(f"scm-daemon: the API could not be reached or answered badly: {exc}", file=sys.stderr)
+        return EXIT_UNEXPECTED
+    log.exception("unexpected_error")
+    return EXIT_UNEXPECTED
 
 
 if __name__ == "__main__":

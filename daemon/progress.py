@@ -7,6 +7,7 @@ with one cheap query per active file (`Ledger.row_counts`) and logs `file_progre
 import json
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +16,7 @@ import structlog
 
 from daemon.clocktext import clock_time
 from daemon.ledger import Ledger
-from daemon.states import FileState
+from daemon.states import FileState, RowStatus
 
 log = structlog.get_logger(__name__)
 
@@ -153,17 +154,23 @@ class ProgressTracker:
         return seen
 
 
-def snapshot(ledger: Ledger, now: float) -> list[Progress]:
-    """Progress of every active file, for `status`: the counts from the ledger, the pace (and any pause) as the
-    service last measured it, if it did within the last minute."""
+def snapshot(ledger: Ledger, now: float, counts: Mapping[int, Mapping[str, int]] | None = None) -> list[Progress]:
+    """Progress of every active file, for `status`: the counts from the ledger (or `counts`, a file's rows by
+    status, when the caller has counted them already), the pace (and any pause) as the service last measured it,
+    if it did within the last minute."""
     try:
         paces: dict[str, dict[str, Any]] = json.loads(ledger.get_meta(PACE_META) or "{}")
     except ValueError:
         paces = {}
     out: list[Progress] = []
     for f in ledger.files([FileState.ACTIVE]):
-        total = ledger.row_total(f.id)
-        final = total - ledger.open_row_count(f.id)
+        counted = None if counts is None else counts.get(f.id)
+        if counted is None:
+            total = ledger.row_total(f.id)
+            final = total - ledger.open_row_count(f.id)
+        else:
+            total = sum(counted.values())
+            final = total - counted.get(RowStatus.PENDING, 0) - counted.get(RowStatus.QUEUED, 0)
         measured = paces.get(str(f.id), {})
         fresh = isinstance(measured.get("at"), int | float) and now - measured["at"] <= WINDOW_SECONDS
         pace = measured.get("rate") if fresh and isinstance(measured.get("rate"), int | float) else None

@@ -2,12 +2,14 @@
 
 import time
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon import progress
 from daemon.clocktext import next_time
 from daemon.progress import Progress
-from daemon.work import Pause
+
+if TYPE_CHECKING:  # daemon.work brings the API client's modules, which `scm-daemon status` never needs
+    from daemon.work import Pause
 
 LAST_ERRORS = 5  # lines of last errors shown (`--json` has them all)
 ERROR_CHARS = 110  # an error's text is cut to this much: one short line each
@@ -82,7 +84,7 @@ def systemd_status(
     active: list[Progress],
     settling: int,
     problems: list[str],
-    pause: Pause | None,
+    pause: "Pause | None",
     breaker_open: bool,
 ) -> str:
     """The service's STATUS= line for `systemctl status`: what blocks it first, then what it is doing."""

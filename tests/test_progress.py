@@ -109,6 +109,11 @@ def test_status_shows_the_pace_the_service_measured(tmp_path: Path) -> None:
     tracker.sample(1010.0)  # 200 rows in 10 s
     (seen,) = snapshot(ledger, 1012.0)
     assert (seen.final, seen.total, seen.rate) == (200, 400, 20.0)
+    # `status` counts the rows of the files at work once, for its totals and these lines: the same progress.
+    live = ledger.live_row_counts()
+    assert live == {fid: {"uploaded": 200, "pending": 200}}
+    assert snapshot(ledger, 1012.0, live) == [seen]
+    assert ledger.overview(live=live)["rows"] == ledger.overview()["rows"] == {"uploaded": 200, "pending": 200}
     assert seen.eta == 1012.0 + 200 / 20.0
     text = render_overview({**EMPTY, "active_files": [seen.as_dict()]}, 1012.0)
     assert "lot.csv: 200 / 400 rows (50 %), 20 rows/s, ETA " in text

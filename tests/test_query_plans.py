@@ -41,12 +41,13 @@ def ledger(tmp_path: Path) -> Iterator[Ledger]:
 
 
 @contextmanager
-def captured(ledger: Ledger) -> Iterator[list[tuple[str, Any]]]:
+def captured(ledger: Ledger, kinds: tuple[str, ...] = ("SELECT",)) -> Iterator[list[tuple[str, Any]]]:
+    """The statements of these kinds the ledger runs in the block (an executemany's by its first row)."""
     statements: list[tuple[str, Any]] = []
 
-    def remember(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
-            statements.append((statement, parameters))
+    def remember(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, many: bool) -> None:
+        if statement.lstrip().upper().startswith(kinds):
+            statements.append((statement, parameters[0] if many else parameters))
 
     event.listen(ledger.engine, "before_cursor_execute", remember)
     try:
@@ -127,3 +128,77 @@ def test_the_scrape_queries_never_scan_rows(ledger: Ledger) -> None:
         plan = plan_of(ledger, statement, parameters)
         assert not any(re.match(r"(SCAN|SEARCH) rows\b", step) for step in plan), (statement, plan)
         assert not any(re.match(r"SCAN batches\b", step) for step in plan), (statement, plan)
+
+
+def plan_steps(ledger: Ledger, statements: list[tuple[str, Any]]) -> list[tuple[str, list[str]]]:
+    return [(statement, plan_of(ledger, statement, parameters)) for statement, parameters in statements]
+
+
+def test_taking_a_file_reads_its_own_rows_and_only_the_open_rows_of_earlier_files(ledger: Ledger) -> None:
+    """On a ledger of ten million rows, a new file's claim, read, repeats check and planning cost the new file:
+    nothing scans a table but `files` (a record per file), rows are reached by the new file's primary-key range
+    or the partial index of open rows (the earlier file at work), and the already-uploaded check probes `codes`
+    by its primary key, once per row."""
+    with captured(ledger, kinds=("SELECT", "INSERT", "UPDATE", "DELETE")) as statements:
+        new = ledger.add_file(
+            sha256="", name="new.csv", path="/in/new.csv", size=1, data_key="extended_id", mode="sync"
+        )
+        ledger.set_file(new, sha256="b" * 64, size=1)
+        ledger.processed("b" * 64, other_than=new)
+        ledger.insert_rows(new, iter([(n + 2, f"K{n:08d}", "h", "[]", "pending", "") for n in range(ROWS - 20, ROWS)]))
+        ledger.resolve_in_file_duplicates(new)
+        ledger.transition_file(new, FileState.ACTIVE)
+        assert ledger.skip_uploaded(new, "extended_id") == 10  # K1980-1989: uploaded with the same data
+        ledger.plannable_groups(new)
+        ledger.has_pending_rows(new)  # K1990-1999 wait for the earlier file's open rows
+    steps = plan_steps(ledger, statements)
+    assert len(steps) >= 10
+    assert any("codes" in statement for statement, _ in steps)
+    assert any("rows_open" in step for _, plan in steps for step in plan)  # the earlier file's open rows
+    for statement, plan in steps:
+        for step in plan:
+            if step.startswith("SCAN "):
+                assert step.split()[1] == "files", (statement, plan)
+            if re.match(r"SEARCH (rows|r|o)\b", step):
+                assert "PRIMARY KEY (file_id=?" in step or "rows_open" in step, (statement, plan)
+            if re.match(r"SEARCH (codes|c)\b", step):
+                assert "sqlite_autoindex_codes_1 (data_key=? AND key=?)" in step, (statement, plan)
+
+
+def test_prune_deletes_ranges_of_one_files_primary_key(ledger: Ledger) -> None:
+    """Each chunk of prune is a range of one file's rows (or of its batches), found through a key: its cost is
+    the chunk's, however big the ledger."""
+    file_id = ledger.files([FileState.ACTIVE])[0].id
+    with ledger.engine.begin() as conn:  # the file is done, long ago
+        conn.exec_driver_sql(
+            "UPDATE files SET state='done', finished_at='2000-01-01', counts='{}' WHERE id=?", (file_id,)
+        )
+    with captured(ledger, kinds=("DELETE", "SELECT")) as statements:
+        assert ledger.prune("2001-01-01", chunk=500, pause=0) == (1, ROWS)
+    steps = plan_steps(ledger, statements)
+    deleting = [(s, p) for s, p in steps if s.lstrip().startswith("DELETE")]
+    assert len(deleting) >= ROWS // 500 + 2
+    for statement, plan in steps:
+        for step in plan:
+            if step.startswith("SCAN "):
+                assert step.split()[1] == "files", (statement, plan)
+    for statement, plan in deleting:
+        target = statement.split()[2]
+        expected = {
+            "rows": r"SEARCH rows USING PRIMARY KEY \(file_id=\? AND line<\?\)",
+            "batch_rows": r"SEARCH batch_rows USING PRIMARY KEY \(batch_id=\?\)",
+            "batches": r"SEARCH batches USING (COVERING )?INDEX ix_batches_file_id \(file_id=\? AND rowid<\?\)",
+        }[target]
+        assert re.fullmatch(expected, plan[0]), (statement, plan)
+
+
+def test_status_counts_only_the_rows_of_files_at_work(ledger: Ledger) -> None:
+    """`status` counts rows of the files not done yet in one pass (done files keep their counts): the rows are
+    reached by those files' primary-key ranges, never by a scan of the table."""
+    with captured(ledger) as statements:
+        live = ledger.live_row_counts()
+    assert live == {ledger.files([FileState.ACTIVE])[0].id: {"uploaded": ROWS - 10, "queued": 10}}
+    ((statement, parameters),) = statements
+    plan = plan_of(ledger, statement, parameters)
+    assert "SEARCH rows USING PRIMARY KEY (file_id=?)" in plan, plan
+    assert not any(re.match(r"SCAN rows\b", step) for step in plan), plan

@@ -1,13 +1,17 @@
 """`scm-daemon status` as text: clock times, never a next time already past, a few short error lines."""
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from daemon.clocktext import clock_time, next_time
+from daemon.ledger import Ledger
 from daemon.status import LAST_ERRORS, render_overview
 
 NOW = datetime(2026, 12, 2, 14, 0, 0, tzinfo=UTC).timestamp()
@@ -104,3 +108,26 @@ def test_the_systemd_status_says_first_what_blocks_the_service() -> None:
     assert token.startswith("uploads paused: the API refused the token; renew it. working:")
     starting = systemd_status(**{**base, "pause": Pause("starting", "the API cannot be reached (...)")})
     assert starting.startswith("starting: the API cannot be reached (...). working:")
+
+
+def test_status_loads_neither_the_service_nor_the_api_client_nor_the_readers(tmp_path: Path) -> None:
+    """`status` must answer within a second on a ten-million-row ledger, and most of its time went to importing
+    modules it never uses: the real command, in a fresh interpreter, says which of the heavy ones it loaded."""
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    ledger.add_file(sha256="a" * 64, name="a.csv", path="/in/a.csv", size=1, data_key="extended_id", mode="sync")
+    ledger.close()
+    heavy = ("daemon.service", "daemon.api", "daemon.uploader", "daemon.sandbox", "daemon.readers", "daemon.intake")
+    script = (
+        "import sys\n"
+        "from daemon.__main__ import run\n"
+        "code = run()\n"
+        f"print('loaded:', *[m for m in {heavy!r} if m in sys.modules])\n"
+        "sys.exit(code)\n"
+    )
+    env = {**os.environ, "SCM_PATHS__LEDGER": str(tmp_path / "ledger.sqlite3"), "SCM_PATHS__INBOX": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", script, "status"], capture_output=True, text=True, env=env, cwd=tmp_path, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "received" in done.stdout  # it did read the ledger
+    assert done.stdout.splitlines()[-1] == "loaded:"

@@ -2,7 +2,7 @@
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -20,7 +20,9 @@ from pydantic_settings import (
 )
 
 from daemon.dates import DEFAULT_DATE_FIELDS, DateOrder, DateSettings
-from daemon.readers.limits import ReadLimits
+
+if TYPE_CHECKING:  # the readers (calamine, the XLSX scans) load only where a file is read, not for `status`
+    from daemon.readers.limits import ReadLimits
 
 SYSTEM_CONFIG = Path("/etc/scm-daemon/config.toml")
 CREDENTIAL_NAME = "scantrust-token"  # systemd LoadCredential=scantrust-token:/path/to/file
@@ -131,8 +133,10 @@ class IntakeSettings(BaseModel):
     max_cell_chars: int = Field(default=32_767, ge=1)
     max_file_mb: int = Field(default=512, ge=1)
 
-    def limits(self) -> ReadLimits:
+    def limits(self) -> "ReadLimits":
         """The limits as the readers take them."""
+        from daemon.readers.limits import ReadLimits  # noqa: PLC0415 (see the TYPE_CHECKING import)
+
         return ReadLimits(self.max_rows, self.max_columns, self.max_cell_chars, self.max_file_mb)
 
 

@@ -1,6 +1,7 @@
 """The ledger's files: claimed, read, reported, moved; and the overview that `status` prints."""
 
 import json
+import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -11,6 +12,13 @@ from daemon.ledger.base import FILE_COLUMNS, FileInfo, LedgerBase, file_info, pl
 from daemon.states import FILE_TRANSITIONS, BatchState, FileState, Outcome, sources
 
 UPLOADS_PAUSED = "uploads_paused"  # meta key: why the running service sends nothing right now
+# Rows deleted per transaction by prune (about 0.1 s each), and the pause after each: a writer waiting for the lock
+# polls at most every 0.1 s (SQLite's busy handler), so without the pause prune would take the lock again before a
+# running service's next poll and starve it for the whole prune.
+PRUNE_CHUNK = 50_000
+PRUNE_PAUSE = 0.1
+# The condition every delete of prune carries: its file is still done, and finished before the cutoff.
+_STILL_PRUNABLE = " AND EXISTS (SELECT 1 FROM files WHERE id=? AND state='done' AND finished_at < ?)"
 
 
 class FileStore(LedgerBase):
@@ -114,19 +122,61 @@ class FileStore(LedgerBase):
             self._drop_batches(conn, file_id)
             conn.exec_driver_sql("DELETE FROM files WHERE id=? AND state=?", (file_id, str(FileState.RECEIVED)))
 
-    def prune(self, finished_before: str) -> tuple[int, int]:
+    def prune(self, finished_before: str, *, chunk: int = PRUNE_CHUNK, pause: float = PRUNE_PAUSE) -> tuple[int, int]:
         """Drop the rows and batches of files done before this ISO time; returns (files, rows) dropped.
 
         What idempotency needs stays: every file's record (its SHA-256 and its counts) and, in `codes`, the last
-        data uploaded per code. One transaction per file, so a running service is held up only briefly.
+        data uploaded per code (all that skip_uploaded reads). At most `chunk` rows (or batches holding that many)
+        go per transaction, each a short one of its own followed by `pause` seconds, so a running service's writes
+        wait for one chunk at most and the WAL stays small. Each chunk checks again that its file is still done and
+        old (`retry` may have reopened it meanwhile). Interrupted, it goes on where it stopped the next time.
         """
         ids = [file_id for file_id, _name, _rows in self.prunable(finished_before)]
         dropped = 0
         for file_id in ids:
-            with self.begin() as conn:
-                dropped += conn.exec_driver_sql("DELETE FROM rows WHERE file_id=?", (file_id,)).rowcount
-                self._drop_batches(conn, file_id)
+            while deleted := self._prune_rows(file_id, finished_before, chunk):
+                dropped += deleted
+                time.sleep(pause)
+            while self._prune_batches(file_id, finished_before, chunk):
+                time.sleep(pause)
         return len(ids), dropped
+
+    def _prune_rows(self, file_id: int, finished_before: str, chunk: int) -> int:
+        """Drop the file's first `chunk` rows (a range of its primary key) if it is still prunable."""
+        with self.begin() as conn:
+            return int(
+                conn.exec_driver_sql(
+                    "DELETE FROM rows WHERE file_id=? AND line <= (SELECT max(line) FROM "
+                    "(SELECT line FROM rows WHERE file_id=? ORDER BY line LIMIT ?) AS head)" + _STILL_PRUNABLE,
+                    (file_id, file_id, chunk, file_id, finished_before),
+                ).rowcount
+            )
+
+    def _prune_batches(self, file_id: int, finished_before: str, chunk: int) -> int:
+        """Drop the file's first batches, with their membership, up to about `chunk` rows; returns how many."""
+        last = None
+        carried = 0
+        with self.connect() as conn:
+            for batch_id, size in conn.exec_driver_sql(
+                "SELECT id, size FROM batches WHERE file_id=? ORDER BY id LIMIT ?", (file_id, chunk)
+            ):
+                last, carried = batch_id, carried + size
+                if carried >= chunk:
+                    break
+        if last is None:
+            return 0
+        with self.begin() as conn:
+            conn.exec_driver_sql(
+                "DELETE FROM batch_rows WHERE batch_id IN (SELECT id FROM batches WHERE file_id=? AND id <= ?)"
+                + _STILL_PRUNABLE,
+                (file_id, last, file_id, finished_before),
+            )
+            return int(
+                conn.exec_driver_sql(
+                    "DELETE FROM batches WHERE file_id=? AND id <= ?" + _STILL_PRUNABLE,
+                    (file_id, last, file_id, finished_before),
+                ).rowcount
+            )
 
     def prunable(self, finished_before: str) -> list[tuple[int, str, int]]:
         """What prune(finished_before) would drop: (file id, name, rows recorded when it finished), oldest first."""
@@ -146,8 +196,21 @@ class FileStore(LedgerBase):
         )
         conn.exec_driver_sql("DELETE FROM batches WHERE file_id=?", (file_id,))
 
-    def overview(self, *, recent: int = 10) -> dict[str, Any]:
-        """What the ledger holds, for `scm-daemon status`."""
+    def live_row_counts(self) -> dict[int, dict[str, int]]:
+        """Rows by status of each file not done yet: one pass over those files' rows (the done ones keep their
+        counts), read once by `status` for its totals and its progress lines."""
+        live: dict[int, dict[str, int]] = {}
+        with self.connect() as conn:
+            for file_id, status, n in conn.exec_driver_sql(
+                "SELECT file_id, status, count(*) FROM rows "
+                "WHERE file_id IN (SELECT id FROM files WHERE state<>'done') GROUP BY file_id, status"
+            ):
+                live.setdefault(int(file_id), {})[str(status)] = int(n)
+        return live
+
+    def overview(self, *, recent: int = 10, live: dict[int, dict[str, int]] | None = None) -> dict[str, Any]:
+        """What the ledger holds, for `scm-daemon status`; `live` is live_row_counts() if the caller has it."""
+        live = self.live_row_counts() if live is None else live
         with self.connect() as conn:
 
             def counts(sql: str) -> dict[str, int]:
@@ -159,12 +222,9 @@ class FileStore(LedgerBase):
             for (stored,) in conn.exec_driver_sql("SELECT counts FROM files WHERE state='done' AND counts IS NOT NULL"):
                 for status, n in json.loads(stored).items():
                     rows[status] = rows.get(status, 0) + n
-            live = conn.exec_driver_sql(
-                "SELECT status, count(*) FROM rows WHERE file_id IN (SELECT id FROM files WHERE state<>'done') "
-                "GROUP BY status"
-            ).all()
-            for status, n in live:
-                rows[status] = rows.get(status, 0) + n
+            for by_status in live.values():
+                for status, n in by_status.items():
+                    rows[status] = rows.get(status, 0) + n
             batches = counts("SELECT state, count(*) FROM batches GROUP BY state")
             latest = conn.exec_driver_sql(
                 "SELECT id, name, state, outcome, received_at, finished_at, coalesce(delivery_error, error) FROM files "
