@@ -20,11 +20,11 @@ from daemon.cli_parser import SANDBOX_TOKEN, build_parser
 from daemon.config import ConfigError, Settings, find_config_file, load_settings, sandbox_settings
 from daemon.folders import FolderError, ledger_lock, prepare_folders
 from daemon.ledger import Ledger
+from daemon.ledger.migrate import LedgerVersionError
 from daemon.logs import configure_logging
 from daemon.notify import Notifier
 from daemon.progress import snapshot as progress_snapshot
 from daemon.sandbox import Emulator, EmulatorConfig, serve_forever
-from daemon.schema import LedgerVersionError
 from daemon.service import ApiUnreachableError, ConfigurationPausedError, Service, TokenRefusedError
 from daemon.setup_check import check_setup
 from daemon.states import FileState

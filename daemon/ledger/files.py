@@ -7,10 +7,8 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from daemon.ledger.base import FILE_COLUMNS, FileInfo, LedgerBase, file_info, placeholders
+from daemon.ledger.base import FILE_COLUMNS, UPLOADS_PAUSED, FileInfo, LedgerBase, file_info, sql
 from daemon.states import FILE_TRANSITIONS, BatchState, FileState, Outcome, sources
-
-UPLOADS_PAUSED = "uploads_paused"  # meta key: why the running service sends nothing right now
 
 
 class FileStore(LedgerBase):
@@ -29,40 +27,53 @@ class FileStore(LedgerBase):
     ) -> int:
         """Record a file in state `received`; `path_for(id)`, if given, names its path from its new id."""
         with self.begin() as conn:
-            result = conn.exec_driver_sql(
-                "INSERT INTO files (sha256, name, path, size, state, data_key, mode, layout, received_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, '{}', ?)",
-                (sha256, name, path, size, FileState.RECEIVED, data_key, mode, self.now()),
+            file_id = int(
+                conn.execute(
+                    sql(
+                        "INSERT INTO files (sha256, name, path, size, state, data_key, mode, layout, received_at) "
+                        "VALUES (:sha256, :name, :path, :size, :state, :data_key, :mode, '{}', :now) RETURNING id"
+                    ),
+                    {
+                        "sha256": sha256,
+                        "name": name,
+                        "path": path,
+                        "size": size,
+                        "state": str(FileState.RECEIVED),
+                        "data_key": data_key,
+                        "mode": mode,
+                        "now": self.now(),
+                    },
+                ).scalar_one()
             )
-            file_id = result.lastrowid
-            assert file_id is not None
             if path_for is not None:
-                conn.exec_driver_sql("UPDATE files SET path=? WHERE id=?", (path_for(int(file_id)), file_id))
-        return int(file_id)
+                conn.execute(
+                    sql("UPDATE files SET path=:path WHERE id=:id"), {"path": path_for(file_id), "id": file_id}
+                )
+        return file_id
 
     def file(self, file_id: int) -> FileInfo:
         """One file's record."""
         with self.connect() as conn:
-            row = conn.exec_driver_sql(f"SELECT {FILE_COLUMNS} FROM files WHERE id=?", (file_id,)).one()
+            row = conn.execute(sql(f"SELECT {FILE_COLUMNS} FROM files WHERE id=:id"), {"id": file_id}).one()
         return file_info(row)
 
     def files(self, states: Iterable[FileState]) -> list[FileInfo]:
         """The files in any of these states, oldest first."""
         wanted = [str(s) for s in states]
         with self.connect() as conn:
-            rows = conn.exec_driver_sql(
-                f"SELECT {FILE_COLUMNS} FROM files WHERE state IN ({placeholders(len(wanted))}) ORDER BY id",
-                tuple(wanted),
+            rows = conn.execute(
+                sql(f"SELECT {FILE_COLUMNS} FROM files WHERE state IN :states ORDER BY id", "states"),
+                {"states": wanted},
             ).all()
         return [file_info(r) for r in rows]
 
     def find_files(self, name_or_sha: str) -> list[FileInfo]:
         """Files whose name, or SHA-256 (or its prefix of 8+ characters), is this."""
+        prefix = name_or_sha.lower() + "%" if len(name_or_sha) >= 8 else None  # NULL: LIKE matches nothing
         with self.connect() as conn:
-            rows = conn.exec_driver_sql(
-                f"SELECT {FILE_COLUMNS} FROM files WHERE name=? OR (length(?) >= 8 AND sha256 LIKE ? || '%') "
-                "ORDER BY id",
-                (name_or_sha, name_or_sha, name_or_sha.lower()),
+            rows = conn.execute(
+                sql(f"SELECT {FILE_COLUMNS} FROM files WHERE name=:name OR sha256 LIKE :prefix ORDER BY id"),
+                {"name": name_or_sha, "prefix": prefix},
             ).all()
         return [file_info(r) for r in rows]
 
@@ -70,10 +81,13 @@ class FileStore(LedgerBase):
         """An earlier file with the same bytes that was (or is being) processed, if any."""
         refused = (str(Outcome.FAILED), str(Outcome.DUPLICATE))
         with self.connect() as conn:
-            row = conn.exec_driver_sql(
-                f"SELECT {FILE_COLUMNS} FROM files WHERE sha256=? AND id<>? "
-                "AND (outcome IS NULL OR outcome NOT IN (?, ?)) ORDER BY id LIMIT 1",
-                (sha256, other_than, *refused),
+            row = conn.execute(
+                sql(
+                    f"SELECT {FILE_COLUMNS} FROM files WHERE sha256=:sha256 AND id<>:id "
+                    "AND (outcome IS NULL OR outcome NOT IN :refused) ORDER BY id LIMIT 1",
+                    "refused",
+                ),
+                {"sha256": sha256, "id": other_than, "refused": list(refused)},
             ).first()
         return file_info(row) if row else None
 
@@ -83,36 +97,42 @@ class FileStore(LedgerBase):
         with self.begin() as conn:
             if to is FileState.DONE:
                 values.setdefault("finished_at", self.now())
-                counts = conn.exec_driver_sql(
-                    "SELECT status, count(*) FROM rows WHERE file_id=? GROUP BY status", (file_id,)
+                counts = conn.execute(
+                    sql("SELECT status, count(*) FROM rows WHERE file_id=:id GROUP BY status"), {"id": file_id}
                 ).all()
-                values["counts"] = json.dumps(dict(counts), sort_keys=True)
-            sets = ", ".join(f"{k}=?" for k in ("state", *values))
+                values["counts"] = json.dumps({str(s): int(n) for s, n in counts}, sort_keys=True)
+            sets = ", ".join(f"{k}=:v_{k}" for k in ("state", *values))
             self.guard(
                 conn,
                 "files",
-                f"UPDATE files SET {sets} WHERE id=?",
-                (str(to), *values.values(), file_id),
+                f"UPDATE files SET {sets} WHERE id=:id",
+                {"v_state": str(to), **{f"v_{k}": v for k, v in values.items()}, "id": file_id},
                 sources(FILE_TRANSITIONS, to),
             )
 
     def set_file(self, file_id: int, **values: Any) -> None:
         """Set columns of a file that carry no state (the report stem, the destination)."""
-        sets = ", ".join(f"{k}=?" for k in values)
+        sets = ", ".join(f"{k}=:v_{k}" for k in values)
         with self.begin() as conn:
-            conn.exec_driver_sql(f"UPDATE files SET {sets} WHERE id=?", (*values.values(), file_id))
+            conn.execute(
+                sql(f"UPDATE files SET {sets} WHERE id=:id"),
+                {**{f"v_{k}": v for k, v in values.items()}, "id": file_id},
+            )
 
     def discard_rows(self, file_id: int) -> None:
         """Drop the rows recorded so far for a file that turned out unreadable."""
         with self.begin() as conn:
-            conn.exec_driver_sql("DELETE FROM rows WHERE file_id=?", (file_id,))
+            conn.execute(sql("DELETE FROM rows WHERE file_id=:id"), {"id": file_id})
 
     def forget_file(self, file_id: int) -> None:
         """Drop a file caught mid-intake, with its rows, so that the next scan takes it afresh."""
         with self.begin() as conn:
-            conn.exec_driver_sql("DELETE FROM rows WHERE file_id=?", (file_id,))
+            conn.execute(sql("DELETE FROM rows WHERE file_id=:id"), {"id": file_id})
             self._drop_batches(conn, file_id)
-            conn.exec_driver_sql("DELETE FROM files WHERE id=? AND state=?", (file_id, str(FileState.RECEIVED)))
+            conn.execute(
+                sql("DELETE FROM files WHERE id=:id AND state=:state"),
+                {"id": file_id, "state": str(FileState.RECEIVED)},
+            )
 
     def prune(self, finished_before: str) -> tuple[int, int]:
         """Drop the rows and batches of files done before this ISO time; returns (files, rows) dropped.
@@ -124,73 +144,93 @@ class FileStore(LedgerBase):
         dropped = 0
         for file_id in ids:
             with self.begin() as conn:
-                dropped += conn.exec_driver_sql("DELETE FROM rows WHERE file_id=?", (file_id,)).rowcount
+                dropped += conn.execute(sql("DELETE FROM rows WHERE file_id=:id"), {"id": file_id}).rowcount
                 self._drop_batches(conn, file_id)
         return len(ids), dropped
 
     def prunable(self, finished_before: str) -> list[tuple[int, str, int]]:
         """What prune(finished_before) would drop: (file id, name, rows recorded when it finished), oldest first."""
         with self.connect() as conn:
-            found = conn.exec_driver_sql(
-                "SELECT id, name, counts FROM files WHERE state='done' AND finished_at < ? AND counts IS NOT NULL "
-                "AND (EXISTS (SELECT 1 FROM rows r WHERE r.file_id=files.id) "
-                "OR EXISTS (SELECT 1 FROM batches b WHERE b.file_id=files.id)) ORDER BY id",
-                (finished_before,),
+            found = conn.execute(
+                sql(
+                    "SELECT id, name, counts FROM files WHERE state=:done AND finished_at < :before "
+                    "AND counts IS NOT NULL AND (EXISTS (SELECT 1 FROM rows r WHERE r.file_id=files.id) "
+                    "OR EXISTS (SELECT 1 FROM batches b WHERE b.file_id=files.id)) ORDER BY id"
+                ),
+                {"done": str(FileState.DONE), "before": finished_before},
             ).all()
         return [(int(i), str(name), sum(json.loads(counts).values())) for i, name, counts in found]
 
     @staticmethod
     def _drop_batches(conn: Connection, file_id: int) -> None:
-        conn.exec_driver_sql(
-            "DELETE FROM batch_rows WHERE batch_id IN (SELECT id FROM batches WHERE file_id=?)", (file_id,)
+        conn.execute(
+            sql("DELETE FROM batch_rows WHERE batch_id IN (SELECT id FROM batches WHERE file_id=:id)"), {"id": file_id}
         )
-        conn.exec_driver_sql("DELETE FROM batches WHERE file_id=?", (file_id,))
+        conn.execute(sql("DELETE FROM batches WHERE file_id=:id"), {"id": file_id})
 
     def overview(self, *, recent: int = 10) -> dict[str, Any]:
         """What the ledger holds, for `scm-daemon status`."""
+        done = str(FileState.DONE)
         with self.connect() as conn:
 
-            def counts(sql: str) -> dict[str, int]:
-                return {str(k): int(n) for k, n in conn.exec_driver_sql(sql).all()}
+            def counts(statement: str, **params: Any) -> dict[str, int]:
+                return {str(k): int(n) for k, n in conn.execute(sql(statement), params).all()}
 
-            files = counts("SELECT coalesce(outcome, state), count(*) FROM files GROUP BY 1")
+            files = counts("SELECT coalesce(outcome, state), count(*) FROM files GROUP BY coalesce(outcome, state)")
             # Done files carry their counts; only the rows of files still at work are counted here.
             rows: dict[str, int] = {}
-            for (stored,) in conn.exec_driver_sql("SELECT counts FROM files WHERE state='done' AND counts IS NOT NULL"):
+            stored_counts = conn.execute(
+                sql("SELECT counts FROM files WHERE state=:done AND counts IS NOT NULL"), {"done": done}
+            )
+            for (stored,) in stored_counts:
                 for status, n in json.loads(stored).items():
                     rows[status] = rows.get(status, 0) + n
-            live = conn.exec_driver_sql(
-                "SELECT status, count(*) FROM rows WHERE file_id IN (SELECT id FROM files WHERE state<>'done') "
-                "GROUP BY status"
+            live = conn.execute(
+                sql(
+                    "SELECT status, count(*) FROM rows WHERE file_id IN (SELECT id FROM files WHERE state<>:done) "
+                    "GROUP BY status"
+                ),
+                {"done": done},
             ).all()
             for status, n in live:
-                rows[status] = rows.get(status, 0) + n
+                rows[status] = rows.get(status, 0) + int(n)
             batches = counts("SELECT state, count(*) FROM batches GROUP BY state")
-            latest = conn.exec_driver_sql(
-                "SELECT id, name, state, outcome, received_at, finished_at, coalesce(delivery_error, error) FROM files "
-                "ORDER BY id DESC LIMIT ?",
-                (recent,),
+            latest = conn.execute(
+                sql(
+                    "SELECT id, name, state, outcome, received_at, finished_at, coalesce(delivery_error, error) "
+                    "FROM files ORDER BY id DESC LIMIT :n"
+                ),
+                {"n": recent},
             ).all()
-            undelivered = conn.exec_driver_sql(
-                "SELECT name, delivery_error FROM files WHERE state='reporting' AND delivery_error IS NOT NULL "
-                "ORDER BY id LIMIT ?",
-                (recent,),
+            undelivered = conn.execute(
+                sql(
+                    "SELECT name, delivery_error FROM files WHERE state=:reporting AND delivery_error IS NOT NULL "
+                    "ORDER BY id LIMIT :n"
+                ),
+                {"reporting": str(FileState.REPORTING), "n": recent},
             ).all()
-            errors = conn.exec_driver_sql(
-                "SELECT f.name, b.seq, b.state, b.attempts, b.last_error FROM batches b JOIN files f ON f.id=b.file_id "
-                "WHERE b.last_error IS NOT NULL ORDER BY b.id DESC LIMIT ?",
-                (recent,),
+            errors = conn.execute(
+                sql(
+                    "SELECT f.name, b.seq, b.state, b.attempts, b.last_error FROM batches b "
+                    "JOIN files f ON f.id=b.file_id WHERE b.last_error IS NOT NULL ORDER BY b.id DESC LIMIT :n"
+                ),
+                {"n": recent},
             ).all()
-            tasks = conn.exec_driver_sql(
-                "SELECT f.name, b.seq, b.task_id, b.task_state FROM batches b JOIN files f ON f.id=b.file_id "
-                "WHERE b.state=? ORDER BY b.id",
-                (str(BatchState.SUBMITTED),),
+            tasks = conn.execute(
+                sql(
+                    "SELECT f.name, b.seq, b.task_id, b.task_state FROM batches b JOIN files f ON f.id=b.file_id "
+                    "WHERE b.state=:submitted ORDER BY b.id"
+                ),
+                {"submitted": str(BatchState.SUBMITTED)},
             ).all()
-            retry_at = conn.exec_driver_sql(
-                "SELECT min(next_attempt_at) FROM batches WHERE state='queued' AND failures > 0"
+            retry_at = conn.execute(
+                sql("SELECT min(next_attempt_at) FROM batches WHERE state=:queued AND failures > 0"),
+                {"queued": str(BatchState.QUEUED)},
             ).scalar_one()
         return {
-            "ledger": str(self.path),
+            "ledger": self.target.shown,
+            "backend": self.dialect.name,
+            "schema_version": self.schema_version,
             "uploads_paused": self.get_meta(UPLOADS_PAUSED),
             "files": files,
             "rows": rows,

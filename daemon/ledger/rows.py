@@ -7,13 +7,17 @@ from contextlib import closing
 from itertools import islice
 from typing import Any
 
-from daemon.ledger.base import LedgerBase
-from daemon.states import FILE_TRANSITIONS, FileState, RowStatus, sources
+from daemon.ledger.base import LedgerBase, row_move, sql, states
+from daemon.states import FILE_TRANSITIONS, OPEN_ROW_STATUSES, FileState, RowStatus, sources
 
 INSERT_CHUNK = 20_000  # rows per executemany; one commit per chunk keeps the WAL small during a large intake
 ALREADY_UPLOADED = "the same data was already uploaded for this code"
 
 RowRecord = tuple[int, str | None, str | None, str, str, str]  # line, key, data_hash, cells JSON, status, detail
+ROW_COLUMNS = ("line", "key", "data_hash", "cells", "status", "detail")  # a RowRecord's, after file_id
+# The open statuses as SQL literals, from the same enum set as the partial index rows_open (daemon.schema): SQLite
+# uses a partial index only where the query's terms match its WHERE literally, which bound parameters cannot.
+OPEN = "(" + ", ".join(f"'{s}'" for s in sorted(str(s) for s in OPEN_ROW_STATUSES)) + ")"
 
 
 class RowStore(LedgerBase):
@@ -22,31 +26,32 @@ class RowStore(LedgerBase):
     def insert_rows(self, file_id: int, rows: Iterator[RowRecord]) -> int:
         """Record rows in large transactions; returns the count."""
         count = 0
-        sql = (
-            "INSERT INTO rows (file_id, line, key, data_hash, cells, status, detail) "
-            f"VALUES ({int(file_id)}, ?, ?, ?, ?, ?, ?)"
-        )
         while chunk := list(islice(rows, INSERT_CHUNK)):
             with self.begin() as conn:
-                conn.exec_driver_sql(sql, chunk)
-            count += len(chunk)
+                count += self.dialect.bulk_insert(conn, "rows", ROW_COLUMNS, chunk, fixed={"file_id": file_id})
         return count
 
     def resolve_in_file_duplicates(self, file_id: int) -> tuple[int, int]:
         """Skip identical repeats of a code within the file; reject every row of a code given different data."""
         with self.begin() as conn:
-            rows = conn.exec_driver_sql(
-                "SELECT key, line, data_hash FROM rows WHERE file_id=? AND status=? AND key IN "
-                "(SELECT key FROM rows WHERE file_id=? AND status=? GROUP BY key HAVING count(*) > 1) "
-                "ORDER BY key, line",
-                (file_id, str(RowStatus.PENDING), file_id, str(RowStatus.PENDING)),
+            rows = conn.execute(
+                sql(
+                    "SELECT key, line, data_hash FROM rows WHERE file_id=:file_id AND status=:pending AND key IN "
+                    "(SELECT key FROM rows WHERE file_id=:file_id AND status=:pending GROUP BY key "
+                    "HAVING count(*) > 1) ORDER BY key, line"
+                ),
+                {"file_id": file_id, "pending": str(RowStatus.PENDING)},
             ).all()
-            updates: list[tuple[str, str, int, int]] = []
+            updates: list[dict[str, Any]] = []
+            skip, reject = (
+                row_move(RowStatus.PENDING, RowStatus.SKIPPED),
+                row_move(RowStatus.PENDING, RowStatus.REJECTED),
+            )
             for key, group in _group_by_key(rows):
                 if len({h for _, h in group}) == 1:
                     first = group[0][0]
                     updates.extend(
-                        (str(RowStatus.SKIPPED), f"same data as row {first} of this file", file_id, line)
+                        {**skip, "detail": f"same data as row {first} of this file", "file_id": file_id, "line": line}
                         for line, _ in group[1:]
                     )
                     continue
@@ -55,55 +60,77 @@ class RowStore(LedgerBase):
                     shown = ", ".join(others[:10]) + (f" and {len(others) - 10} more" if len(others) > 10 else "")
                     rows_word = "row" if len(others) == 1 else "rows"
                     detail = f"{key} has different values in {rows_word} {shown} of this file; make them agree"
-                    updates.append((str(RowStatus.REJECTED), detail, file_id, line))
+                    updates.append({**reject, "detail": detail, "file_id": file_id, "line": line})
             if updates:
-                conn.exec_driver_sql("UPDATE rows SET status=?, detail=? WHERE file_id=? AND line=?", updates)
-        skipped = sum(1 for u in updates if u[0] == RowStatus.SKIPPED)
+                conn.execute(
+                    sql(
+                        "UPDATE rows SET status=:to, detail=:detail "
+                        "WHERE file_id=:file_id AND line=:line AND status=:frm"
+                    ),
+                    updates,
+                )
+        skipped = sum(1 for u in updates if u["to"] == RowStatus.SKIPPED)
         return skipped, len(updates) - skipped
 
-    def _unblocked(self, file_id: int, alias: str) -> str:
-        """SQL that keeps rows whose code has no open row in an earlier file, so uploads keep drop order."""
+    def _unblocked(self, file_id: int, alias: str) -> tuple[str, dict[str, Any]]:
+        """SQL (and its parameter `earlier`) that keeps rows whose code has no open row in an earlier file,
+        so uploads keep drop order."""
         earlier = [f for f in self.files_in_flight() if f < file_id]
         if not earlier:
-            return ""
+            return "", {}
         # Not a correlated NOT EXISTS: rows has no index on key (it would slow every insert), so that probe scanned
         # the earlier files' rows once per row planned. The list is built once per statement from the partial
         # index of open rows, and each row is one probe into it.
         return (
-            f" AND ({alias}.key IS NULL OR {alias}.key NOT IN (SELECT o.key FROM rows o INDEXED BY rows_open "
-            f"WHERE o.file_id IN ({','.join(map(str, earlier))}) AND o.status IN ('pending', 'queued') "
+            f" AND ({alias}.key IS NULL OR {alias}.key NOT IN (SELECT o.key FROM rows o"
+            f"{self.dialect.indexed_by('rows_open')} WHERE o.file_id IN :earlier AND o.status IN {OPEN} "
             "AND o.key IS NOT NULL))"
-        )
+        ), {"earlier": earlier}
 
     def files_in_flight(self) -> list[int]:
         """Ids of files whose rows may still be open."""
         with self.connect() as conn:
-            rows = conn.exec_driver_sql(
-                "SELECT id FROM files WHERE state IN (?, ?)", (str(FileState.RECEIVED), str(FileState.ACTIVE))
+            rows = conn.execute(
+                sql("SELECT id FROM files WHERE state IN :states", "states"),
+                {"states": states(FileState.RECEIVED, FileState.ACTIVE)},
             ).all()
         return [r[0] for r in rows]
 
     def skip_uploaded(self, file_id: int, data_key: str) -> int:
         """Skip pending rows whose code already holds the same data from an earlier upload; returns how many."""
+        unblocked, params = self._unblocked(file_id, "rows")
         with self.begin() as conn:
-            return conn.exec_driver_sql(
-                "UPDATE rows SET status='skipped', detail=? WHERE file_id=? AND status='pending' AND EXISTS "
-                "(SELECT 1 FROM codes c WHERE c.data_key=? AND c.key=rows.key AND c.data_hash=rows.data_hash)"
-                + self._unblocked(file_id, "rows"),
-                (ALREADY_UPLOADED, file_id, data_key),
+            return conn.execute(
+                sql(
+                    "UPDATE rows SET status=:to, detail=:detail WHERE file_id=:file_id AND status=:frm AND EXISTS "
+                    "(SELECT 1 FROM codes c WHERE c.data_key=:data_key AND c.key=rows.key "
+                    "AND c.data_hash=rows.data_hash)" + unblocked,
+                    *params,
+                ),
+                {
+                    **row_move(RowStatus.PENDING, RowStatus.SKIPPED),
+                    "detail": ALREADY_UPLOADED,
+                    "file_id": file_id,
+                    "data_key": data_key,
+                    **params,
+                },
             ).rowcount
 
     def plannable_groups(self, file_id: int) -> dict[str, Sequence[int]]:
         """Pending, unblocked rows of a file as {data hash: lines in row order}, compact for a million rows."""
         groups: dict[str, array[int]] = {}
+        unblocked, params = self._unblocked(file_id, "r")
         with (
             self.connect() as conn,
             closing(
-                conn.exec_driver_sql(
-                    "SELECT r.data_hash, r.line FROM rows r WHERE r.file_id=? AND r.status='pending'"
-                    + self._unblocked(file_id, "r")
-                    + " ORDER BY r.line",
-                    (file_id,),
+                conn.execute(
+                    sql(
+                        "SELECT r.data_hash, r.line FROM rows r WHERE r.file_id=:file_id AND r.status=:pending"
+                        + unblocked
+                        + " ORDER BY r.line",
+                        *params,
+                    ),
+                    {"file_id": file_id, "pending": str(RowStatus.PENDING), **params},
                 )
             ) as result,
         ):
@@ -117,19 +144,24 @@ class RowStore(LedgerBase):
     def has_open_rows(self, file_id: int) -> bool:
         """Whether any row of the file still waits for an outcome."""
         with self.connect() as conn:
-            row = conn.exec_driver_sql(
-                "SELECT 1 FROM rows INDEXED BY rows_open WHERE file_id=? AND status IN ('pending', 'queued') LIMIT 1",
-                (file_id,),
+            row = conn.execute(
+                sql(
+                    f"SELECT 1 FROM rows{self.dialect.indexed_by('rows_open')} "
+                    f"WHERE file_id=:file_id AND status IN {OPEN} LIMIT 1"
+                ),
+                {"file_id": file_id},
             ).first()
         return row is not None
 
     def has_pending_rows(self, file_id: int) -> bool:
         """Whether any row of the file still waits to be planned."""
         with self.connect() as conn:
-            row = conn.exec_driver_sql(
-                "SELECT 1 FROM rows INDEXED BY rows_open WHERE file_id=? AND status IN ('pending', 'queued') "
-                "AND status='pending' LIMIT 1",
-                (file_id,),
+            row = conn.execute(
+                sql(
+                    f"SELECT 1 FROM rows{self.dialect.indexed_by('rows_open')} "
+                    f"WHERE file_id=:file_id AND status IN {OPEN} AND status=:pending LIMIT 1"
+                ),
+                {"file_id": file_id, "pending": str(RowStatus.PENDING)},
             ).first()
         return row is not None
 
@@ -138,35 +170,39 @@ class RowStore(LedgerBase):
         cost is the open rows, not the file's."""
         with self.connect() as conn:
             return int(
-                conn.exec_driver_sql(
-                    "SELECT count(*) FROM rows INDEXED BY rows_open "
-                    "WHERE file_id=? AND status IN ('pending', 'queued')",
-                    (file_id,),
+                conn.execute(
+                    sql(
+                        f"SELECT count(*) FROM rows{self.dialect.indexed_by('rows_open')} "
+                        f"WHERE file_id=:file_id AND status IN {OPEN}"
+                    ),
+                    {"file_id": file_id},
                 ).scalar_one()
             )
 
     def row_total(self, file_id: int) -> int:
         """How many rows the file has (a pass over its rows: ask once per file)."""
         with self.connect() as conn:
-            return int(conn.exec_driver_sql("SELECT count(*) FROM rows WHERE file_id=?", (file_id,)).scalar_one())
+            return int(conn.execute(sql("SELECT count(*) FROM rows WHERE file_id=:id"), {"id": file_id}).scalar_one())
 
     def row_counts(self, file_id: int) -> dict[RowStatus, int]:
         """How many of the file's rows are in each status."""
         with self.connect() as conn:
-            rows = conn.exec_driver_sql(
-                "SELECT status, count(*) FROM rows WHERE file_id=? GROUP BY status", (file_id,)
+            rows = conn.execute(
+                sql("SELECT status, count(*) FROM rows WHERE file_id=:id GROUP BY status"), {"id": file_id}
             ).all()
-        return {RowStatus(s): n for s, n in rows}
+        return {RowStatus(s): int(n) for s, n in rows}
 
     def report_rows(self, file_id: int) -> Iterator[tuple[int, str | None, str, str, int | None, str | None]]:
         """Every row of a file in spreadsheet order: line, key, status, detail, batch number, task id."""
         with (
             self.connect() as conn,
             closing(
-                conn.exec_driver_sql(
-                    "SELECT r.line, r.key, r.status, r.detail, b.seq, b.task_id FROM rows r "
-                    "LEFT JOIN batches b ON b.id=r.batch_id WHERE r.file_id=? ORDER BY r.line",
-                    (file_id,),
+                conn.execute(
+                    sql(
+                        "SELECT r.line, r.key, r.status, r.detail, b.seq, b.task_id FROM rows r "
+                        "LEFT JOIN batches b ON b.id=r.batch_id WHERE r.file_id=:id ORDER BY r.line"
+                    ),
+                    {"id": file_id},
                 )
             ) as result,
         ):
@@ -177,10 +213,13 @@ class RowStore(LedgerBase):
         with (
             self.connect() as conn,
             closing(
-                conn.exec_driver_sql(
-                    "SELECT line, cells, status, detail FROM rows WHERE file_id=? AND status IN ('rejected', 'failed') "
-                    "ORDER BY line",
-                    (file_id,),
+                conn.execute(
+                    sql(
+                        "SELECT line, cells, status, detail FROM rows WHERE file_id=:id AND status IN :errors "
+                        "ORDER BY line",
+                        "errors",
+                    ),
+                    {"id": file_id, "errors": states(RowStatus.REJECTED, RowStatus.FAILED)},
                 )
             ) as result,
         ):
@@ -193,17 +232,17 @@ class RowStore(LedgerBase):
         The reports of the retry get new names (report_base is cleared), so the first ones stay as they were.
         """
         with self.begin() as conn:
-            moved = conn.exec_driver_sql(
-                "UPDATE rows SET status='pending', detail='', batch_id=NULL WHERE file_id=? AND status='failed'",
-                (file_id,),
+            moved = conn.execute(
+                sql("UPDATE rows SET status=:to, detail='', batch_id=NULL WHERE file_id=:id AND status=:frm"),
+                {**row_move(RowStatus.FAILED, RowStatus.PENDING), "id": file_id},
             ).rowcount
             if moved:
                 self.guard(
                     conn,
                     "files",
-                    "UPDATE files SET state='active', outcome=NULL, report_base=NULL, finished_at=NULL, counts=NULL "
-                    "WHERE id=?",
-                    (file_id,),
+                    "UPDATE files SET state=:active, outcome=NULL, report_base=NULL, finished_at=NULL, counts=NULL "
+                    "WHERE id=:id",
+                    {"active": str(FileState.ACTIVE), "id": file_id},
                     sources(FILE_TRANSITIONS, FileState.ACTIVE),
                 )
         return moved
