@@ -161,7 +161,11 @@ def _load(path: Path | None, env: Mapping[str, str], *, resolve_token: bool) -> 
     base = path.absolute().parent if path is not None else Path.cwd()
     where = str(path) if path is not None else "the environment"
     paths = raw.paths.model_copy(
-        update={name: absolute(getattr(raw.paths, name), base) for name in PathsSettings.model_fields}
+        update={
+            name: absolute(value, base)
+            for name in PathsSettings.model_fields
+            if isinstance(value := getattr(raw.paths, name), Path)
+        }
     )
     _check_distinct(paths, where)
     token_origin = _origin("api", "token_file", path, env_vars)
@@ -343,6 +347,8 @@ def _check_distinct(paths: PathsSettings, where: str) -> None:
     seen: dict[Path, str] = {}
     for name in PathsSettings.model_fields:
         value = getattr(paths, name)
+        if not isinstance(value, Path):
+            continue  # a database URL, or a file not set
         if value in seen:
             raise ConfigError(
                 f"{where}: paths.{name} and paths.{seen[value]} are both {value}; give each its own place"

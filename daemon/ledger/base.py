@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, TextClause, bindparam, text
+from sqlalchemy.exc import DBAPIError
 
-from daemon.ledger.dialect import LedgerTarget, dialect_of, ledger_target, open_engine
+from daemon.ledger.dialect import LedgerTarget, dialect_of, ledger_target, open_engine, unavailable
 from daemon.ledger.migrate import migrate
 from daemon.states import ROW_TRANSITIONS, BatchState, FileState, Outcome, RowStatus
 
@@ -132,6 +133,9 @@ class LedgerBase:
         self.dialect = dialect_of(self.engine)
         try:
             self.schema_version = migrate(self.engine)
+        except DBAPIError as exc:
+            self.engine.dispose()
+            raise unavailable(self.target, exc) from None
         except BaseException:
             self.engine.dispose()
             raise

@@ -7,13 +7,15 @@ raw connection, COPY on PostgreSQL).
 """
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy import URL, Connection, Engine, create_engine, event, inspect, make_url, text
+from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.pool import NullPool
 
 URL_SCHEMES = ("postgresql", "postgres")  # paths.ledger starting with one of these and "://" is a server
 PASSWORD_CREDENTIAL = "ledger-password"  # noqa: S105 (a file's name) — the systemd credential (LoadCredential=) read when no file is set
@@ -180,3 +182,51 @@ def open_engine(target: LedgerTarget) -> Engine:
         cur.close()
 
     return engine
+
+
+class LedgerUnavailable(Exception):
+    """The ledger's database server cannot be reached (or refused the connection)."""
+
+
+def unavailable(target: LedgerTarget, exc: BaseException) -> LedgerUnavailable:
+    """The error to show for a database that cannot be reached: the URL without its password, the server's words."""
+    cause = getattr(exc, "orig", None) or exc
+    first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    return LedgerUnavailable(f"cannot reach the ledger {target.shown}: {first}")
+
+
+def ledger_exists(target: LedgerTarget) -> bool:
+    """Whether there is a ledger to read: the SQLite file, or the tables in the PostgreSQL database (which must
+    exist; the tables are created by the first `run`)."""
+    if target.path is not None:
+        return target.path.exists()
+    engine = open_engine(target)
+    try:
+        with engine.connect() as conn:
+            return inspect(conn).has_table("files")
+    except DBAPIError as exc:
+        raise unavailable(target, exc) from None
+    finally:
+        engine.dispose()
+
+
+_SERVICE_LOCK = 7_316_017  # PostgreSQL advisory lock of the one service on a database (until instances share it)
+
+
+@contextmanager
+def server_lock(target: LedgerTarget) -> Iterator[bool]:
+    """Hold PostgreSQL's session advisory lock of the service while the block runs; yields False (holding nothing)
+    when another session holds it: another scm-daemon is running on this database."""
+    engine = create_engine(target.url, poolclass=NullPool, connect_args={"connect_timeout": 10})
+    try:
+        conn = engine.connect()
+        held = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _SERVICE_LOCK}).scalar_one())
+        conn.commit()
+    except DBAPIError as exc:
+        engine.dispose()
+        raise unavailable(target, exc) from None
+    try:
+        yield held
+    finally:
+        conn.close()  # the session ends: PostgreSQL releases its lock
+        engine.dispose()
