@@ -28,6 +28,7 @@ from daemon.config.models import (
     UploadSettings,
 )
 from daemon.config.routes import apply_route, key_problem, route_keys, route_tables, unknown_key_problem
+from daemon.ledger.dialect import is_url, url_shown
 from daemon.logs import register_secret
 
 _ALL_SECTIONS = [*SECTIONS, "columns", "routes"]
@@ -319,6 +320,8 @@ def _describe(exc: ValidationError, path: Path | None, env_vars: _EnvNames) -> s
         # An unknown key's value may be a misspelt token: show neither it nor any token-like key's value.
         secretive = loc[1] in _SECRET_KEYS or error["type"] == "extra_forbidden"
         shown = "***" if secretive else _show(error["input"])
+        if loc[:2] == ["paths", "ledger"] and isinstance(error["input"], str) and is_url(error["input"]):
+            shown = _show(url_shown(error["input"]))  # a password put in the URL by mistake stays unsaid
         origin = _origin(loc[0], loc[1], path, env_vars)
         lines.append(f"{origin}: {'.'.join(loc)} = {shown} is not valid: {rule}")
     return "\n".join(lines)

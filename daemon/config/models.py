@@ -169,6 +169,8 @@ class PathsSettings(BaseModel):
     @field_validator("ledger", mode="before")
     @classmethod
     def _file_or_url(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = _nonblank(value)
         if isinstance(value, str) and is_url(value):
             parse_url(value)  # no password, a database named: else the message says what to fix
             return value

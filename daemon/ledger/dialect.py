@@ -57,6 +57,14 @@ class LedgerTarget:
         return self.shown
 
 
+def url_shown(value: str) -> str:
+    """A database URL as it may be shown: its password replaced by ***, or all of it when it cannot be parsed."""
+    try:
+        return make_url(value).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "***"
+
+
 def parse_url(value: str) -> URL:
     """A postgresql:// setting as SQLAlchemy's URL on psycopg 3; it must not carry a password."""
     try:
