@@ -79,11 +79,12 @@ class BatchStore(LedgerBase):
         self.dialect.bulk_insert(conn, "batch_rows", ("batch_id", "line"), members)
         members.sort(key=lambda member: member[1])
         move = row_move(RowStatus.PENDING, RowStatus.QUEUED)
-        updated = conn.execute(
-            sql("UPDATE rows SET status=:to, batch_id=:b WHERE file_id=:f AND line=:l AND status=:frm"),
-            [{**move, "b": batch_id, "f": file_id, "l": line} for batch_id, line in members],
+        updated = self.dialect.executemany(
+            conn,
+            "UPDATE rows SET status=?, batch_id=? WHERE file_id=? AND line=? AND status=?",
+            [(move["to"], batch_id, file_id, line, move["frm"]) for batch_id, line in members],
         )
-        if updated.rowcount != len(members):
+        if updated != len(members):
             raise RuntimeError(f"file {file_id}: some rows planned into batches were no longer pending")
 
     def batch(self, batch_id: int) -> BatchInfo:

@@ -139,9 +139,18 @@ class Dialect:
                 count += 1
         return count
 
+    marker = "%s"  # the driver's positional parameter
+
+    def executemany(self, conn: Connection, statement: str, records: Sequence[Sequence[Any]]) -> int:
+        """Run a statement written with `?` marks once per record of positional values, on the driver itself:
+        for a million rows, binding tuples as they are is seconds faster than SQLAlchemy's named parameters.
+        Returns the rows changed."""
+        return int(conn.exec_driver_sql(statement.replace("?", self.marker), list(records)).rowcount)
+
 
 class SqliteDialect(Dialect):
     name = "sqlite"
+    marker = "?"
 
     def indexed_by(self, index: str) -> str:
         return f" INDEXED BY {index}"
