@@ -37,7 +37,7 @@ from daemon.decide import (
 )
 from daemon.errors import ApiError, ProtocolError
 from daemon.ledger import UPLOADS_PAUSED, BatchInfo, Ledger, StateConflict
-from daemon.normalize import Layout, scm_data
+from daemon.normalize import scm_data
 from daemon.pacing import Pace
 from daemon.retry import Backoff
 from daemon.states import BatchState
@@ -126,9 +126,7 @@ class Uploader(StartAndTokenChecks):
     def _file(self, file_id: int) -> FileContext:
         if file_id not in self._files:
             f = self.ledger.file(file_id)
-            self._files[file_id] = FileContext(
-                f.name, f.data_key, Layout.from_record(f.layout), bool(f.layout.get("clear_empty"))
-            )
+            self._files[file_id] = FileContext(f.name, f.data_key, f.layout.mapping(), f.layout.clear_empty)
         return self._files[file_id]
 
     # --- sending ---------------------------------------------------------------------------------------------

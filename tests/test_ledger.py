@@ -15,7 +15,7 @@ from old_ledgers import old_ledger
 from sqlalchemy import create_engine, text
 
 from daemon import schema
-from daemon.ledger import Ledger, StateConflict
+from daemon.ledger import FileLayout, Ledger, StateConflict
 from daemon.ledger.dialect import ledger_target, open_engine
 from daemon.ledger.migrate import HEAD, SCHEMA_VERSION, LedgerVersionError, migration_config, schema_version
 from daemon.states import BATCH_TRANSITIONS, FILE_TRANSITIONS, ROW_TRANSITIONS, BatchState, FileState, RowStatus
@@ -384,6 +384,27 @@ class TestStorageContract:
         assert all(b.ambiguous and b.reference and b.reference.endswith(f"part {b.seq}") for b in due)
         assert ledger.row_counts(file_id) == {RowStatus.QUEUED: 2, RowStatus.REJECTED: 1}
         assert ledger.batch_totals(file_id) == (1, 1, 0)
+
+    def test_a_files_layout_is_kept_as_a_typed_record(self, ledger: Ledger) -> None:
+        file_id = add_file(ledger)
+        assert ledger.file(file_id).layout == FileLayout()  # not read yet
+        assert not ledger.file(file_id).layout.read
+        layout = FileLayout(
+            format="csv",
+            encoding="cp1252",
+            delimiter=";",
+            headers=("extended_id", "Markt"),
+            key_index=0,
+            fields=((1, "intended_market"),),
+            clear_empty=True,
+        ).with_dates_rewritten({"production_date": 2})
+        ledger.set_file(file_id, layout=layout)
+        stored = ledger.file(file_id).layout
+        assert stored == layout
+        assert stored.columns() == {"Markt": "intended_market"}
+        assert stored.format_record()["delimiter"] == ";"
+        assert stored.mapping().key_index == 0
+        assert stored.warnings == ("2 values of 'production_date' rewritten as YYYY-MM-DD, as the API wants dates",)
 
     def test_a_row_change_outside_the_row_transitions_is_refused(self, ledger: Ledger) -> None:
         file_id = add_file(ledger)

@@ -5,6 +5,7 @@ from daemon.ledger.batches import BatchStore
 from daemon.ledger.figures import FigureStore, LedgerFigures
 from daemon.ledger.files import FileStore
 from daemon.ledger.history import FileLine, HistoryStore
+from daemon.ledger.layout import FileLayout
 from daemon.ledger.notifications import NotificationInfo, NotificationState, NotificationStore
 from daemon.ledger.rows import RowStore
 
@@ -19,6 +20,7 @@ __all__ = [
     "BatchInfo",
     "Clock",
     "FileInfo",
+    "FileLayout",
     "FileLine",
     "Ledger",
     "LedgerFigures",

@@ -1,6 +1,5 @@
 """What every part of the ledger shares: the engine, the clock, the records, and the guarded transition."""
 
-import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -15,6 +14,7 @@ from sqlalchemy import Connection, TextClause, bindparam, text
 from sqlalchemy.exc import DBAPIError
 
 from daemon.ledger.dialect import LedgerTarget, dialect_of, ledger_target, open_engine, unavailable
+from daemon.ledger.layout import FileLayout
 from daemon.ledger.migrate import migrate
 from daemon.states import ROW_TRANSITIONS, BatchState, FileState, Outcome, RowStatus
 
@@ -44,7 +44,7 @@ class FileInfo:
     outcome: Outcome | None
     data_key: str
     mode: str
-    layout: dict[str, Any]
+    layout: FileLayout
     error: str | None
     report_base: str | None
     destination: str | None
@@ -89,7 +89,7 @@ def file_info(row: Sequence[Any]) -> FileInfo:
     values = list(row)
     values[5] = FileState(values[5])
     values[6] = Outcome(values[6]) if values[6] else None
-    values[9] = json.loads(values[9])
+    values[9] = FileLayout.from_json(values[9])
     return FileInfo(*values)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from daemon.ledger.base import FILE_COLUMNS, UPLOADS_PAUSED, FileInfo, LedgerBase, file_info, sql
+from daemon.ledger.layout import FileLayout
 from daemon.states import FILE_TRANSITIONS, BatchState, FileState, Outcome, sources
 
 
@@ -93,7 +94,7 @@ class FileStore(LedgerBase):
 
     def transition_file(self, file_id: int, to: FileState, **values: Any) -> None:
         """Move a file to state `to` (guarded by FILE_TRANSITIONS), setting other columns with it."""
-        values = {k: json.dumps(v) if k == "layout" else v for k, v in values.items()}
+        values = {k: v.to_json() if isinstance(v, FileLayout) else v for k, v in values.items()}
         with self.begin() as conn:
             if to is FileState.DONE:
                 values.setdefault("finished_at", self.now())
@@ -111,7 +112,8 @@ class FileStore(LedgerBase):
             )
 
     def set_file(self, file_id: int, **values: Any) -> None:
-        """Set columns of a file that carry no state (the report stem, the destination)."""
+        """Set columns of a file that carry no state (the report stem, the destination, the layout)."""
+        values = {k: v.to_json() if isinstance(v, FileLayout) else v for k, v in values.items()}
         sets = ", ".join(f"{k}=:v_{k}" for k in values)
         with self.begin() as conn:
             conn.execute(
