@@ -14,7 +14,8 @@ from alembic.runtime.migration import MigrationContext
 from old_ledgers import old_ledger
 from sqlalchemy import create_engine, text
 
-from daemon import schema
+from daemon import intake, schema
+from daemon.config import Settings
 from daemon.ledger import FileLayout, Ledger, StateConflict
 from daemon.ledger.dialect import ledger_target, open_engine
 from daemon.ledger.migrate import HEAD, SCHEMA_VERSION, LedgerVersionError, migration_config, schema_version
@@ -405,6 +406,22 @@ class TestStorageContract:
         assert stored.format_record()["delimiter"] == ";"
         assert stored.mapping().key_index == 0
         assert stored.warnings == ("2 values of 'production_date' rewritten as YYYY-MM-DD, as the API wants dates",)
+
+    def test_intake_records_a_file_with_its_layout_and_rows(self, ledger: Ledger, tmp_path: Path) -> None:
+        """The real intake into this backend (COPY on PostgreSQL): rows, layout, repeats and rejections."""
+        path = tmp_path / "lot.csv"
+        path.write_text(
+            "extended_id;intended_market\r\nCODE00000001;DE\r\nCODE00000002;FR\r\n;US\r\nCODE00000001;DE\r\n"
+            + "CODE00000003;IT\r\nCODE00000003;ES\r\n",
+            encoding="utf-8",
+        )
+        file_id = intake.take(path, ledger, Settings())
+        assert file_id is not None
+        f = ledger.file(file_id)
+        assert (f.state, f.layout.format, f.layout.delimiter) == (FileState.ACTIVE, "csv", ";")
+        assert f.layout.columns() == {"intended_market": "intended_market"}
+        assert ledger.row_counts(file_id) == {RowStatus.PENDING: 2, RowStatus.SKIPPED: 1, RowStatus.REJECTED: 3}
+        assert sorted(len(lines) for lines in ledger.plannable_groups(file_id).values()) == [1, 1]
 
     def test_a_row_change_outside_the_row_transitions_is_refused(self, ledger: Ledger) -> None:
         file_id = add_file(ledger)
