@@ -77,13 +77,7 @@ class BatchStore(LedgerBase):
             return
         # Both writes are sequential: batch_rows is clustered by batch, and rows are updated in row order.
         self.dialect.bulk_insert(conn, "batch_rows", ("batch_id", "line"), members)
-        members.sort(key=lambda member: member[1])
-        move = row_move(RowStatus.PENDING, RowStatus.QUEUED)
-        updated = self.dialect.executemany(
-            conn,
-            "UPDATE rows SET status=?, batch_id=? WHERE file_id=? AND line=? AND status=?",
-            [(move["to"], batch_id, file_id, line, move["frm"]) for batch_id, line in members],
-        )
+        updated = self.dialect.queue_members(conn, file_id, members, row_move(RowStatus.PENDING, RowStatus.QUEUED))
         if updated != len(members):
             raise RuntimeError(f"file {file_id}: some rows planned into batches were no longer pending")
 

@@ -29,6 +29,9 @@ class RowStore(LedgerBase):
         while chunk := list(islice(rows, INSERT_CHUNK)):
             with self.begin() as conn:
                 count += self.dialect.bulk_insert(conn, "rows", ROW_COLUMNS, chunk, fixed={"file_id": file_id})
+        if count >= INSERT_CHUNK:
+            with self.begin() as conn:
+                self.dialect.loaded(conn, "rows")
         return count
 
     def resolve_in_file_duplicates(self, file_id: int) -> tuple[int, int]:
