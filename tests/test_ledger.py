@@ -470,3 +470,43 @@ def test_the_head_revision_is_the_schema_version_the_code_knows(tmp_path: Path) 
     with engine.connect() as conn:
         assert ScriptDirectory.from_config(migration_config(conn)).get_current_head() == HEAD
     engine.dispose()
+
+
+# --- PostgreSQL only ----------------------------------------------------------------------------------------------
+
+
+def test_a_postgresql_ledger_reconnects_after_its_connections_were_cut(pg_ledger: str) -> None:
+    """A server restart (here: every session of the database terminated) costs no more than a reconnect: the pool
+    checks a connection before lending it."""
+    import psycopg
+
+    ledger = Ledger(pg_ledger)
+    try:
+        file_id = add_file(ledger)
+        database = ledger.target.url.database
+        with psycopg.connect(f"host=127.0.0.1 port=5432 user=postgres dbname={database}", autocommit=True) as admin:
+            cut = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname=%s AND pid<>pg_backend_pid()",
+                (database,),
+            ).fetchone()
+        assert cut is not None
+        assert cut[0] >= 1
+        assert ledger.file(file_id).name == "f.csv"
+        ledger.transition_file(file_id, FileState.ACTIVE)
+    finally:
+        ledger.close()
+
+
+def test_a_second_service_on_one_postgresql_database_is_refused(pg_ledger: str) -> None:
+    from daemon.folders import FolderError, ledger_lock
+
+    target = ledger_target(pg_ledger)
+    with (
+        ledger_lock(target),
+        pytest.raises(FolderError, match="another scm-daemon is already running"),
+        ledger_lock(target),
+    ):
+        pass
+    with ledger_lock(target):  # released with its session
+        pass
