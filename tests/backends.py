@@ -31,9 +31,10 @@ def pg_database() -> Iterator[str]:
     try:
         admin = psycopg.connect(_admin_conninfo("postgres"), autocommit=True)
     except psycopg.OperationalError as exc:
-        reason = f"no PostgreSQL server at {PG_HOST}:{PG_PORT} ({str(exc).strip().splitlines()[0]})"
+        first = str(exc).strip().splitlines()[0]
+        reason = f"cannot connect to PostgreSQL at {PG_HOST}:{PG_PORT} as {PG_USER} ({first})"
         if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true: the PostgreSQL tests must run, but there is {reason}")
+            pytest.fail(f"CI=true: the PostgreSQL tests must run, but {reason}")
         pytest.skip(f"PostgreSQL ledger tests skipped: {reason}; start it (see .ci/run) or set CI=true to fail")
     name = f"scm_test_{secrets.token_hex(6)}"
     admin.execute(f"CREATE DATABASE {name}")
