@@ -61,6 +61,10 @@ def test_a_run_on_a_postgresql_ledger_uploads_reports_and_shows_its_status(
     assert data["ledger"].startswith("postgresql://postgres:***@127.0.0.1:5432/")
     text = project.cli("status")
     assert f"(schema {SCHEMA_VERSION})" in text.stdout, text.stdout
+    check = project.cli("check")
+    assert check.returncode == 0, check.stderr
+    assert "ledger: postgresql://postgres:***@127.0.0.1:5432/" in check.stdout, check.stdout
+    assert f"(schema version {SCHEMA_VERSION})" in check.stdout
 
     # The same bytes again: the ledger in PostgreSQL remembers them.
     project.drop("orders-again.csv", (project.archive / "orders.csv").read_bytes())
@@ -69,7 +73,17 @@ def test_a_run_on_a_postgresql_ledger_uploads_reports_and_shows_its_status(
     assert project.summary("orders-again")["status"] == "duplicate"
     assert emulator.stats().sync_calls == 3  # 249 rows to send, 100 a call; nothing sent for the duplicate
 
-    printed = done.stdout + done.stderr + status.stdout + status.stderr + text.stdout + again.stdout + again.stderr
+    printed = (
+        check.stdout
+        + check.stderr
+        + done.stdout
+        + done.stderr
+        + status.stdout
+        + status.stderr
+        + text.stdout
+        + again.stdout
+        + again.stderr
+    )
     assert SECRET not in printed
     for path in project.root.rglob("*"):
         if path.is_file():
