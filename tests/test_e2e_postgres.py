@@ -73,17 +73,7 @@ def test_a_run_on_a_postgresql_ledger_uploads_reports_and_shows_its_status(
     assert project.summary("orders-again")["status"] == "duplicate"
     assert emulator.stats().sync_calls == 3  # 249 rows to send, 100 a call; nothing sent for the duplicate
 
-    printed = (
-        check.stdout
-        + check.stderr
-        + done.stdout
-        + done.stderr
-        + status.stdout
-        + status.stderr
-        + text.stdout
-        + again.stdout
-        + again.stderr
-    )
+    printed = "".join(r.stdout + r.stderr for r in (check, done, status, text, again))
     assert SECRET not in printed
     for path in project.root.rglob("*"):
         if path.is_file():
