@@ -3,16 +3,17 @@
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, TextClause, bindparam, text
+from sqlalchemy import Connection, Table, TextClause, bindparam, text
 from sqlalchemy.exc import DBAPIError
 
+from daemon import schema
 from daemon.ledger.dialect import LedgerTarget, dialect_of, ledger_target, open_engine, unavailable
 from daemon.ledger.layout import FileLayout
 from daemon.ledger.migrate import migrate
@@ -74,14 +75,17 @@ class BatchInfo:
     interrupted: int  # restarts that caught it `sending`
 
 
-FILE_COLUMNS = (
-    "id, sha256, name, path, size, state, outcome, data_key, mode, layout, error, report_base, destination, "
-    "received_at, finished_at"
-)
-BATCH_COLUMNS = (
-    "id, file_id, seq, kind, state, size, attempts, failures, ambiguous, last_error, data_hash, reference, task_id, "
-    "task_state, submitted_at, interrupted"
-)
+def columns_of(table: Table, record: type) -> str:
+    """The SELECT list that reads a record: its fields in order, each a column of the table (else ImportError)."""
+    names = [f.name for f in fields(record)]
+    missing = [name for name in names if name not in table.c]
+    if missing:
+        raise ImportError(f"{record.__name__} names {missing}, not columns of {table.name} (daemon.schema)")
+    return ", ".join(names)
+
+
+FILE_COLUMNS = columns_of(schema.files, FileInfo)
+BATCH_COLUMNS = columns_of(schema.batches, BatchInfo)
 
 
 def file_info(row: Sequence[Any]) -> FileInfo:

@@ -7,6 +7,7 @@ from contextlib import closing
 from itertools import islice
 from typing import Any
 
+from daemon import schema
 from daemon.ledger.base import LedgerBase, row_move, sql, states
 from daemon.states import FILE_TRANSITIONS, OPEN_ROW_STATUSES, FileState, RowStatus, sources
 
@@ -14,7 +15,8 @@ INSERT_CHUNK = 20_000  # rows per executemany; one commit per chunk keeps the WA
 ALREADY_UPLOADED = "the same data was already uploaded for this code"
 
 RowRecord = tuple[int, str | None, str | None, str, str, str]  # line, key, data_hash, cells JSON, status, detail
-ROW_COLUMNS = ("line", "key", "data_hash", "cells", "status", "detail")  # a RowRecord's, after file_id
+# A RowRecord's columns: the table's, less the file (fixed per insert) and the batch (set when planned).
+ROW_COLUMNS = tuple(c.name for c in schema.rows.c if c.name not in ("file_id", "batch_id"))
 # The open statuses as SQL literals, from the same enum set as the partial index rows_open (daemon.schema): SQLite
 # uses a partial index only where the query's terms match its WHERE literally, which bound parameters cannot.
 OPEN = "(" + ", ".join(f"'{s}'" for s in sorted(str(s) for s in OPEN_ROW_STATUSES)) + ")"
