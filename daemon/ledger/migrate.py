@@ -6,12 +6,14 @@ also kept in meta.schema_version, so that an older scm-daemon refuses a ledger n
 """
 
 from pathlib import Path
+from typing import Any
 
 import structlog
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy.pool import NullPool
 
 from daemon import schema
 
@@ -64,18 +66,41 @@ def migrate(engine: Engine) -> int:
         _refuse_newer(schema_version(conn))
         if MigrationContext.configure(conn).get_current_revision() == HEAD and meta_version == SCHEMA_VERSION:
             return SCHEMA_VERSION  # the common case: nothing to load or run
+    if engine.dialect.name == "sqlite":
+        migrating = _transactional_sqlite(engine)
+        try:
+            with migrating.connect() as conn:
+                _upgrade(conn)
+        finally:
+            migrating.dispose()
+        return SCHEMA_VERSION
     with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:lock)"), {"lock": _LOCK})
         conn.commit()
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_lock(:lock)"), {"lock": _LOCK})
-            conn.commit()
         try:
             _upgrade(conn)
         finally:
-            if conn.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_unlock(:lock)"), {"lock": _LOCK})
-                conn.commit()
+            conn.rollback()  # after a failed step the session must leave its transaction before it can unlock
+            conn.execute(text("SELECT pg_advisory_unlock(:lock)"), {"lock": _LOCK})
+            conn.commit()
     return SCHEMA_VERSION
+
+
+def _transactional_sqlite(engine: Engine) -> Engine:
+    """An engine on the same file whose transactions include DDL: Python's sqlite3 starts one only before an INSERT,
+    UPDATE or DELETE, so an ALTER TABLE would be committed on its own. Here SQLAlchemy's BEGIN is SQLite's BEGIN
+    IMMEDIATE: a migration is all or nothing, and two processes starting together migrate one after the other."""
+    migrating = create_engine(engine.url, poolclass=NullPool, connect_args={"timeout": 30})
+
+    @event.listens_for(migrating, "connect")
+    def _no_implicit_transactions(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+
+    @event.listens_for(migrating, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return migrating
 
 
 def _meta_version(conn: Connection) -> int | None:
