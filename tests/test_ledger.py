@@ -510,3 +510,26 @@ def test_a_second_service_on_one_postgresql_database_is_refused(pg_ledger: str) 
         pass
     with ledger_lock(target):  # released with its session
         pass
+
+
+def test_a_migration_that_fails_changes_nothing(tmp_path: Path) -> None:
+    """Schema 3 adds two columns, then an index; when the index cannot be made, the columns are not left behind
+    either (SQLite's DDL is transactional once the driver is told to begin), and the ledger stays at schema 2."""
+    import sqlite3
+
+    from sqlalchemy import inspect
+    from sqlalchemy.exc import OperationalError
+
+    path = tmp_path / "v2.sqlite3"
+    old_ledger(path, 2)
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE INDEX rows_open ON rows (line)")  # in the way of schema 3's index
+    db.close()
+    with pytest.raises(OperationalError, match="rows_open already exists"):
+        Ledger(path)
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.connect() as conn:
+        assert MigrationContext.configure(conn).get_current_revision() == "0002"
+        assert "polled_at" not in {c["name"] for c in inspect(conn).get_columns("batches")}
+        assert "delivery_error" not in {c["name"] for c in inspect(conn).get_columns("files")}
+    engine.dispose()

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Table, TextClause, bindparam, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import OperationalError
 
 from daemon import schema
 from daemon.ledger.dialect import LedgerTarget, dialect_of, ledger_target, open_engine, unavailable
@@ -137,9 +137,11 @@ class LedgerBase:
         self.dialect = dialect_of(self.engine)
         try:
             self.schema_version = migrate(self.engine)
-        except DBAPIError as exc:
+        except OperationalError as exc:
             self.engine.dispose()
-            raise unavailable(self.target, exc) from None
+            if self.target.sqlite:
+                raise
+            raise unavailable(self.target, exc) from None  # the server refused or could not be reached
         except BaseException:
             self.engine.dispose()
             raise
