@@ -17,9 +17,10 @@ import structlog
 from daemon.cli_parser import SANDBOX_TOKEN, build_parser
 from daemon.config import ConfigError, Settings, find_config_file, load_settings, sandbox_settings
 from daemon.ledger import Ledger
+from daemon.ledger.dialect import LedgerTargetError, LedgerUnavailable, ledger_exists
+from daemon.ledger.migrate import LedgerVersionError
 from daemon.logs import configure_logging
 from daemon.progress import snapshot as progress_snapshot
-from daemon.schema import LedgerVersionError
 from daemon.states import FileState
 from daemon.status import render_overview
 
@@ -42,7 +43,9 @@ class UsageError(Exception):
 
 def with_sandbox_ledger(settings: Settings) -> Settings:
     """The same settings with the sandbox's own ledger file, `<ledger>.sandbox.sqlite3` beside the real one."""
-    ledger = settings.paths.ledger
+    ledger = settings.paths.ledger_file
+    if ledger is None:  # a PostgreSQL ledger: the sandbox's is a file beside the configuration
+        ledger = (settings.source.parent if settings.source else Path.cwd()) / "ledger.sqlite3"
     paths = settings.paths.model_copy(update={"ledger": ledger.with_name(f"{ledger.stem}.sandbox{ledger.suffix}")})
     return settings.model_copy(update={"paths": paths})
 
@@ -103,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         prepare_folders(settings, create_inbox=args.sandbox, strict=args.once)
-        with ledger_lock(settings.paths.ledger):
+        with ledger_lock(settings.paths.ledger_target()):
             service = Service.from_settings(
                 settings,
                 once=args.once,
@@ -116,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "service_started",
                 inbox=str(settings.paths.inbox),
                 outbox=str(settings.paths.outbox),
-                ledger=str(settings.paths.ledger),
+                ledger=settings.paths.ledger_target().shown,
                 base_url=settings.api.base_url,
                 once=args.once,
             )
@@ -172,10 +175,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 @contextmanager
 def _existing_ledger(args: argparse.Namespace) -> Iterator[Ledger]:
     """The configured ledger, which must exist already: these commands never create one."""
-    settings = _settings(args)
-    if not settings.paths.ledger.exists():
-        raise UsageError(f"no ledger at {settings.paths.ledger} yet; start `scm-daemon run` or fix paths.ledger")
-    ledger = Ledger(settings.paths.ledger)
+    target = _settings(args).paths.ledger_target()
+    if not ledger_exists(target):
+        raise UsageError(f"no ledger at {target.shown} yet; start `scm-daemon run` or fix paths.ledger")
+    ledger = Ledger(target)
     try:
         yield ledger
     finally:
@@ -184,13 +187,13 @@ def _existing_ledger(args: argparse.Namespace) -> Iterator[Ledger]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """What the ledger holds."""
-    ledger_path = _settings(args).paths.ledger
-    if not ledger_path.exists():
+    target = _settings(args).paths.ledger_target()
+    if not ledger_exists(target):
         # Nothing has run yet: a state, not an error.
         if args.json:
-            print(json.dumps({"ledger": str(ledger_path), "exists": False}, indent=2))
+            print(json.dumps({"ledger": target.shown, "exists": False}, indent=2))
         else:
-            print(f"no ledger yet at {ledger_path} (it is created on first run)")
+            print(f"no ledger yet at {target.shown} (it is created on first run)")
         return EXIT_OK
     with _existing_ledger(args) as ledger:
         live = ledger.live_row_counts()  # one pass over the rows of the files at work, for both
@@ -329,9 +332,12 @@ def _failed(exc: Exception) -> int:
     from daemon.folders import FolderError
     from daemon.service import ApiUnreachableError, ConfigurationPausedError, TokenRefusedError
 
-    if isinstance(exc, ConfigError | UsageError | FolderError | LedgerVersionError):
+    if isinstance(exc, ConfigError | UsageError | FolderError | LedgerVersionError | LedgerTargetError):
         print(f"scm-daemon: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if isinstance(exc, LedgerUnavailable):
+        print(f"scm-daemon: {exc}; is the database server running?", file=sys.stderr)
+        return EXIT_UNEXPECTED
     if isinstance(exc, TokenRefusedError):
         print(f"scm-daemon: {exc}; rows stay pending. Renew the token and run again.", file=sys.stderr)
         return EXIT_TOKEN

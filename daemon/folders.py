@@ -12,6 +12,7 @@ import structlog
 
 from daemon.config import PathsSettings, ReportsSettings, Settings
 from daemon.ledger import FileInfo, Ledger
+from daemon.ledger.dialect import LedgerTarget, server_lock
 from daemon.mounts import MOUNTINFO, filesystem_of
 from daemon.names import free_path
 from daemon.reporter import ReportNames, choose_base, write_reports
@@ -36,11 +37,13 @@ def prepare_folders(settings: Settings, *, create_inbox: bool = False, strict: b
     problems: list[str] = []
     if create_inbox:
         paths.inbox.mkdir(parents=True, exist_ok=True)
+    ledger_folder = paths.ledger_file.parent if paths.ledger_file is not None else None  # None: PostgreSQL
     try:
-        paths.ledger.parent.mkdir(parents=True, exist_ok=True)
+        if ledger_folder is not None:
+            ledger_folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FolderError(
-            f"ledger folder {paths.ledger.parent} cannot be created ({exc.strerror}); fix paths.ledger"
+            f"ledger folder {ledger_folder} cannot be created ({exc.strerror}); fix paths.ledger"
         ) from exc
     if not paths.inbox.is_dir():
         problems.append(f"inbox {paths.inbox} does not exist; create it or set paths.inbox")
@@ -79,8 +82,11 @@ def remove_leftover_temps(outbox: Path) -> int:
     return removed
 
 
-def refuse_network_ledger(ledger: Path, mountinfo: Path = MOUNTINFO) -> None:
-    """Raise FolderError when the ledger's folder is on a network filesystem (NFS, SMB/CIFS, ...)."""
+def refuse_network_ledger(ledger: Path | str, mountinfo: Path = MOUNTINFO) -> None:
+    """Raise FolderError when a SQLite ledger's folder is on a network filesystem (NFS, SMB/CIFS, ...); a
+    PostgreSQL ledger (a URL) is the way to keep the ledger off this machine."""
+    if not isinstance(ledger, Path):
+        return
     mount = filesystem_of(ledger.parent, mountinfo=mountinfo)
     if mount is not None and mount.network:
         raise FolderError(
@@ -91,12 +97,23 @@ def refuse_network_ledger(ledger: Path, mountinfo: Path = MOUNTINFO) -> None:
 
 
 @contextmanager
-def ledger_lock(ledger: Path) -> Iterator[None]:
-    """Hold an exclusive lock beside the ledger while a service uses it: a second one on the same ledger is refused.
+def ledger_lock(target: LedgerTarget) -> Iterator[None]:
+    """Hold an exclusive lock on the ledger while a service uses it: a second one on the same ledger is refused.
 
-    Two services on one ledger would claim the same files and report them as duplicates of themselves. The lock
-    is flock(2) on `<ledger>.lock`: the kernel releases it when the process dies, even by kill -9.
+    Two services on one ledger would claim the same files and report them as duplicates of themselves. For a
+    SQLite file the lock is flock(2) on `<ledger>.lock`: the kernel releases it when the process dies, even by
+    kill -9. For PostgreSQL it is an advisory lock of the service's own session, released when the session ends.
     """
+    ledger = target.path
+    if ledger is None:
+        with server_lock(target) as held:
+            if not held:
+                raise FolderError(
+                    f"another scm-daemon is already running with the ledger {target.shown}; stop it first "
+                    "(systemctl stop scm-daemon), or give this one its own paths.ledger"
+                )
+            yield
+        return
     lock_path = ledger.with_name(ledger.name + ".lock")
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:

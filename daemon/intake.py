@@ -1,10 +1,8 @@
 """Intake: hash a settled file, read it, and record every row in the ledger before anything is uploaded."""
 
 import hashlib
-import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
 from itertools import islice
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
@@ -14,7 +12,7 @@ import structlog
 from daemon.config import Settings
 from daemon.config.routes import settings_for
 from daemon.dates import DateSettings
-from daemon.ledger import Ledger
+from daemon.ledger import FileLayout, Ledger
 from daemon.ledger.rows import RowRecord
 from daemon.names import fit_name, free_path
 from daemon.normalize import (
@@ -266,8 +264,8 @@ def reading(
                 fields=upload.fields,
                 strict_fields=upload.strict_fields,
             )
-            info = {**asdict(table.info), **layout.to_record(), "clear_empty": clear_empty}
-            ledger.set_file(file_id, layout=json.dumps(info))
+            info = FileLayout.of(table.info, layout, clear_empty=clear_empty)
+            ledger.set_file(file_id, layout=info)
             shapes = KeyShapes() if table.info.format not in TEXT_FORMATS else None
 
             def rows(table: Table, **check: Any) -> Iterator[RowRecord]:
@@ -362,23 +360,14 @@ def _duplicate(ledger: Ledger, file_id: int, sha256: str, bound: structlog.typin
 def _note_dates(
     ledger: Ledger,
     file_id: int,
-    info: dict[str, Any],
+    info: FileLayout,
     rewritten: dict[str, int],
     bound: structlog.typing.FilteringBoundLogger,
 ) -> None:
     """Record in the file's layout (for summary.json and validate) how many date cells were rewritten."""
     if rewritten:
         bound.info("dates_rewritten", fields=rewritten)
-        ledger.set_file(file_id, layout=json.dumps(with_date_warnings(info, rewritten)))
-
-
-def with_date_warnings(info: dict[str, Any], rewritten: dict[str, int]) -> dict[str, Any]:
-    """A file's layout record with its date rewrites: counted per field, and a warning for each field."""
-    warnings = list(info.get("warnings", []))
-    for key, count in rewritten.items():
-        values = "value" if count == 1 else "values"
-        warnings.append(f"{count} {values} of {key!r} rewritten as YYYY-MM-DD, as the API wants dates")
-    return {**info, "warnings": warnings, "dates_rewritten": dict(rewritten)}
+        ledger.set_file(file_id, layout=info.with_dates_rewritten(rewritten))
 
 
 def _refuse(ledger: Ledger, file_id: int, path: Path, reason: str, bound: structlog.typing.FilteringBoundLogger) -> int:

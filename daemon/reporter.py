@@ -20,7 +20,7 @@ import xlsxwriter
 from xlsxwriter.exceptions import FileCreateError
 
 from daemon.config import ReportsSettings
-from daemon.ledger import FileInfo, Ledger
+from daemon.ledger import FileInfo, FileLayout, Ledger
 from daemon.logs import redact
 from daemon.names import NAME_MAX, first_free, fit_name
 from daemon.normalize import REJECTED_ERROR_COLUMN
@@ -139,10 +139,10 @@ def build_summary(
         "started_at": file.received_at,
         "finished_at": finished_at,
         "error": file.error,
-        "warnings": layout.get("warnings", []),
-        "dates_rewritten": layout.get("dates_rewritten", {}),  # per field: date cells sent as YYYY-MM-DD
-        "format": {k: layout[k] for k in ("format", "encoding", "delimiter", "sheet", "header_row") if k in layout},
-        "columns": {layout["headers"][i]: f for i, f in layout.get("fields", [])},
+        "warnings": list(layout.warnings),
+        "dates_rewritten": dict(layout.dates_rewritten),  # per field: date cells sent as YYYY-MM-DD
+        "format": layout.format_record(),
+        "columns": layout.columns(),
         "reports": {
             "report_csv": names.report,
             "report_xlsx": names.report_xlsx if report_xlsx else None,
@@ -239,17 +239,16 @@ def rejected_encoding(source: str | None) -> str:
 
 
 def write_table(
-    path: Path, layout: Mapping[str, Any], rows: Callable[[], Iterable[list[object]]], *, delimiter: str, excel: bool
+    path: Path, layout: FileLayout, rows: Callable[[], Iterable[list[object]]], *, delimiter: str, excel: bool
 ) -> None:
     """One table of a report in the chosen kind: an .xlsx, or a CSV in the input's encoding (UTF-8 with a BOM
     when a character does not fit it)."""
     if excel:
-        headers = layout.get("headers", [])
-        with xlsx_table(path, sheet=str(layout.get("sheet") or "Sheet1"), width=len(headers) + 1) as write:
+        with xlsx_table(path, sheet=layout.sheet or "Sheet1", width=len(layout.headers) + 1) as write:
             for cells in rows():
                 write(cells)
         return
-    encoding = rejected_encoding(layout.get("encoding"))
+    encoding = rejected_encoding(layout.encoding)
     try:
         with csv_table(path, delimiter=delimiter, encoding=encoding) as write:
             for cells in rows():
@@ -268,8 +267,8 @@ def write_reports(
     reports = reports or ReportsSettings()
     layout = file.layout
     # Only delimited text inputs have a delimiter; workbooks (and files never read) get the configured one.
-    text_delimiter = layout.get("delimiter")
-    workbook = bool(layout.get("format")) and not text_delimiter
+    text_delimiter = layout.delimiter
+    workbook = layout.read and not text_delimiter
     delimiter = text_delimiter or reports.delimiter
     names = names_for(file.report_base, workbook=workbook)
     data_key = file.data_key
@@ -288,7 +287,7 @@ def write_reports(
                 write(cells)
 
     def rejected_rows() -> Iterator[list[object]]:
-        yield [*layout.get("headers", []), REJECTED_ERROR_COLUMN]
+        yield [*layout.headers, REJECTED_ERROR_COLUMN]
         for _line, cells, _status, detail in ledger.error_rows(file.id):
             yield [*cells, detail]
 

@@ -184,7 +184,7 @@ class Service:
         """The production service: SQLite ledger, HTTP client, worker threads, inotify or polling watcher."""
         os.umask(SERVICE_UMASK)  # ledger, reports, archived copies: the service's group may read, others nothing
         refuse_network_ledger(settings.paths.ledger, mountinfo)
-        ledger = Ledger(settings.paths.ledger)
+        ledger = Ledger(settings.paths.ledger_target())
         api, retry = settings.api, settings.retry
         client = ScantrustClient(
             api.base_url,

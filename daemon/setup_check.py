@@ -1,6 +1,7 @@
 """`scm-daemon check`: everything a first run needs, verified without creating anything."""
 
 import os
+from contextlib import closing
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -10,6 +11,7 @@ from daemon.config import CREDENTIAL_NAME, Settings
 from daemon.config.routes import route_overview
 from daemon.folders import FolderError, refuse_network_ledger
 from daemon.ledger import Ledger
+from daemon.ledger.dialect import ledger_exists
 
 
 def check_setup(settings: Settings, *, sandbox: bool) -> None:
@@ -26,12 +28,14 @@ def check_setup(settings: Settings, *, sandbox: bool) -> None:
     for line in route_overview(settings):
         print(line)
     refuse_network_ledger(paths.ledger)
-    if paths.ledger.exists():
-        Ledger(paths.ledger).close()  # its schema version is checked
-        print(f"ledger: {paths.ledger}")
+    target = paths.ledger_target()
+    if ledger_exists(target):
+        with closing(Ledger(target)) as ledger:  # its schema version is checked
+            print(f"ledger: {target.shown} (schema version {ledger.schema_version})")
     else:
-        _creatable(paths.ledger.parent)
-        print(f"ledger: no ledger yet (it is created on first run) at {paths.ledger}")
+        if target.path is not None:
+            _creatable(target.path.parent)
+        print(f"ledger: no ledger yet (it is created on first run) at {target.shown}")
     if not sandbox:
         for warning in _token_file_warnings(settings):
             print(f"WARNING: {warning}")

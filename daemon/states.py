@@ -43,6 +43,8 @@ class BatchState(StrEnum):
 
 
 ERROR_ROW_STATUSES = frozenset({RowStatus.REJECTED, RowStatus.FAILED})
+OPEN_ROW_STATUSES = frozenset({RowStatus.PENDING, RowStatus.QUEUED})  # waiting for an outcome (the rows_open index)
+OPEN_BATCH_STATES = frozenset({BatchState.QUEUED, BatchState.SENDING, BatchState.SUBMITTED})  # not final yet
 
 FILE_TRANSITIONS: dict[FileState, frozenset[FileState]] = {
     FileState.RECEIVED: frozenset({FileState.ACTIVE, FileState.REPORTING}),

@@ -38,7 +38,7 @@ def render_overview(data: dict[str, Any], now: float | None = None) -> str:
     lines = [f"UPLOADS PAUSED: {data['uploads_paused']}"] if data.get("uploads_paused") else []
     lines += [f"REPORTS NOT DELIVERED (retried): {u['error']}" for u in data.get("undelivered", [])]
     lines += [
-        f"ledger:   {data['ledger']}",
+        f"ledger:   {data['ledger']}" + (f" (schema {data['schema_version']})" if "schema_version" in data else ""),
         f"files:    {_counts(data['files'])}",
         f"rows:     {_counts(data['rows'])}",
         f"batches:  {_counts(data['batches'])}",

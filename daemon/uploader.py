@@ -37,7 +37,7 @@ from daemon.decide import (
 )
 from daemon.errors import ApiError, ProtocolError
 from daemon.ledger import UPLOADS_PAUSED, BatchInfo, Ledger, StateConflict
-from daemon.normalize import Layout, scm_data
+from daemon.normalize import scm_data
 from daemon.pacing import Pace
 from daemon.retry import Backoff
 from daemon.states import BatchState
@@ -126,9 +126,7 @@ class Uploader(StartAndTokenChecks):
     def _file(self, file_id: int) -> FileContext:
         if file_id not in self._files:
             f = self.ledger.file(file_id)
-            self._files[file_id] = FileContext(
-                f.name, f.data_key, Layout.from_record(f.layout), bool(f.layout.get("clear_empty"))
-            )
+            self._files[file_id] = FileContext(f.name, f.data_key, f.layout.mapping(), f.layout.clear_empty)
         return self._files[file_id]
 
     # --- sending ---------------------------------------------------------------------------------------------
@@ -152,7 +150,7 @@ class Uploader(StartAndTokenChecks):
         # another scope) take the other free workers. Asked for together, oldest first, the queued uploads of a
         # big file would fill every place and starve the polls until all were sent.
         if free > 0:
-            for queued in self.ledger.due_batches(now, 2, exclude=busy, states=(BatchState.QUEUED,)):
+            for queued in self.ledger.due_batches(now, 2, exclude=busy, wanted=(BatchState.QUEUED,)):
                 # Paced here, not in the worker: `sending` is committed only when the request can leave at once,
                 # so a crash almost never catches a batch whose request had not gone out (it would be sent again).
                 if not self.pace.try_acquire():
@@ -160,7 +158,7 @@ class Uploader(StartAndTokenChecks):
                     continue
                 uploads.append(self._file(queued.file_id))
                 ids.append(queued.id)
-        for due in self.ledger.due_batches(now, free - len(ids), exclude=busy, states=(BatchState.SUBMITTED,)):
+        for due in self.ledger.due_batches(now, free - len(ids), exclude=busy, wanted=(BatchState.SUBMITTED,)):
             assert due.task_id is not None
             age = max(0.0, now - (due.submitted_at if due.submitted_at is not None else now))
             work = Work(

@@ -9,7 +9,7 @@ from typing import Any
 from daemon import intake
 from daemon.config import Settings
 from daemon.config.routes import describe_route, name_for_validation, route_of, settings_for
-from daemon.ledger import Ledger
+from daemon.ledger import FileLayout, Ledger
 from daemon.normalize import cell_reference
 from daemon.planner import plan
 from daemon.states import RowStatus
@@ -62,11 +62,11 @@ def validate_file(
         "readable": True,
         "ok": rejected == 0,  # the command exits 1 unless every row would be uploaded or skipped
         "error": None,
-        "format": {k: layout.get(k) for k in ("format", "encoding", "delimiter", "sheet", "header_row")},
+        "format": layout.format_record(),
         "data_key": f.data_key,
-        "columns": {layout["headers"][i]: field for i, field in layout["fields"]},
-        "key_column": layout["headers"][layout["key_index"]],
-        "warnings": layout.get("warnings", []),
+        "columns": layout.columns(),
+        "key_column": layout.headers[layout.key_index],
+        "warnings": list(layout.warnings),
         "rows": {
             "total": sum(counts.values()),
             "to_upload": sum(len(b.lines) for b in p.batches),
@@ -90,13 +90,12 @@ def _unreadable(path: Path, error: str, routed: dict[str, Any]) -> dict[str, Any
     return {"file": str(path), **routed, "readable": False, "ok": False, "error": error}
 
 
-def _column(layout: dict[str, Any], line: int, index: int | None) -> dict[str, str | None]:
+def _column(layout: FileLayout, line: int, index: int | None) -> dict[str, str | None]:
     """The heading and cell name of a rejected row's faulty cell; None for problems of the whole row."""
     if index is None:
         return {"column": None, "cell": None}
-    headers = layout.get("headers", [])
-    heading = headers[index] if index < len(headers) else None
-    return {"column": heading, "cell": cell_reference(layout.get("column_offset", 0) + index, line)}
+    heading = layout.headers[index] if index < len(layout.headers) else None
+    return {"column": heading, "cell": cell_reference(layout.column_offset + index, line)}
 
 
 def render_validation(report: dict[str, Any]) -> str:

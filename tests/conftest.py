@@ -47,3 +47,6 @@ def http() -> Iterator[requests.Session]:
 def clock() -> ManualClock:
     """A simulated clock for an emulator: it moves only when a test advances it, so nothing races."""
     return ManualClock()
+
+
+pytest_plugins = ["backends"]

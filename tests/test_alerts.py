@@ -18,11 +18,11 @@ import pytest
 from alert_receivers import WebhookReceiver, smtp_server
 from hypothesis import given
 from hypothesis import strategies as st
+from old_ledgers import old_ledger
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 from support import csv_text, make_project
 
-from daemon import schema
 from daemon.alerts import (
     UPLOADS_PAUSED_EVENT,
     UPLOADS_RESUMED,
@@ -154,18 +154,10 @@ def test_an_event_is_queued_once_per_channel(ledger: Ledger) -> None:
 
 def test_a_schema_3_ledger_is_migrated_keeping_its_files_and_gains_the_notifications(tmp_path: Path) -> None:
     path = tmp_path / "v3.sqlite3"
-    with sqlite3.connect(path) as db:
-        for statement in [*schema._V1, *schema._V2, *schema._V3]:
-            db.execute(statement)
-        db.execute("INSERT INTO meta VALUES ('schema_version', '3')")
-        db.execute(
-            "INSERT INTO files (sha256, name, path, size, state, data_key, mode, layout, received_at) "
-            "VALUES ('ab', 'old.csv', '/in/old.csv', 1, 'done', 'extended_id', 'sync', '{}', 'then')"
-        )
+    old_ledger(path, 3)
     led = Ledger(path)
     try:
-        with led.engine.connect() as conn:
-            assert schema.schema_version(conn) == 4
+        assert led.schema_version == 4
         assert [f.name for f in led.files([FileState.DONE])] == ["old.csv"]
         assert led.queue_notification("k", "file_finished", {"id": "k"}, ["command"], now=0.0) == 1
     finally:

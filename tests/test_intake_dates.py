@@ -11,7 +11,7 @@ from daemon import intake
 from daemon.config import IntakeSettings, Settings, UploadSettings
 from daemon.dates import DateSettings
 from daemon.ledger import Ledger
-from daemon.normalize import Layout, scm_data
+from daemon.normalize import scm_data
 
 HEADER = "extended_id;production_date;expiry_date;lot\r\n"
 
@@ -40,8 +40,8 @@ def test_text_dates_become_iso_and_are_counted_in_the_layout(tmp_path: Path) -> 
     text += "CODE00000003;12/31/2026;;L2\r\n"
     ledger, file_id = take(tmp_path, "lot.csv", text, Settings())
     f = ledger.file(file_id)
-    assert f.layout["dates_rewritten"] == {"production_date": 2, "expiry_date": 1}
-    assert "2 values of 'production_date' rewritten as YYYY-MM-DD, as the API wants dates" in f.layout["warnings"]
+    assert f.layout.dates_rewritten == {"production_date": 2, "expiry_date": 1}
+    assert "2 values of 'production_date' rewritten as YYYY-MM-DD, as the API wants dates" in f.layout.warnings
     groups = {tuple(sorted(data.items())) for data, *_ in _uploads(ledger, file_id)}
     assert groups == {
         (("expiry_date", "2027-01-31"), ("lot", "L1"), ("production_date", "2026-12-31")),
@@ -53,7 +53,7 @@ def test_text_dates_become_iso_and_are_counted_in_the_layout(tmp_path: Path) -> 
 def _uploads(ledger: Ledger, file_id: int) -> list[tuple[dict[str, str], str]]:
     """What the uploader would send: each pending row's SCM data, read back from the ledger's cells."""
     f = ledger.file(file_id)
-    layout = Layout.from_record(f.layout)
+    layout = f.layout.mapping()
     with ledger.connect() as conn:
         rows = conn.exec_driver_sql("SELECT key, cells FROM rows WHERE file_id=? AND status='pending'", (file_id,))
         return [(scm_data(json.loads(cells), layout, clear_empty=False), key) for key, cells in rows]
@@ -110,12 +110,12 @@ def test_workbook_date_cells_and_date_times_in_date_fields_are_sent_as_the_date(
 def test_the_formula_escape_is_undone_only_in_a_rejected_file_this_daemon_wrote(tmp_path: Path) -> None:
     typed = "extended_id,note\r\nCODE00000001,'=SUM(A1)\r\nCODE00000002,'-5\r\n"
     ledger, file_id = take(tmp_path, "theirs.csv", typed, Settings())
-    assert not ledger.file(file_id).layout["written_by_daemon"]
+    assert not ledger.file(file_id).layout.written_by_daemon
     assert sorted(d["note"] for d, _ in _uploads(ledger, file_id)) == ["'-5", "'=SUM(A1)"]  # as the person typed
 
     ours = "extended_id,note,error\r\nCODE00000003,'=SUM(A1),the API refused it\r\nCODE00000004,'-5,x\r\n"
     ledger, file_id = take(tmp_path, "lot.rejected.csv", ours, Settings())
-    assert ledger.file(file_id).layout["written_by_daemon"]
+    assert ledger.file(file_id).layout.written_by_daemon
     assert sorted(d["note"] for d, _ in _uploads(ledger, file_id)) == ["-5", "=SUM(A1)"]  # our escape undone
 
     not_last = "extended_id,error,note\r\nCODE00000005,x,'+1\r\n"

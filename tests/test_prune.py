@@ -136,7 +136,7 @@ def test_prune_in_chunks_drops_exactly_the_old_done_files_rows_and_batches(
 
 def test_another_connection_writes_between_prunes_chunks(ledger: Ledger, files: dict[str, int]) -> None:
     """After each chunk the write lock is free: a writer that does not wait at all (timeout 0) gets in."""
-    other = sqlite3.connect(ledger.path, timeout=0, isolation_level=None)
+    other = sqlite3.connect(str(ledger.target.url.database), timeout=0, isolation_level=None)
     written: list[int] = []
 
     def write_now(_dbapi_conn: Any, _record: Any) -> None:
@@ -157,7 +157,7 @@ def test_another_connection_writes_between_prunes_chunks(ledger: Ledger, files: 
 def test_a_file_reopened_while_it_is_pruned_keeps_its_remaining_rows(ledger: Ledger, files: dict[str, int]) -> None:
     """`retry` may put a done file back to work between two chunks: the next chunk checks and leaves it be."""
     old1 = files["old1"]
-    other = sqlite3.connect(ledger.path, isolation_level=None)
+    other = sqlite3.connect(str(ledger.target.url.database), isolation_level=None)
     seen = deletes(ledger)
 
     def reopen(_dbapi_conn: Any, _record: Any) -> None:

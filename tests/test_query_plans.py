@@ -2,7 +2,8 @@
 
 A query whose cost grows with the rows already uploaded makes a big file's upload quadratic (issue 13). The
 statements are captured from the real ledger methods as the loop calls them, on a ledger holding a file with
-many final rows and a few open ones, and each plan is read back from SQLite.
+many final rows and a few open ones, and each plan is read back from SQLite (and, for the open-row queries, from
+PostgreSQL, whose planner must find the partial index without a hint).
 """
 
 import re
@@ -202,3 +203,35 @@ def test_status_counts_only_the_rows_of_files_at_work(ledger: Ledger) -> None:
     plan = plan_of(ledger, statement, parameters)
     assert "SEARCH rows USING PRIMARY KEY (file_id=?)" in plan, plan
     assert not any(re.match(r"SCAN rows\b", step) for step in plan), plan
+
+
+def test_on_postgresql_the_open_row_queries_read_the_partial_index(pg_ledger: str) -> None:
+    """PostgreSQL takes no index hints: its planner must find rows_open by itself (once the rows are analyzed, as
+    intake does after a large file), for the same per-turn queries."""
+    ledger = Ledger(pg_ledger)
+    try:
+        file_id = ledger.add_file(
+            sha256="a" * 64, name="big.csv", path="/in/big.csv", size=1, data_key="extended_id", mode="sync"
+        )
+        ledger.insert_rows(file_id, iter([(n + 2, f"K{n:08d}", "h", "[]", "pending", "") for n in range(ROWS)]))
+        ledger.transition_file(file_id, FileState.ACTIVE)
+        ledger.add_batches(
+            file_id, [("sync", list(range(2, ROWS - 8)), None), ("sync", list(range(ROWS - 8, ROWS + 2)), None)]
+        )
+        batch, _ = ledger.start_sending(ledger.due_batches(now=0, limit=1)[0].id)
+        keys = [f"K{n:08d}" for n in range(ROWS - 10)]
+        ledger.complete_sync(batch, "extended_id", keys, changed=set(keys))
+        with ledger.engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE rows")
+        with captured(ledger) as statements:
+            ledger.has_open_rows(file_id)
+            ledger.has_pending_rows(file_id)
+            ledger.open_row_count(file_id)
+        assert len(statements) == 3
+        with ledger.engine.connect() as conn:
+            for statement, parameters in statements:
+                plan = [row[0] for row in conn.exec_driver_sql(f"EXPLAIN {statement}", parameters)]
+                assert any("using rows_open on rows" in step for step in plan), (statement, plan)
+                assert not any("Seq Scan on rows" in step for step in plan), (statement, plan)
+    finally:
+        ledger.close()

@@ -13,7 +13,7 @@ import xlsxwriter
 
 from daemon import intake
 from daemon.config import ReportsSettings, Settings
-from daemon.ledger import Ledger
+from daemon.ledger import FileLayout, Ledger
 from daemon.reporter import choose_base, rejected_encoding, write_reports, write_table, xlsx_table
 
 
@@ -70,7 +70,7 @@ def test_rejected_encoding_follows_the_input(source: str | None, written: str) -
 
 
 def test_a_character_the_input_encoding_cannot_hold_makes_the_rejected_file_utf8_with_bom(tmp_path: Path) -> None:
-    layout = {"headers": ["extended_id", "lot"], "encoding": "cp1252", "delimiter": ";"}
+    layout = FileLayout(headers=("extended_id", "lot"), encoding="cp1252", delimiter=";")
     target = tmp_path / "lot.rejected.csv"
 
     def rows() -> list[list[object]]:
@@ -83,7 +83,7 @@ def test_a_character_the_input_encoding_cannot_hold_makes_the_rejected_file_utf8
 
 
 def test_a_rejected_workbook_holds_only_text_never_a_formula(tmp_path: Path) -> None:
-    layout = {"headers": ["extended_id", "qty"], "sheet": "Codes: [2026]"}
+    layout = FileLayout(headers=("extended_id", "qty"), sheet="Codes: [2026]")
     target = tmp_path / "lot.rejected.xlsx"
 
     def rows() -> list[list[object]]:

@@ -294,7 +294,7 @@ def test_a_claimed_workbook_is_read_with_its_routes_sheet_key_and_headings(tmp_p
         assert intake.read(file_id, claimed, ledger, settings) == file_id
         f = ledger.file(file_id)
         assert (f.name, f.data_key, f.mode, f.error) == ("LineA/codes.xlsx", "serial_number", "async", None)
-        assert f.layout["sheet"] == "Codes"
+        assert f.layout.sheet == "Codes"
         assert [(key, status) for _line, key, status, *_ in ledger.report_rows(file_id)] == [("SN-0001", "pending")]
     finally:
         ledger.close()

@@ -28,6 +28,7 @@ from daemon.config.models import (
     UploadSettings,
 )
 from daemon.config.routes import apply_route, key_problem, route_keys, route_tables, unknown_key_problem
+from daemon.ledger.dialect import is_url, url_shown
 from daemon.logs import register_secret
 
 _ALL_SECTIONS = [*SECTIONS, "columns", "routes"]
@@ -161,7 +162,11 @@ def _load(path: Path | None, env: Mapping[str, str], *, resolve_token: bool) -> 
     base = path.absolute().parent if path is not None else Path.cwd()
     where = str(path) if path is not None else "the environment"
     paths = raw.paths.model_copy(
-        update={name: absolute(getattr(raw.paths, name), base) for name in PathsSettings.model_fields}
+        update={
+            name: absolute(value, base)
+            for name in PathsSettings.model_fields
+            if isinstance(value := getattr(raw.paths, name), Path)
+        }
     )
     _check_distinct(paths, where)
     token_origin = _origin("api", "token_file", path, env_vars)
@@ -315,6 +320,8 @@ def _describe(exc: ValidationError, path: Path | None, env_vars: _EnvNames) -> s
         # An unknown key's value may be a misspelt token: show neither it nor any token-like key's value.
         secretive = loc[1] in _SECRET_KEYS or error["type"] == "extra_forbidden"
         shown = "***" if secretive else _show(error["input"])
+        if loc[:2] == ["paths", "ledger"] and isinstance(error["input"], str) and is_url(error["input"]):
+            shown = _show(url_shown(error["input"]))  # a password put in the URL by mistake stays unsaid
         origin = _origin(loc[0], loc[1], path, env_vars)
         lines.append(f"{origin}: {'.'.join(loc)} = {shown} is not valid: {rule}")
     return "\n".join(lines)
@@ -343,6 +350,8 @@ def _check_distinct(paths: PathsSettings, where: str) -> None:
     seen: dict[Path, str] = {}
     for name in PathsSettings.model_fields:
         value = getattr(paths, name)
+        if not isinstance(value, Path):
+            continue  # a database URL, or a file not set
         if value in seen:
             raise ConfigError(
                 f"{where}: paths.{name} and paths.{seen[value]} are both {value}; give each its own place"

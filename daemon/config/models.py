@@ -20,6 +20,7 @@ from pydantic_settings import (
 )
 
 from daemon.dates import DEFAULT_DATE_FIELDS, DateOrder, DateSettings
+from daemon.ledger.dialect import LedgerTarget, is_url, ledger_target, parse_url
 
 if TYPE_CHECKING:  # the readers (calamine, the XLSX scans) load only where a file is read, not for `status`
     from daemon.readers.limits import ReadLimits
@@ -156,7 +157,10 @@ class PathsSettings(BaseModel):
     outbox: Path = Path("outbox")
     archive: Path = Path("archive")
     failed: Path = Path("failed")
-    ledger: Path = Path("ledger.sqlite3")
+    # A SQLite file, or a PostgreSQL database as postgresql://USER@HOST:PORT/DATABASE: never with its password,
+    # which comes from ledger_password_file (or the systemd credential ledger-password).
+    ledger: Path | str = Path("ledger.sqlite3")
+    ledger_password_file: Path | None = None
 
     @field_validator("*", mode="before")
     @classmethod
@@ -165,6 +169,25 @@ class PathsSettings(BaseModel):
         if isinstance(value, str):
             return _nonblank(value)
         return value
+
+    @field_validator("ledger", mode="before")
+    @classmethod
+    def _file_or_url(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = _nonblank(value)
+        if isinstance(value, str) and is_url(value):
+            parse_url(value)  # no password, a database named: else the message says what to fix
+            return value
+        return Path(value) if isinstance(value, str) else value
+
+    @property
+    def ledger_file(self) -> Path | None:
+        """The SQLite ledger's file; None when the ledger is a PostgreSQL database."""
+        return self.ledger if isinstance(self.ledger, Path) else None
+
+    def ledger_target(self) -> LedgerTarget:
+        """Where the ledger is, with the password read (from its file or credential) for a database server."""
+        return ledger_target(self.ledger, self.ledger_password_file)
 
 
 class WatchSettings(BaseModel):

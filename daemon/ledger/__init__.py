@@ -1,16 +1,18 @@
 """The ledger, the only source of truth: files, rows and batches, each change a guarded UPDATE committed at once."""
 
-from daemon.ledger.base import BatchInfo, Clock, FileInfo, StateConflict, utcnow
+from daemon.ledger.base import UPLOADS_PAUSED, BatchInfo, Clock, FileInfo, StateConflict, utcnow
 from daemon.ledger.batches import BatchStore
 from daemon.ledger.figures import FigureStore, LedgerFigures
-from daemon.ledger.files import UPLOADS_PAUSED, FileStore
+from daemon.ledger.files import FileStore
 from daemon.ledger.history import FileLine, HistoryStore
+from daemon.ledger.layout import FileLayout
 from daemon.ledger.notifications import NotificationInfo, NotificationState, NotificationStore
 from daemon.ledger.rows import RowStore
 
 
 class Ledger(FileStore, RowStore, BatchStore, FigureStore, HistoryStore, NotificationStore):
-    """The SQLite ledger. One process writes it (the service's main thread); others may read."""
+    """The ledger, on a SQLite file or a PostgreSQL database. One process writes it (the service's main thread);
+    others may read."""
 
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "BatchInfo",
     "Clock",
     "FileInfo",
+    "FileLayout",
     "FileLine",
     "Ledger",
     "LedgerFigures",

@@ -1,20 +1,26 @@
 """What every part of the ledger shares: the engine, the clock, the records, and the guarded transition."""
 
-import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from enum import StrEnum
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Table, TextClause, bindparam, text
+from sqlalchemy.exc import OperationalError
 
 from daemon import schema
-from daemon.states import BatchState, FileState, Outcome
+from daemon.ledger.dialect import LedgerTarget, dialect_of, ledger_target, open_engine, unavailable
+from daemon.ledger.layout import FileLayout
+from daemon.ledger.migrate import migrate
+from daemon.states import ROW_TRANSITIONS, BatchState, FileState, Outcome, RowStatus
 
 Clock = Callable[[], datetime]
+UPLOADS_PAUSED = "uploads_paused"  # meta key: why the running service sends nothing right now
 
 
 def utcnow() -> datetime:
@@ -39,7 +45,7 @@ class FileInfo:
     outcome: Outcome | None
     data_key: str
     mode: str
-    layout: dict[str, Any]
+    layout: FileLayout
     error: str | None
     report_base: str | None
     destination: str | None
@@ -69,14 +75,17 @@ class BatchInfo:
     interrupted: int  # restarts that caught it `sending`
 
 
-FILE_COLUMNS = (
-    "id, sha256, name, path, size, state, outcome, data_key, mode, layout, error, report_base, destination, "
-    "received_at, finished_at"
-)
-BATCH_COLUMNS = (
-    "id, file_id, seq, kind, state, size, attempts, failures, ambiguous, last_error, data_hash, reference, task_id, "
-    "task_state, submitted_at, interrupted"
-)
+def columns_of(table: Table, record: type) -> str:
+    """The SELECT list that reads a record: its fields in order, each a column of the table (else ImportError)."""
+    names = [f.name for f in fields(record)]
+    missing = [name for name in names if name not in table.c]
+    if missing:
+        raise ImportError(f"{record.__name__} names {missing}, not columns of {table.name} (daemon.schema)")
+    return ", ".join(names)
+
+
+FILE_COLUMNS = columns_of(schema.files, FileInfo)
+BATCH_COLUMNS = columns_of(schema.batches, BatchInfo)
 
 
 def file_info(row: Sequence[Any]) -> FileInfo:
@@ -84,7 +93,7 @@ def file_info(row: Sequence[Any]) -> FileInfo:
     values = list(row)
     values[5] = FileState(values[5])
     values[6] = Outcome(values[6]) if values[6] else None
-    values[9] = json.loads(values[9])
+    values[9] = FileLayout.from_json(values[9])
     return FileInfo(*values)
 
 
@@ -96,18 +105,46 @@ def batch_info(row: Sequence[Any]) -> BatchInfo:
     return BatchInfo(*values)
 
 
-def placeholders(n: int) -> str:
-    """`?,?,...` for n bound parameters."""
-    return ",".join("?" * n)
+@lru_cache(maxsize=1024)
+def sql(statement: str, *lists: str) -> TextClause:
+    """A statement with named parameters (`:name`); those named in `lists` take a list (`IN :name`)."""
+    clause = text(statement)
+    return clause.bindparams(*(bindparam(name, expanding=True) for name in lists)) if lists else clause
+
+
+def states(*values: StrEnum) -> list[str]:
+    """Enum members as the plain strings the ledger stores."""
+    return [str(v) for v in values]
+
+
+def row_move(frm: RowStatus, to: RowStatus) -> dict[str, str]:
+    """The parameters `frm` and `to` of a row's status change, once ROW_TRANSITIONS allows it (else StateConflict).
+
+    Every UPDATE of rows.status sets `status=:to` only `WHERE status=:frm`: a row elsewhere is left as it is.
+    """
+    if to not in ROW_TRANSITIONS[frm]:
+        raise StateConflict(f"rows: {frm} -> {to} is not a transition")
+    return {"frm": str(frm), "to": str(to)}
 
 
 class LedgerBase:
     """The connection and the helpers that every part of the ledger uses."""
 
-    def __init__(self, path: Path, *, clock: Clock = utcnow) -> None:
-        self.path = path
+    def __init__(self, ledger: Path | str | LedgerTarget, *, clock: Clock = utcnow) -> None:
+        self.target = ledger_target(ledger)
         self.clock = clock
-        self.engine = schema.connect(path)
+        self.engine = open_engine(self.target)
+        self.dialect = dialect_of(self.engine)
+        try:
+            self.schema_version = migrate(self.engine)
+        except OperationalError as exc:
+            self.engine.dispose()
+            if self.target.sqlite:
+                raise
+            raise unavailable(self.target, exc) from None  # the server refused or could not be reached
+        except BaseException:
+            self.engine.dispose()
+            raise
         self._group: Connection | None = None  # the open transaction of grouped(), in the thread that opened it
         self._group_thread = 0
 
@@ -159,21 +196,26 @@ class LedgerBase:
         """Set (or, with None, remove) a fact about the service that other processes may read, e.g. a pause."""
         with self.begin() as conn:
             if value is None:
-                conn.exec_driver_sql("DELETE FROM meta WHERE key=?", (key,))
+                conn.execute(sql("DELETE FROM meta WHERE key=:key"), {"key": key})
             else:
-                conn.exec_driver_sql(
-                    "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                    (key, value),
-                )
+                put_meta(conn, key, value)
 
     def get_meta(self, key: str) -> str | None:
         """A fact set by set_meta, if any."""
         with self.connect() as conn:
-            row = conn.exec_driver_sql("SELECT value FROM meta WHERE key=?", (key,)).first()
+            row = conn.execute(sql("SELECT value FROM meta WHERE key=:key"), {"key": key}).first()
         return None if row is None else str(row[0])
 
-    def guard(self, conn: Connection, table: str, where: str, params: Sequence[Any], allowed: list[str]) -> None:
+    def guard(self, conn: Connection, table: str, where: str, params: dict[str, Any], allowed: list[str]) -> None:
         """Run an UPDATE that must match exactly one record in one of the `allowed` states, or raise."""
-        result = conn.exec_driver_sql(f"{where} AND state IN ({placeholders(len(allowed))})", (*params, *allowed))
+        result = conn.execute(sql(f"{where} AND state IN :allowed", "allowed"), {**params, "allowed": allowed})
         if result.rowcount != 1:
             raise StateConflict(f"{table}: transition matched {result.rowcount} records ({where}, {params})")
+
+
+def put_meta(conn: Connection, key: str, value: str) -> None:
+    """Set a meta fact in this transaction (the same upsert on both backends)."""
+    conn.execute(
+        sql("INSERT INTO meta (key, value) VALUES (:key, :value) ON CONFLICT (key) DO UPDATE SET value=excluded.value"),
+        {"key": key, "value": value},
+    )

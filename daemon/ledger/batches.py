@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from daemon.ledger.base import BATCH_COLUMNS, BatchInfo, LedgerBase, batch_info, placeholders
+from daemon.ledger.base import BATCH_COLUMNS, UPLOADS_PAUSED, BatchInfo, LedgerBase, batch_info, row_move, sql, states
 from daemon.states import BATCH_TRANSITIONS, BatchState, RowStatus, sources
 
 AMBIGUOUS_UPLOADED = (
@@ -19,12 +19,19 @@ RESENT_NOT_AFFECTED = (
     "(or Scantrust does not know the code)"
 )
 
-DUE_STATES = (BatchState.QUEUED, BatchState.SUBMITTED)  # what due_batches returns unless asked for one
 PLAN_CHUNK = 50_000  # rows queued per statement when a file is planned
 PlannedRows = tuple[str, Sequence[int], str | None]  # kind, lines, data hash (async)
-# The rows of one batch: bind (file id, batch id).
-_MEMBERS = "FROM batch_rows br JOIN rows r ON r.file_id=? AND r.line=br.line WHERE br.batch_id=?"
+# The rows of one batch: bind file_id and batch_id.
+_MEMBERS = "FROM batch_rows br JOIN rows r ON r.file_id=:file_id AND r.line=br.line WHERE br.batch_id=:batch_id"
+_QUEUED = str(BatchState.QUEUED)
+_NEW_BATCH = (
+    "INSERT INTO batches (file_id, seq, kind, state, size, attempts, failures, next_attempt_at, ambiguous, created_at, "
+    "data_hash, reference, parent_id) VALUES (:file_id, :seq, :kind, :state, :size, 0, 0, 0, :ambiguous, :now, "
+    ":data_hash, :reference, :parent_id) RETURNING id"
+)
 SendRow = tuple[int, str, list[str]]  # line, key, cells
+DUE_STATES = (BatchState.QUEUED, BatchState.SUBMITTED)  # to send, or to poll: what due_batches returns by default
+_DUE = states(*DUE_STATES)
 
 
 class BatchStore(LedgerBase):
@@ -34,68 +41,77 @@ class BatchStore(LedgerBase):
         """Create batches of pending rows and queue those rows, in one transaction."""
         now = self.now()
         with self.begin() as conn:
-            name, sha256 = conn.exec_driver_sql("SELECT name, sha256 FROM files WHERE id=?", (file_id,)).one()
-            start = conn.exec_driver_sql(
-                "SELECT coalesce(max(seq), 0) FROM batches WHERE file_id=?", (file_id,)
+            name, sha256 = conn.execute(sql("SELECT name, sha256 FROM files WHERE id=:id"), {"id": file_id}).one()
+            start = conn.execute(
+                sql("SELECT coalesce(max(seq), 0) FROM batches WHERE file_id=:id"), {"id": file_id}
             ).scalar_one()
             members: list[tuple[int, int]] = []  # (batch id, line), in batch order, up to PLAN_CHUNK of them
             for seq, (kind, lines, data_hash) in enumerate(planned, start=start + 1):
                 # Shown in the portal next to the job: enough to find the file and batch it came from.
                 reference = f"scm-daemon {name} batch {seq} sha256:{sha256[:12]}"
-                batch_id = conn.exec_driver_sql(
-                    "INSERT INTO batches (file_id, seq, kind, state, size, attempts, failures, next_attempt_at, "
-                    "ambiguous, created_at, data_hash, reference) VALUES (?, ?, ?, 'queued', ?, 0, 0, 0, 0, ?, ?, ?)",
-                    (file_id, seq, kind, len(lines), now, data_hash, reference),
-                ).lastrowid
-                assert batch_id is not None
+                batch_id = int(
+                    conn.execute(
+                        sql(_NEW_BATCH),
+                        {
+                            "file_id": file_id,
+                            "seq": seq,
+                            "kind": kind,
+                            "state": _QUEUED,
+                            "size": len(lines),
+                            "ambiguous": False,
+                            "now": now,
+                            "data_hash": data_hash,
+                            "reference": reference,
+                            "parent_id": None,
+                        },
+                    ).scalar_one()
+                )
                 members.extend((batch_id, line) for line in lines)
                 if len(members) >= PLAN_CHUNK:
                     self._queue_members(conn, file_id, members)
                     members = []
             self._queue_members(conn, file_id, members)
 
-    @staticmethod
-    def _queue_members(conn: Connection, file_id: int, members: list[tuple[int, int]]) -> None:
+    def _queue_members(self, conn: Connection, file_id: int, members: list[tuple[int, int]]) -> None:
         """Record which rows a few batches carry and queue those rows; a chunk at a time keeps memory flat."""
         if not members:
             return
         # Both writes are sequential: batch_rows is clustered by batch, and rows are updated in row order.
-        conn.exec_driver_sql("INSERT INTO batch_rows (batch_id, line) VALUES (?, ?)", members)
-        members.sort(key=lambda member: member[1])
-        updated = conn.exec_driver_sql(
-            "UPDATE rows SET status='queued', batch_id=? WHERE file_id=? AND line=? AND status='pending'",
-            [(batch_id, file_id, line) for batch_id, line in members],
-        )
-        if updated.rowcount != len(members):
+        self.dialect.bulk_insert(conn, "batch_rows", ("batch_id", "line"), members)
+        updated = self.dialect.queue_members(conn, file_id, members, row_move(RowStatus.PENDING, RowStatus.QUEUED))
+        if updated != len(members):
             raise RuntimeError(f"file {file_id}: some rows planned into batches were no longer pending")
 
     def batch(self, batch_id: int) -> BatchInfo:
         """One batch's record."""
         with self.connect() as conn:
-            row = conn.exec_driver_sql(f"SELECT {BATCH_COLUMNS} FROM batches WHERE id=?", (batch_id,)).one()
+            row = conn.execute(sql(f"SELECT {BATCH_COLUMNS} FROM batches WHERE id=:id"), {"id": batch_id}).one()
         return batch_info(row)
 
     def due_batches(
-        self, now: float, limit: int, *, exclude: Collection[int] = (), states: Collection[BatchState] = DUE_STATES
+        self, now: float, limit: int, *, exclude: Collection[int] = (), wanted: Collection[BatchState] = DUE_STATES
     ) -> list[BatchInfo]:
-        """Batches to send (queued) or tasks to poll (submitted) that are due, oldest first; `states` picks one kind."""
+        """Batches to send (queued) or tasks to poll (submitted) that are due, oldest first; `wanted` picks one kind."""
         if limit <= 0:
             return []
-        skip = f" AND id NOT IN ({placeholders(len(exclude))})" if exclude else ""
-        wanted = [str(s) for s in states]
+        skip = " AND id NOT IN :exclude" if exclude else ""
         with self.connect() as conn:
-            rows = conn.exec_driver_sql(
-                f"SELECT {BATCH_COLUMNS} FROM batches WHERE state IN ({placeholders(len(wanted))}) "
-                f"AND next_attempt_at<=?{skip} ORDER BY next_attempt_at, id LIMIT ?",
-                (*wanted, now, *exclude, limit),
+            rows = conn.execute(
+                sql(
+                    f"SELECT {BATCH_COLUMNS} FROM batches WHERE state IN :due AND next_attempt_at<=:now"
+                    f"{skip} ORDER BY next_attempt_at, id LIMIT :limit",
+                    "due",
+                    *(["exclude"] if exclude else []),
+                ),
+                {"due": states(*wanted), "now": now, "limit": limit, **({"exclude": list(exclude)} if exclude else {})},
             ).all()
         return [batch_info(r) for r in rows]
 
     def next_due(self) -> float | None:
         """When the earliest queued batch or task poll is due (epoch seconds), if any."""
         with self.connect() as conn:
-            value = conn.exec_driver_sql(
-                "SELECT min(next_attempt_at) FROM batches WHERE state IN ('queued', 'submitted')"
+            value = conn.execute(
+                sql("SELECT min(next_attempt_at) FROM batches WHERE state IN :due", "due"), {"due": _DUE}
             ).scalar_one()
         return float(value) if value is not None else None
 
@@ -105,52 +121,63 @@ class BatchStore(LedgerBase):
             self.guard(
                 conn,
                 "batches",
-                "UPDATE batches SET state='sending', attempts=attempts+1 WHERE id=?",
-                (batch_id,),
+                "UPDATE batches SET state=:sending, attempts=attempts+1 WHERE id=:id",
+                {"sending": str(BatchState.SENDING), "id": batch_id},
                 sources(BATCH_TRANSITIONS, BatchState.SENDING),
             )
             info = batch_info(
-                conn.exec_driver_sql(f"SELECT {BATCH_COLUMNS} FROM batches WHERE id=?", (batch_id,)).one()
+                conn.execute(sql(f"SELECT {BATCH_COLUMNS} FROM batches WHERE id=:id"), {"id": batch_id}).one()
             )
-            rows = conn.exec_driver_sql(
-                f"SELECT r.line, r.key, r.cells {_MEMBERS} ORDER BY br.line", (info.file_id, batch_id)
+            rows = conn.execute(
+                sql(f"SELECT r.line, r.key, r.cells {_MEMBERS} ORDER BY br.line"),
+                {"file_id": info.file_id, "batch_id": batch_id},
             ).all()
         return info, [(line, key, json.loads(cells)) for line, key, cells in rows]
 
     @staticmethod
     def _keys(conn: Connection, batch: BatchInfo) -> list[str]:
-        return [k for (k,) in conn.exec_driver_sql(f"SELECT r.key {_MEMBERS}", (batch.file_id, batch.id))]
+        members = {"file_id": batch.file_id, "batch_id": batch.id}
+        return [k for (k,) in conn.execute(sql(f"SELECT r.key {_MEMBERS}"), members)]
 
     def _finish(self, conn: Connection, batch: BatchInfo, to: BatchState, **values: Any) -> None:
         values["finished_at"] = self.now()
-        sets = ", ".join(f"{k}=?" for k in values)
+        sets = ", ".join(f"{k}=:v_{k}" for k in values)
         self.guard(
             conn,
             "batches",
-            f"UPDATE batches SET state=?, {sets} WHERE id=?",
-            (str(to), *values.values(), batch.id),
+            f"UPDATE batches SET state=:to, {sets} WHERE id=:id",
+            {"to": str(to), **{f"v_{k}": v for k, v in values.items()}, "id": batch.id},
             sources(BATCH_TRANSITIONS, to),
         )
 
     def _confirm(self, conn: Connection, batch: BatchInfo, data_key: str, outcome: dict[str, tuple[str, str]]) -> None:
         """Give each open row of a batch its status and detail (by key), and remember what was uploaded."""
-        rows = conn.exec_driver_sql(
-            f"SELECT r.line, r.key, r.data_hash {_MEMBERS} AND r.status='queued'", (batch.file_id, batch.id)
+        rows = conn.execute(
+            sql(f"SELECT r.line, r.key, r.data_hash {_MEMBERS} AND r.status=:queued"),
+            {"file_id": batch.file_id, "batch_id": batch.id, "queued": str(RowStatus.QUEUED)},
         ).all()
         now = self.now()
         updates = []
         uploaded = []
         for line, key, data_hash in rows:
             status, detail = outcome[key]
-            updates.append((status, detail, batch.file_id, line))
+            move = row_move(RowStatus.QUEUED, RowStatus(status))
+            updates.append({**move, "detail": detail, "file_id": batch.file_id, "line": line})
             if status == RowStatus.UPLOADED:
-                uploaded.append((data_key, key, data_hash, batch.file_id, line, now))
-        conn.exec_driver_sql("UPDATE rows SET status=?, detail=? WHERE file_id=? AND line=?", updates)
+                uploaded.append({"dk": data_key, "k": key, "h": data_hash, "f": batch.file_id, "l": line, "at": now})
+        if updates:
+            conn.execute(
+                sql("UPDATE rows SET status=:to, detail=:detail WHERE file_id=:file_id AND line=:line AND status=:frm"),
+                updates,
+            )
         if uploaded:
-            conn.exec_driver_sql(
-                "INSERT INTO codes (data_key, key, data_hash, file_id, line, uploaded_at) VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(data_key, key) DO UPDATE SET data_hash=excluded.data_hash, file_id=excluded.file_id, "
-                "line=excluded.line, uploaded_at=excluded.uploaded_at",
+            conn.execute(
+                sql(
+                    "INSERT INTO codes (data_key, key, data_hash, file_id, line, uploaded_at) "
+                    "VALUES (:dk, :k, :h, :f, :l, :at) ON CONFLICT (data_key, key) DO UPDATE SET "
+                    "data_hash=excluded.data_hash, file_id=excluded.file_id, line=excluded.line, "
+                    "uploaded_at=excluded.uploaded_at"
+                ),
                 uploaded,
             )
 
@@ -176,9 +203,15 @@ class BatchStore(LedgerBase):
             self.guard(
                 conn,
                 "batches",
-                "UPDATE batches SET state='submitted', task_id=?, submitted_at=?, next_attempt_at=?, failures=0 "
-                "WHERE id=?",
-                (task_id, submitted_at, poll_at, batch.id),
+                "UPDATE batches SET state=:submitted, task_id=:task_id, submitted_at=:submitted_at, "
+                "next_attempt_at=:poll_at, failures=0 WHERE id=:id",
+                {
+                    "submitted": str(BatchState.SUBMITTED),
+                    "task_id": task_id,
+                    "submitted_at": submitted_at,
+                    "poll_at": poll_at,
+                    "id": batch.id,
+                },
                 sources(BATCH_TRANSITIONS, BatchState.SUBMITTED),
             )
 
@@ -194,10 +227,17 @@ class BatchStore(LedgerBase):
             self.guard(
                 conn,
                 "batches",
-                "UPDATE batches SET next_attempt_at=?, task_state=coalesce(?, task_state), last_error=coalesce(?, "
-                "last_error), failures=CASE WHEN ? IS NULL THEN 0 ELSE failures+1 END, "
-                "polled_at=coalesce(?, polled_at) WHERE id=?",
-                (at, task_state, error, error, polled_at, batch.id),
+                "UPDATE batches SET next_attempt_at=:at, task_state=coalesce(:task_state, task_state), "
+                "last_error=coalesce(:error, last_error), failures=(failures+1)*:counts, "
+                "polled_at=coalesce(:polled_at, polled_at) WHERE id=:id",
+                {
+                    "at": at,
+                    "task_state": task_state,
+                    "error": error,
+                    "counts": 0 if error is None else 1,  # an answer resets the count
+                    "polled_at": polled_at,
+                    "id": batch.id,
+                },
                 [str(BatchState.SUBMITTED)],
             )
 
@@ -214,9 +254,16 @@ class BatchStore(LedgerBase):
             self.guard(
                 conn,
                 "batches",
-                "UPDATE batches SET state='queued', next_attempt_at=?, last_error=?, ambiguous=ambiguous OR ?, "
-                "failures=failures+? WHERE id=?",
-                (at, error, ambiguous, 1 if count_failure else 0, batch.id),
+                "UPDATE batches SET state=:queued, next_attempt_at=:at, last_error=:error, "
+                "ambiguous=(ambiguous OR :ambiguous), failures=failures+:failure WHERE id=:id",
+                {
+                    "queued": _QUEUED,
+                    "at": at,
+                    "error": error,
+                    "ambiguous": ambiguous,
+                    "failure": 1 if count_failure else 0,
+                    "id": batch.id,
+                },
                 sources(BATCH_TRANSITIONS, BatchState.QUEUED),
             )
 
@@ -224,10 +271,17 @@ class BatchStore(LedgerBase):
         """Give a batch up: its open rows become `status` (failed or rejected) with the detail."""
         with self.begin() as conn:
             self._finish(conn, batch, BatchState.FAILED, last_error=detail, task_state=task_state or batch.task_state)
-            conn.exec_driver_sql(
-                "UPDATE rows SET status=?, detail=? WHERE file_id=? AND status='queued' AND line IN "
-                "(SELECT line FROM batch_rows WHERE batch_id=?)",
-                (str(status), detail, batch.file_id, batch.id),
+            conn.execute(
+                sql(
+                    "UPDATE rows SET status=:to, detail=:detail WHERE file_id=:file_id AND status=:frm AND line IN "
+                    "(SELECT line FROM batch_rows WHERE batch_id=:batch_id)"
+                ),
+                {
+                    **row_move(RowStatus.QUEUED, status),
+                    "detail": detail,
+                    "file_id": batch.file_id,
+                    "batch_id": batch.id,
+                },
             )
 
     def split_batch(
@@ -241,36 +295,37 @@ class BatchStore(LedgerBase):
         with self.begin() as conn:
             self._finish(conn, batch, BatchState.SPLIT)
             if rejected:
-                conn.exec_driver_sql(
-                    "UPDATE rows SET status='rejected', detail=? WHERE file_id=? AND line=? AND status='queued'",
-                    [(detail, batch.file_id, line) for line, detail in rejected.items()],
+                move = row_move(RowStatus.QUEUED, RowStatus.REJECTED)
+                conn.execute(
+                    sql("UPDATE rows SET status=:to, detail=:detail WHERE file_id=:f AND line=:l AND status=:frm"),
+                    [{**move, "detail": detail, "f": batch.file_id, "l": line} for line, detail in rejected.items()],
                 )
-            start = conn.exec_driver_sql("SELECT max(seq) FROM batches WHERE file_id=?", (batch.file_id,)).scalar_one()
+            start = conn.execute(
+                sql("SELECT max(seq) FROM batches WHERE file_id=:id"), {"id": batch.file_id}
+            ).scalar_one()
             children = []
             for seq, lines in enumerate((p for p in parts if p), start=start + 1):
-                child = conn.exec_driver_sql(
-                    "INSERT INTO batches (file_id, seq, kind, state, size, attempts, failures, next_attempt_at, "
-                    "ambiguous, created_at, data_hash, reference, parent_id) "
-                    "VALUES (?, ?, ?, 'queued', ?, 0, 0, 0, ?, ?, ?, ?, ?)",
-                    (
-                        batch.file_id,
-                        seq,
-                        batch.kind,
-                        len(lines),
-                        ambiguous or batch.ambiguous,
-                        now,
-                        batch.data_hash,
-                        f"{batch.reference} part {seq}" if batch.reference else None,
-                        batch.id,
-                    ),
-                ).lastrowid
-                assert child is not None
-                conn.exec_driver_sql(
-                    "INSERT INTO batch_rows (batch_id, line) VALUES (?, ?)", [(child, x) for x in lines]
+                child = int(
+                    conn.execute(
+                        sql(_NEW_BATCH),
+                        {
+                            "file_id": batch.file_id,
+                            "seq": seq,
+                            "kind": batch.kind,
+                            "state": _QUEUED,
+                            "size": len(lines),
+                            "ambiguous": ambiguous or batch.ambiguous,
+                            "now": now,
+                            "data_hash": batch.data_hash,
+                            "reference": f"{batch.reference} part {seq}" if batch.reference else None,
+                            "parent_id": batch.id,
+                        },
+                    ).scalar_one()
                 )
-                conn.exec_driver_sql(
-                    "UPDATE rows SET batch_id=? WHERE file_id=? AND line=? AND status='queued'",
-                    [(child, batch.file_id, line) for line in lines],
+                self.dialect.bulk_insert(conn, "batch_rows", ("batch_id", "line"), [(child, x) for x in lines])
+                conn.execute(
+                    sql("UPDATE rows SET batch_id=:b WHERE file_id=:f AND line=:l AND status=:queued"),
+                    [{"b": child, "f": batch.file_id, "l": line, "queued": str(RowStatus.QUEUED)} for line in lines],
                 )
                 children.append(child)
         return children
@@ -281,19 +336,24 @@ class BatchStore(LedgerBase):
         Extra calls come from retries and from splitting refused or timing-out batches.
         """
         with self.connect() as conn:
-            planned, calls = conn.exec_driver_sql(
-                "SELECT coalesce(sum(parent_id IS NULL), 0), coalesce(sum(attempts), 0) FROM batches WHERE file_id=?",
-                (file_id,),
+            planned, calls = conn.execute(
+                sql(
+                    "SELECT coalesce(sum(CASE WHEN parent_id IS NULL THEN 1 ELSE 0 END), 0), "
+                    "coalesce(sum(attempts), 0) FROM batches WHERE file_id=:id"
+                ),
+                {"id": file_id},
             ).one()
         return int(planned), int(calls), int(calls) - int(planned)
 
     def tasks(self, file_id: int) -> list[dict[str, Any]]:
         """The async tasks of a file with their last known state."""
         with self.connect() as conn:
-            rows = conn.exec_driver_sql(
-                "SELECT seq, task_id, task_state, codes_affected, size, state, reference FROM batches "
-                "WHERE file_id=? AND kind='async' ORDER BY seq",
-                (file_id,),
+            rows = conn.execute(
+                sql(
+                    "SELECT seq, task_id, task_state, codes_affected, size, state, reference FROM batches "
+                    "WHERE file_id=:id AND kind=:kind ORDER BY seq"
+                ),
+                {"id": file_id, "kind": "async"},
             ).all()
         return [
             {
@@ -321,18 +381,27 @@ class BatchStore(LedgerBase):
         age is what earlier processes measured up to their last poll (downtime does not count).
         """
         with self.begin() as conn:
-            resent = conn.exec_driver_sql(
-                "UPDATE batches SET state='queued', interrupted=interrupted+1, next_attempt_at=? WHERE state='sending'",
-                (now,),
+            resent = conn.execute(
+                sql(
+                    "UPDATE batches SET state=:queued, interrupted=interrupted+1, next_attempt_at=:now "
+                    "WHERE state=:sending"
+                ),
+                {"queued": _QUEUED, "sending": str(BatchState.SENDING), "now": now},
             ).rowcount
-            clamped = conn.exec_driver_sql(
-                "UPDATE batches SET next_attempt_at=? WHERE state IN ('queued', 'submitted') AND next_attempt_at>?",
-                (now + longest_wait, now + longest_wait),
+            clamped = conn.execute(
+                sql(
+                    "UPDATE batches SET next_attempt_at=:latest WHERE state IN :due AND next_attempt_at>:latest", "due"
+                ),
+                {"latest": now + longest_wait, "due": _DUE},
             ).rowcount
-            conn.exec_driver_sql(
-                "UPDATE batches SET submitted_at=? - max(0, coalesce(polled_at, submitted_at) - submitted_at), "
-                "polled_at=NULL WHERE state='submitted'",
-                (now,),
+            # The task's age so far (polled_at - submitted_at, never negative) counted back from now.
+            conn.execute(
+                sql(
+                    "UPDATE batches SET submitted_at=:now - CASE WHEN polled_at > submitted_at "
+                    "THEN polled_at - submitted_at ELSE 0 END, polled_at=NULL WHERE state=:submitted"
+                ),
+                {"now": now, "submitted": str(BatchState.SUBMITTED)},
             )
-            conn.exec_driver_sql("DELETE FROM meta WHERE key='uploads_paused'")  # a new process starts sending
+            # A new process starts sending.
+            conn.execute(sql("DELETE FROM meta WHERE key=:key"), {"key": UPLOADS_PAUSED})
         return {"batches_requeued": resent, "schedules_clamped": clamped}

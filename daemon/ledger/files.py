@@ -8,17 +8,17 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from daemon.ledger.base import FILE_COLUMNS, FileInfo, LedgerBase, file_info, placeholders
+from daemon.ledger.base import FILE_COLUMNS, UPLOADS_PAUSED, FileInfo, LedgerBase, file_info, sql
+from daemon.ledger.layout import FileLayout
 from daemon.states import FILE_TRANSITIONS, BatchState, FileState, Outcome, sources
 
-UPLOADS_PAUSED = "uploads_paused"  # meta key: why the running service sends nothing right now
 # Rows deleted per transaction by prune (about 0.1 s each), and the pause after each: a writer waiting for the lock
 # polls at most every 0.1 s (SQLite's busy handler), so without the pause prune would take the lock again before a
 # running service's next poll and starve it for the whole prune.
 PRUNE_CHUNK = 50_000
 PRUNE_PAUSE = 0.1
 # The condition every delete of prune carries: its file is still done, and finished before the cutoff.
-_STILL_PRUNABLE = " AND EXISTS (SELECT 1 FROM files WHERE id=? AND state='done' AND finished_at < ?)"
+_STILL_PRUNABLE = " AND EXISTS (SELECT 1 FROM files WHERE id=:file_id AND state=:done AND finished_at < :before)"
 
 
 class FileStore(LedgerBase):
@@ -37,40 +37,53 @@ class FileStore(LedgerBase):
     ) -> int:
         """Record a file in state `received`; `path_for(id)`, if given, names its path from its new id."""
         with self.begin() as conn:
-            result = conn.exec_driver_sql(
-                "INSERT INTO files (sha256, name, path, size, state, data_key, mode, layout, received_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, '{}', ?)",
-                (sha256, name, path, size, FileState.RECEIVED, data_key, mode, self.now()),
+            file_id = int(
+                conn.execute(
+                    sql(
+                        "INSERT INTO files (sha256, name, path, size, state, data_key, mode, layout, received_at) "
+                        "VALUES (:sha256, :name, :path, :size, :state, :data_key, :mode, '{}', :now) RETURNING id"
+                    ),
+                    {
+                        "sha256": sha256,
+                        "name": name,
+                        "path": path,
+                        "size": size,
+                        "state": str(FileState.RECEIVED),
+                        "data_key": data_key,
+                        "mode": mode,
+                        "now": self.now(),
+                    },
+                ).scalar_one()
             )
-            file_id = result.lastrowid
-            assert file_id is not None
             if path_for is not None:
-                conn.exec_driver_sql("UPDATE files SET path=? WHERE id=?", (path_for(int(file_id)), file_id))
-        return int(file_id)
+                conn.execute(
+                    sql("UPDATE files SET path=:path WHERE id=:id"), {"path": path_for(file_id), "id": file_id}
+                )
+        return file_id
 
     def file(self, file_id: int) -> FileInfo:
         """One file's record."""
         with self.connect() as conn:
-            row = conn.exec_driver_sql(f"SELECT {FILE_COLUMNS} FROM files WHERE id=?", (file_id,)).one()
+            row = conn.execute(sql(f"SELECT {FILE_COLUMNS} FROM files WHERE id=:id"), {"id": file_id}).one()
         return file_info(row)
 
     def files(self, states: Iterable[FileState]) -> list[FileInfo]:
         """The files in any of these states, oldest first."""
         wanted = [str(s) for s in states]
         with self.connect() as conn:
-            rows = conn.exec_driver_sql(
-                f"SELECT {FILE_COLUMNS} FROM files WHERE state IN ({placeholders(len(wanted))}) ORDER BY id",
-                tuple(wanted),
+            rows = conn.execute(
+                sql(f"SELECT {FILE_COLUMNS} FROM files WHERE state IN :states ORDER BY id", "states"),
+                {"states": wanted},
             ).all()
         return [file_info(r) for r in rows]
 
     def find_files(self, name_or_sha: str) -> list[FileInfo]:
         """Files whose name, or SHA-256 (or its prefix of 8+ characters), is this."""
+        prefix = name_or_sha.lower() + "%" if len(name_or_sha) >= 8 else None  # NULL: LIKE matches nothing
         with self.connect() as conn:
-            rows = conn.exec_driver_sql(
-                f"SELECT {FILE_COLUMNS} FROM files WHERE name=? OR (length(?) >= 8 AND sha256 LIKE ? || '%') "
-                "ORDER BY id",
-                (name_or_sha, name_or_sha, name_or_sha.lower()),
+            rows = conn.execute(
+                sql(f"SELECT {FILE_COLUMNS} FROM files WHERE name=:name OR sha256 LIKE :prefix ORDER BY id"),
+                {"name": name_or_sha, "prefix": prefix},
             ).all()
         return [file_info(r) for r in rows]
 
@@ -78,49 +91,59 @@ class FileStore(LedgerBase):
         """An earlier file with the same bytes that was (or is being) processed, if any."""
         refused = (str(Outcome.FAILED), str(Outcome.DUPLICATE))
         with self.connect() as conn:
-            row = conn.exec_driver_sql(
-                f"SELECT {FILE_COLUMNS} FROM files WHERE sha256=? AND id<>? "
-                "AND (outcome IS NULL OR outcome NOT IN (?, ?)) ORDER BY id LIMIT 1",
-                (sha256, other_than, *refused),
+            row = conn.execute(
+                sql(
+                    f"SELECT {FILE_COLUMNS} FROM files WHERE sha256=:sha256 AND id<>:id "
+                    "AND (outcome IS NULL OR outcome NOT IN :refused) ORDER BY id LIMIT 1",
+                    "refused",
+                ),
+                {"sha256": sha256, "id": other_than, "refused": list(refused)},
             ).first()
         return file_info(row) if row else None
 
     def transition_file(self, file_id: int, to: FileState, **values: Any) -> None:
         """Move a file to state `to` (guarded by FILE_TRANSITIONS), setting other columns with it."""
-        values = {k: json.dumps(v) if k == "layout" else v for k, v in values.items()}
+        values = {k: v.to_json() if isinstance(v, FileLayout) else v for k, v in values.items()}
         with self.begin() as conn:
             if to is FileState.DONE:
                 values.setdefault("finished_at", self.now())
-                counts = conn.exec_driver_sql(
-                    "SELECT status, count(*) FROM rows WHERE file_id=? GROUP BY status", (file_id,)
+                counts = conn.execute(
+                    sql("SELECT status, count(*) FROM rows WHERE file_id=:id GROUP BY status"), {"id": file_id}
                 ).all()
-                values["counts"] = json.dumps(dict(counts), sort_keys=True)
-            sets = ", ".join(f"{k}=?" for k in ("state", *values))
+                values["counts"] = json.dumps({str(s): int(n) for s, n in counts}, sort_keys=True)
+            sets = ", ".join(f"{k}=:v_{k}" for k in ("state", *values))
             self.guard(
                 conn,
                 "files",
-                f"UPDATE files SET {sets} WHERE id=?",
-                (str(to), *values.values(), file_id),
+                f"UPDATE files SET {sets} WHERE id=:id",
+                {"v_state": str(to), **{f"v_{k}": v for k, v in values.items()}, "id": file_id},
                 sources(FILE_TRANSITIONS, to),
             )
 
     def set_file(self, file_id: int, **values: Any) -> None:
-        """Set columns of a file that carry no state (the report stem, the destination)."""
-        sets = ", ".join(f"{k}=?" for k in values)
+        """Set columns of a file that carry no state (the report stem, the destination, the layout)."""
+        values = {k: v.to_json() if isinstance(v, FileLayout) else v for k, v in values.items()}
+        sets = ", ".join(f"{k}=:v_{k}" for k in values)
         with self.begin() as conn:
-            conn.exec_driver_sql(f"UPDATE files SET {sets} WHERE id=?", (*values.values(), file_id))
+            conn.execute(
+                sql(f"UPDATE files SET {sets} WHERE id=:id"),
+                {**{f"v_{k}": v for k, v in values.items()}, "id": file_id},
+            )
 
     def discard_rows(self, file_id: int) -> None:
         """Drop the rows recorded so far for a file that turned out unreadable."""
         with self.begin() as conn:
-            conn.exec_driver_sql("DELETE FROM rows WHERE file_id=?", (file_id,))
+            conn.execute(sql("DELETE FROM rows WHERE file_id=:id"), {"id": file_id})
 
     def forget_file(self, file_id: int) -> None:
         """Drop a file caught mid-intake, with its rows, so that the next scan takes it afresh."""
         with self.begin() as conn:
-            conn.exec_driver_sql("DELETE FROM rows WHERE file_id=?", (file_id,))
+            conn.execute(sql("DELETE FROM rows WHERE file_id=:id"), {"id": file_id})
             self._drop_batches(conn, file_id)
-            conn.exec_driver_sql("DELETE FROM files WHERE id=? AND state=?", (file_id, str(FileState.RECEIVED)))
+            conn.execute(
+                sql("DELETE FROM files WHERE id=:id AND state=:state"),
+                {"id": file_id, "state": str(FileState.RECEIVED)},
+            )
 
     def prune(self, finished_before: str, *, chunk: int = PRUNE_CHUNK, pause: float = PRUNE_PAUSE) -> tuple[int, int]:
         """Drop the rows and batches of files done before this ISO time; returns (files, rows) dropped.
@@ -145,10 +168,13 @@ class FileStore(LedgerBase):
         """Drop the file's first `chunk` rows (a range of its primary key) if it is still prunable."""
         with self.begin() as conn:
             return int(
-                conn.exec_driver_sql(
-                    "DELETE FROM rows WHERE file_id=? AND line <= (SELECT max(line) FROM "
-                    "(SELECT line FROM rows WHERE file_id=? ORDER BY line LIMIT ?) AS head)" + _STILL_PRUNABLE,
-                    (file_id, file_id, chunk, file_id, finished_before),
+                conn.execute(
+                    sql(
+                        "DELETE FROM rows WHERE file_id=:file_id AND line <= (SELECT max(line) FROM "
+                        "(SELECT line FROM rows WHERE file_id=:file_id ORDER BY line LIMIT :chunk) AS head)"
+                        + _STILL_PRUNABLE
+                    ),
+                    {"file_id": file_id, "chunk": chunk, "done": str(FileState.DONE), "before": finished_before},
                 ).rowcount
             )
 
@@ -157,53 +183,61 @@ class FileStore(LedgerBase):
         last = None
         carried = 0
         with self.connect() as conn:
-            for batch_id, size in conn.exec_driver_sql(
-                "SELECT id, size FROM batches WHERE file_id=? ORDER BY id LIMIT ?", (file_id, chunk)
+            for batch_id, size in conn.execute(
+                sql("SELECT id, size FROM batches WHERE file_id=:file_id ORDER BY id LIMIT :chunk"),
+                {"file_id": file_id, "chunk": chunk},
             ):
                 last, carried = batch_id, carried + size
                 if carried >= chunk:
                     break
         if last is None:
             return 0
+        params = {"file_id": file_id, "last": last, "done": str(FileState.DONE), "before": finished_before}
         with self.begin() as conn:
-            conn.exec_driver_sql(
-                "DELETE FROM batch_rows WHERE batch_id IN (SELECT id FROM batches WHERE file_id=? AND id <= ?)"
-                + _STILL_PRUNABLE,
-                (file_id, last, file_id, finished_before),
+            conn.execute(
+                sql(
+                    "DELETE FROM batch_rows WHERE batch_id IN (SELECT id FROM batches WHERE file_id=:file_id "
+                    "AND id <= :last)" + _STILL_PRUNABLE
+                ),
+                params,
             )
             return int(
-                conn.exec_driver_sql(
-                    "DELETE FROM batches WHERE file_id=? AND id <= ?" + _STILL_PRUNABLE,
-                    (file_id, last, file_id, finished_before),
+                conn.execute(
+                    sql("DELETE FROM batches WHERE file_id=:file_id AND id <= :last" + _STILL_PRUNABLE), params
                 ).rowcount
             )
 
     def prunable(self, finished_before: str) -> list[tuple[int, str, int]]:
         """What prune(finished_before) would drop: (file id, name, rows recorded when it finished), oldest first."""
         with self.connect() as conn:
-            found = conn.exec_driver_sql(
-                "SELECT id, name, counts FROM files WHERE state='done' AND finished_at < ? AND counts IS NOT NULL "
-                "AND (EXISTS (SELECT 1 FROM rows r WHERE r.file_id=files.id) "
-                "OR EXISTS (SELECT 1 FROM batches b WHERE b.file_id=files.id)) ORDER BY id",
-                (finished_before,),
+            found = conn.execute(
+                sql(
+                    "SELECT id, name, counts FROM files WHERE state=:done AND finished_at < :before "
+                    "AND counts IS NOT NULL AND (EXISTS (SELECT 1 FROM rows r WHERE r.file_id=files.id) "
+                    "OR EXISTS (SELECT 1 FROM batches b WHERE b.file_id=files.id)) ORDER BY id"
+                ),
+                {"done": str(FileState.DONE), "before": finished_before},
             ).all()
         return [(int(i), str(name), sum(json.loads(counts).values())) for i, name, counts in found]
 
     @staticmethod
     def _drop_batches(conn: Connection, file_id: int) -> None:
-        conn.exec_driver_sql(
-            "DELETE FROM batch_rows WHERE batch_id IN (SELECT id FROM batches WHERE file_id=?)", (file_id,)
+        conn.execute(
+            sql("DELETE FROM batch_rows WHERE batch_id IN (SELECT id FROM batches WHERE file_id=:id)"), {"id": file_id}
         )
-        conn.exec_driver_sql("DELETE FROM batches WHERE file_id=?", (file_id,))
+        conn.execute(sql("DELETE FROM batches WHERE file_id=:id"), {"id": file_id})
 
     def live_row_counts(self) -> dict[int, dict[str, int]]:
         """Rows by status of each file not done yet: one pass over those files' rows (the done ones keep their
         counts), read once by `status` for its totals and its progress lines."""
         live: dict[int, dict[str, int]] = {}
         with self.connect() as conn:
-            for file_id, status, n in conn.exec_driver_sql(
-                "SELECT file_id, status, count(*) FROM rows "
-                "WHERE file_id IN (SELECT id FROM files WHERE state<>'done') GROUP BY file_id, status"
+            for file_id, status, n in conn.execute(
+                sql(
+                    "SELECT file_id, status, count(*) FROM rows "
+                    "WHERE file_id IN (SELECT id FROM files WHERE state<>:done) GROUP BY file_id, status"
+                ),
+                {"done": str(FileState.DONE)},
             ):
                 live.setdefault(int(file_id), {})[str(status)] = int(n)
         return live
@@ -211,46 +245,61 @@ class FileStore(LedgerBase):
     def overview(self, *, recent: int = 10, live: dict[int, dict[str, int]] | None = None) -> dict[str, Any]:
         """What the ledger holds, for `scm-daemon status`; `live` is live_row_counts() if the caller has it."""
         live = self.live_row_counts() if live is None else live
+        done = str(FileState.DONE)
         with self.connect() as conn:
 
-            def counts(sql: str) -> dict[str, int]:
-                return {str(k): int(n) for k, n in conn.exec_driver_sql(sql).all()}
+            def counts(statement: str, **params: Any) -> dict[str, int]:
+                return {str(k): int(n) for k, n in conn.execute(sql(statement), params).all()}
 
-            files = counts("SELECT coalesce(outcome, state), count(*) FROM files GROUP BY 1")
+            files = counts("SELECT coalesce(outcome, state), count(*) FROM files GROUP BY coalesce(outcome, state)")
             # Done files carry their counts; only the rows of files still at work are counted here.
             rows: dict[str, int] = {}
-            for (stored,) in conn.exec_driver_sql("SELECT counts FROM files WHERE state='done' AND counts IS NOT NULL"):
+            stored_counts = conn.execute(
+                sql("SELECT counts FROM files WHERE state=:done AND counts IS NOT NULL"), {"done": done}
+            )
+            for (stored,) in stored_counts:
                 for status, n in json.loads(stored).items():
                     rows[status] = rows.get(status, 0) + n
             for by_status in live.values():
                 for status, n in by_status.items():
                     rows[status] = rows.get(status, 0) + n
             batches = counts("SELECT state, count(*) FROM batches GROUP BY state")
-            latest = conn.exec_driver_sql(
-                "SELECT id, name, state, outcome, received_at, finished_at, coalesce(delivery_error, error) FROM files "
-                "ORDER BY id DESC LIMIT ?",
-                (recent,),
+            latest = conn.execute(
+                sql(
+                    "SELECT id, name, state, outcome, received_at, finished_at, coalesce(delivery_error, error) "
+                    "FROM files ORDER BY id DESC LIMIT :n"
+                ),
+                {"n": recent},
             ).all()
-            undelivered = conn.exec_driver_sql(
-                "SELECT name, delivery_error FROM files WHERE state='reporting' AND delivery_error IS NOT NULL "
-                "ORDER BY id LIMIT ?",
-                (recent,),
+            undelivered = conn.execute(
+                sql(
+                    "SELECT name, delivery_error FROM files WHERE state=:reporting AND delivery_error IS NOT NULL "
+                    "ORDER BY id LIMIT :n"
+                ),
+                {"reporting": str(FileState.REPORTING), "n": recent},
             ).all()
-            errors = conn.exec_driver_sql(
-                "SELECT f.name, b.seq, b.state, b.attempts, b.last_error FROM batches b JOIN files f ON f.id=b.file_id "
-                "WHERE b.last_error IS NOT NULL ORDER BY b.id DESC LIMIT ?",
-                (recent,),
+            errors = conn.execute(
+                sql(
+                    "SELECT f.name, b.seq, b.state, b.attempts, b.last_error FROM batches b "
+                    "JOIN files f ON f.id=b.file_id WHERE b.last_error IS NOT NULL ORDER BY b.id DESC LIMIT :n"
+                ),
+                {"n": recent},
             ).all()
-            tasks = conn.exec_driver_sql(
-                "SELECT f.name, b.seq, b.task_id, b.task_state FROM batches b JOIN files f ON f.id=b.file_id "
-                "WHERE b.state=? ORDER BY b.id",
-                (str(BatchState.SUBMITTED),),
+            tasks = conn.execute(
+                sql(
+                    "SELECT f.name, b.seq, b.task_id, b.task_state FROM batches b JOIN files f ON f.id=b.file_id "
+                    "WHERE b.state=:submitted ORDER BY b.id"
+                ),
+                {"submitted": str(BatchState.SUBMITTED)},
             ).all()
-            retry_at = conn.exec_driver_sql(
-                "SELECT min(next_attempt_at) FROM batches WHERE state='queued' AND failures > 0"
+            retry_at = conn.execute(
+                sql("SELECT min(next_attempt_at) FROM batches WHERE state=:queued AND failures > 0"),
+                {"queued": str(BatchState.QUEUED)},
             ).scalar_one()
         return {
-            "ledger": str(self.path),
+            "ledger": self.target.shown,
+            "backend": self.dialect.name,
+            "schema_version": self.schema_version,
             "uploads_paused": self.get_meta(UPLOADS_PAUSED),
             "files": files,
             "rows": rows,

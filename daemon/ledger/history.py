@@ -7,7 +7,7 @@ the dashboard asks every 30 s, and a ledger may hold ten million rows.
 import json
 from dataclasses import dataclass
 
-from daemon.ledger.base import LedgerBase
+from daemon.ledger.base import LedgerBase, sql
 from daemon.states import FileState, Outcome
 
 
@@ -32,10 +32,12 @@ class HistoryStore(LedgerBase):
     def recent_files(self, limit: int) -> list[FileLine]:
         """The `limit` most recently received files, newest first (a walk back along the primary key)."""
         with self.connect() as conn:
-            rows = conn.exec_driver_sql(
-                "SELECT id, name, state, outcome, received_at, finished_at, coalesce(delivery_error, error), counts, "
-                "report_base FROM files ORDER BY id DESC LIMIT ?",
-                (limit,),
+            rows = conn.execute(
+                sql(
+                    "SELECT id, name, state, outcome, received_at, finished_at, coalesce(delivery_error, error), "
+                    "counts, report_base FROM files ORDER BY id DESC LIMIT :n"
+                ),
+                {"n": limit},
             ).all()
         return [
             FileLine(
@@ -60,10 +62,12 @@ class HistoryStore(LedgerBase):
         """
         days: dict[str, dict[str, int]] = {}
         with self.connect() as conn:
-            result = conn.exec_driver_sql(
-                "SELECT substr(finished_at, 1, 10), counts FROM files "
-                "WHERE state=? AND finished_at >= ? AND counts IS NOT NULL",
-                (str(FileState.DONE), since),
+            result = conn.execute(
+                sql(
+                    "SELECT substr(finished_at, 1, 10), counts FROM files "
+                    "WHERE state=:done AND finished_at >= :since AND counts IS NOT NULL"
+                ),
+                {"done": str(FileState.DONE), "since": since},
             )
             for day, counts in result:
                 totals = days.setdefault(day, {})

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from daemon.ledger.base import LedgerBase, placeholders
+from daemon.ledger.base import LedgerBase, put_meta, sql
 
 NOTIFY_PAUSE = "notify_pause"  # meta key: the pause cause last announced ("" or absent: none, or resumed since)
 
@@ -58,10 +58,21 @@ class NotificationStore(LedgerBase):
         with self.begin() as conn:
             queued = 0
             for channel in channels:
-                queued += conn.exec_driver_sql(
-                    "INSERT INTO notifications (event_key, channel, event, payload, state, attempts, next_attempt_at, "
-                    "created_at) VALUES (?, ?, ?, ?, ?, 0, ?, ?) ON CONFLICT (event_key, channel) DO NOTHING",
-                    (event_key, channel, event, json.dumps(payload), str(NotificationState.PENDING), now, self.now()),
+                queued += conn.execute(
+                    sql(
+                        "INSERT INTO notifications (event_key, channel, event, payload, state, attempts, "
+                        "next_attempt_at, created_at) VALUES (:key, :channel, :event, :payload, :state, 0, :at, :now) "
+                        "ON CONFLICT (event_key, channel) DO NOTHING"
+                    ),
+                    {
+                        "key": event_key,
+                        "channel": channel,
+                        "event": event,
+                        "payload": json.dumps(payload),
+                        "state": str(NotificationState.PENDING),
+                        "at": now,
+                        "now": self.now(),
+                    },
                 ).rowcount
             if pause is not None:
                 self._set_announced(conn, pause)
@@ -73,27 +84,34 @@ class NotificationStore(LedgerBase):
 
     @staticmethod
     def _set_announced(conn: Connection, pause: str) -> None:
-        conn.exec_driver_sql(
-            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-            (NOTIFY_PAUSE, pause),
-        )
+        put_meta(conn, NOTIFY_PAUSE, pause)
 
     def due_notifications(self, now: float, *, limit: int, exclude: Collection[int] = ()) -> list[NotificationInfo]:
         """Pending notifications due at `now`, oldest first, leaving out those in flight."""
-        skip = tuple(exclude)
-        extra = f" AND id NOT IN ({placeholders(len(skip))})" if skip else ""
+        skip = list(exclude)
+        extra = " AND id NOT IN :skip" if skip else ""
         with self.connect() as conn:
-            rows = conn.exec_driver_sql(
-                f"SELECT {_COLUMNS} FROM notifications WHERE state=? AND next_attempt_at<=?{extra} ORDER BY id LIMIT ?",
-                (str(NotificationState.PENDING), now, *skip, limit),
+            rows = conn.execute(
+                sql(
+                    f"SELECT {_COLUMNS} FROM notifications WHERE state=:pending AND next_attempt_at<=:now{extra} "
+                    "ORDER BY id LIMIT :limit",
+                    *(["skip"] if skip else []),
+                ),
+                {
+                    "pending": str(NotificationState.PENDING),
+                    "now": now,
+                    "limit": limit,
+                    **({"skip": skip} if skip else {}),
+                },
             ).all()
         return [_info(r) for r in rows]
 
     def next_notification_at(self) -> float | None:
         """Epoch time when the next pending notification is due, if any is pending."""
         with self.connect() as conn:
-            value = conn.exec_driver_sql(
-                "SELECT min(next_attempt_at) FROM notifications WHERE state=?", (str(NotificationState.PENDING),)
+            value = conn.execute(
+                sql("SELECT min(next_attempt_at) FROM notifications WHERE state=:pending"),
+                {"pending": str(NotificationState.PENDING)},
             ).scalar_one()
         return None if value is None else float(value)
 
@@ -107,18 +125,29 @@ class NotificationStore(LedgerBase):
 
     def _close(self, notification_id: int, state: NotificationState, error: str | None) -> None:
         with self.begin() as conn:
-            conn.exec_driver_sql(
-                "UPDATE notifications SET state=?, attempts=attempts+1, last_error=coalesce(?, last_error), sent_at=? "
-                "WHERE id=? AND state=?",
-                (str(state), error, self.now(), notification_id, str(NotificationState.PENDING)),
+            conn.execute(
+                sql(
+                    "UPDATE notifications SET state=:to, attempts=attempts+1, last_error=coalesce(:error, last_error), "
+                    "sent_at=:now WHERE id=:id AND state=:pending"
+                ),
+                {
+                    "to": str(state),
+                    "error": error,
+                    "now": self.now(),
+                    "id": notification_id,
+                    "pending": str(NotificationState.PENDING),
+                },
             )
 
     def notification_retry(self, notification_id: int, *, at: float, error: str) -> None:
         """A delivery failed: count it and try again at `at`."""
         with self.begin() as conn:
-            conn.exec_driver_sql(
-                "UPDATE notifications SET attempts=attempts+1, next_attempt_at=?, last_error=? WHERE id=? AND state=?",
-                (at, error, notification_id, str(NotificationState.PENDING)),
+            conn.execute(
+                sql(
+                    "UPDATE notifications SET attempts=attempts+1, next_attempt_at=:at, last_error=:error "
+                    "WHERE id=:id AND state=:pending"
+                ),
+                {"at": at, "error": error, "id": notification_id, "pending": str(NotificationState.PENDING)},
             )
 
     def clamp_notifications(self, latest: float) -> int:
@@ -126,24 +155,30 @@ class NotificationStore(LedgerBase):
         run ahead); returns how many were brought forward."""
         with self.begin() as conn:
             return int(
-                conn.exec_driver_sql(
-                    "UPDATE notifications SET next_attempt_at=? WHERE state=? AND next_attempt_at>?",
-                    (latest, str(NotificationState.PENDING), latest),
+                conn.execute(
+                    sql(
+                        "UPDATE notifications SET next_attempt_at=:latest "
+                        "WHERE state=:pending AND next_attempt_at>:latest"
+                    ),
+                    {"latest": latest, "pending": str(NotificationState.PENDING)},
                 ).rowcount
             )
 
     def notification_counts(self) -> dict[str, int]:
         """How many notifications are in each state."""
         with self.connect() as conn:
-            rows = conn.exec_driver_sql("SELECT state, count(*) FROM notifications GROUP BY state").all()
+            rows = conn.execute(sql("SELECT state, count(*) FROM notifications GROUP BY state")).all()
         return {str(s): int(n) for s, n in rows}
 
     def notification_overview(self, *, recent: int = 3) -> dict[str, Any]:
         """For `status`: notifications by state, and the last ones given up with why."""
         with self.connect() as conn:
-            given_up = conn.exec_driver_sql(
-                "SELECT event, channel, last_error, sent_at FROM notifications WHERE state=? ORDER BY id DESC LIMIT ?",
-                (str(NotificationState.GIVEN_UP), recent),
+            given_up = conn.execute(
+                sql(
+                    "SELECT event, channel, last_error, sent_at FROM notifications WHERE state=:given_up "
+                    "ORDER BY id DESC LIMIT :n"
+                ),
+                {"given_up": str(NotificationState.GIVEN_UP), "n": recent},
             ).all()
         return {
             "counts": self.notification_counts(),
@@ -153,10 +188,9 @@ class NotificationStore(LedgerBase):
     def prune_notifications(self, created_before: str, *, dry_run: bool = False) -> int:
         """Drop notifications sent or given up that were queued before this ISO time (pending ones stay);
         returns how many were (or, with dry_run, would be) dropped."""
-        done = (str(NotificationState.SENT), str(NotificationState.GIVEN_UP))
+        params = {"done": [str(NotificationState.SENT), str(NotificationState.GIVEN_UP)], "before": created_before}
+        where = "FROM notifications WHERE state IN :done AND created_at < :before"
         with self.begin() as conn:
             if dry_run:
-                sql = "SELECT count(*) FROM notifications WHERE state IN (?, ?) AND created_at < ?"
-                return int(conn.exec_driver_sql(sql, (*done, created_before)).scalar_one())
-            sql = "DELETE FROM notifications WHERE state IN (?, ?) AND created_at < ?"
-            return int(conn.exec_driver_sql(sql, (*done, created_before)).rowcount)
+                return int(conn.execute(sql(f"SELECT count(*) {where}", "done"), params).scalar_one())
+            return int(conn.execute(sql(f"DELETE {where}", "done"), params).rowcount)

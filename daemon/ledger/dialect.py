@@ -1,0 +1,284 @@
+"""Where the ledger lives, and the one place where SQLite and PostgreSQL differ.
+
+Every query of the ledger is the same text on both backends (SQLAlchemy `text()` with named parameters over the
+tables of daemon.schema). What differs is here: how a connection is set up, SQLite's index hints (which its
+query-plan test relies on), reading the stored row counts as JSON, and bulk inserts (SQLite's executemany on the
+raw connection, COPY on PostgreSQL).
+"""
+
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import URL, Connection, Engine, create_engine, event, inspect, make_url, text
+from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.pool import NullPool
+
+URL_SCHEMES = ("postgresql", "postgres")  # paths.ledger starting with one of these and "://" is a server
+PASSWORD_CREDENTIAL = "ledger-password"  # noqa: S105 (a file's name) — the systemd credential (LoadCredential=) read when no file is set
+
+
+class LedgerTargetError(ValueError):
+    """paths.ledger (or its password file) cannot be used as given."""
+
+
+def is_url(value: str) -> bool:
+    """Whether a paths.ledger value names a database server rather than a file."""
+    scheme, sep, _ = value.partition("://")
+    return bool(sep) and scheme.split("+")[0].lower() in URL_SCHEMES
+
+
+@dataclass(frozen=True)
+class LedgerTarget:
+    """The ledger's database: a SQLite file, or a PostgreSQL database (its password read from a file)."""
+
+    url: URL
+
+    @property
+    def sqlite(self) -> bool:
+        return self.url.get_backend_name() == "sqlite"
+
+    @property
+    def path(self) -> Path | None:
+        """The SQLite file, if the ledger is one."""
+        return Path(self.url.database or "") if self.sqlite else None
+
+    @property
+    def shown(self) -> str:
+        """How logs, errors and `status` name the ledger: the file's path, or the URL without its password."""
+        if self.path is not None:
+            return str(self.path)
+        return self.url.set(drivername=self.url.get_backend_name()).render_as_string(hide_password=True)
+
+    def __str__(self) -> str:
+        return self.shown
+
+
+def url_shown(value: str) -> str:
+    """A database URL as it may be shown: its password replaced by ***, or all of it when it cannot be parsed."""
+    try:
+        return make_url(value).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "***"
+
+
+def parse_url(value: str) -> URL:
+    """A postgresql:// setting as SQLAlchemy's URL on psycopg 3; it must not carry a password."""
+    try:
+        url = make_url(value)
+    except ArgumentError as exc:
+        raise LedgerTargetError(f"paths.ledger is not a valid database URL: {exc}") from None
+    if url.password is not None:
+        raise LedgerTargetError(
+            "paths.ledger must not contain the password: put it in a file named by paths.ledger_password_file "
+            f"(or the systemd credential {PASSWORD_CREDENTIAL})"
+        )
+    if not url.database:
+        raise LedgerTargetError("paths.ledger names no database (postgresql://USER@HOST:PORT/DATABASE)")
+    return url.set(drivername="postgresql+psycopg")
+
+
+def ledger_target(
+    ledger: Path | str | LedgerTarget, password_file: Path | None = None, env: Mapping[str, str] | None = None
+) -> LedgerTarget:
+    """The target of a paths.ledger value: a file path, or a postgresql:// URL whose password is read from
+    `password_file`, else from `$CREDENTIALS_DIRECTORY/ledger-password` when systemd passes one, else none
+    (trust, peer or a client certificate)."""
+    if isinstance(ledger, LedgerTarget):
+        return ledger
+    if isinstance(ledger, Path) or not is_url(ledger):
+        return LedgerTarget(URL.create("sqlite", database=str(ledger)))
+    url = parse_url(ledger)
+    environ = os.environ if env is None else env
+    if password_file is None and environ.get("CREDENTIALS_DIRECTORY"):
+        candidate = Path(environ["CREDENTIALS_DIRECTORY"]) / PASSWORD_CREDENTIAL
+        password_file = candidate if candidate.is_file() else None
+    if password_file is not None:
+        try:
+            password = password_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise LedgerTargetError(f"cannot read the ledger's password file {password_file}: {exc.strerror}") from None
+        url = url.set(password=password)
+    return LedgerTarget(url)
+
+
+class Dialect:
+    """What differs between the backends; this base is PostgreSQL's."""
+
+    name = "postgresql"
+
+    def indexed_by(self, index: str) -> str:
+        """An index hint after a table name: SQLite only (PostgreSQL's planner picks the partial index itself)."""
+        return ""
+
+    def json_pairs(self, column: str, alias: str) -> str:
+        """A FROM item giving the (key, value) pairs of a JSON object held as text, values as text or numbers."""
+        return f"jsonb_each_text(CAST({column} AS jsonb)) {alias}"
+
+    def bulk_insert(
+        self,
+        conn: Connection,
+        table: str,
+        columns: Sequence[str],
+        records: Iterable[Sequence[Any]],
+        *,
+        fixed: Mapping[str, int] | None = None,
+    ) -> int:
+        """Insert many records in the connection's transaction, each record the values of `columns`, with the
+        integer columns of `fixed` the same for all: COPY, the fastest way into PostgreSQL."""
+        lead = tuple((fixed or {}).values())
+        names = ", ".join((*(fixed or {}), *columns))
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        count = 0
+        with cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+            for record in records:
+                copy.write_row((*lead, *record))
+                count += 1
+        return count
+
+    marker = "%s"  # the driver's positional parameter
+
+    def executemany(self, conn: Connection, statement: str, records: Sequence[Sequence[Any]]) -> int:
+        """Run a statement written with `?` marks once per record of positional values, on the driver itself:
+        for a million rows, binding tuples as they are is seconds faster than SQLAlchemy's named parameters.
+        Returns the rows changed."""
+        return int(conn.exec_driver_sql(statement.replace("?", self.marker), list(records)).rowcount)
+
+    def loaded(self, conn: Connection, table: str) -> None:
+        """After a bulk load: refresh the planner's statistics of the table, so that the next statements (the plan
+        joining rows to batch_rows) are planned for the rows now there, not for an empty table."""
+        conn.execute(text(f"ANALYZE {table}"))
+
+    def queue_members(
+        self, conn: Connection, file_id: int, members: list[tuple[int, int]], move: Mapping[str, str]
+    ) -> int:
+        """Give the rows of new batches (their (batch id, line) already in batch_rows, whole batches) the status
+        and batch: one UPDATE joining batch_rows, where a statement per row costs a round trip each."""
+        return int(
+            conn.execute(
+                text(
+                    "UPDATE rows r SET status=:to, batch_id=br.batch_id FROM batch_rows br "
+                    "WHERE br.batch_id = ANY(:ids) AND r.file_id=:file_id AND r.line=br.line AND r.status=:frm"
+                ),
+                {**move, "ids": sorted({batch_id for batch_id, _ in members}), "file_id": file_id},
+            ).rowcount
+        )
+
+
+class SqliteDialect(Dialect):
+    name = "sqlite"
+    marker = "?"
+
+    def indexed_by(self, index: str) -> str:
+        return f" INDEXED BY {index}"
+
+    def json_pairs(self, column: str, alias: str) -> str:
+        return f"json_each({column}) {alias}"
+
+    def loaded(self, conn: Connection, table: str) -> None:
+        """SQLite plans these statements by their indexes and hints alone."""
+
+    def queue_members(
+        self, conn: Connection, file_id: int, members: list[tuple[int, int]], move: Mapping[str, str]
+    ) -> int:
+        """In row order, a statement per row on the driver: sequential in the clustered rows table, and faster
+        on SQLite than the join."""
+        members.sort(key=lambda member: member[1])
+        return self.executemany(
+            conn,
+            "UPDATE rows SET status=?, batch_id=? WHERE file_id=? AND line=? AND status=?",
+            [(move["to"], batch_id, file_id, line, move["frm"]) for batch_id, line in members],
+        )
+
+    def bulk_insert(
+        self,
+        conn: Connection,
+        table: str,
+        columns: Sequence[str],
+        records: Iterable[Sequence[Any]],
+        *,
+        fixed: Mapping[str, int] | None = None,
+    ) -> int:
+        """executemany on the driver with positional `?`, the fixed integers written into the statement: binding
+        the records' tuples as they are is what keeps intake at 100,000 rows/s."""
+        chunk = records if isinstance(records, list) else list(records)
+        names = ", ".join((*(fixed or {}), *columns))
+        values = ", ".join((*(str(int(v)) for v in (fixed or {}).values()), *("?" * len(columns))))
+        conn.exec_driver_sql(f"INSERT INTO {table} ({names}) VALUES ({values})", chunk)
+        return len(chunk)
+
+
+def dialect_of(engine: Engine) -> Dialect:
+    return SqliteDialect() if engine.dialect.name == "sqlite" else Dialect()
+
+
+def open_engine(target: LedgerTarget) -> Engine:
+    """An engine on the ledger: SQLite with WAL, a busy timeout, foreign keys and full fsync; PostgreSQL through
+    psycopg 3, checking a pooled connection before use so that a restarted server is reconnected to."""
+    if not target.sqlite:
+        return create_engine(target.url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+    engine = create_engine(target.url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed state change survives a power cut too, not only a crash; commits are per step, not per row.
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA temp_store=MEMORY")
+        cur.close()
+
+    return engine
+
+
+class LedgerUnavailable(Exception):
+    """The ledger's database server cannot be reached (or refused the connection)."""
+
+
+def unavailable(target: LedgerTarget, exc: BaseException) -> LedgerUnavailable:
+    """The error to show for a database that cannot be reached: the URL without its password, the server's words."""
+    cause = getattr(exc, "orig", None) or exc
+    first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    return LedgerUnavailable(f"cannot reach the ledger {target.shown}: {first}")
+
+
+def ledger_exists(target: LedgerTarget) -> bool:
+    """Whether there is a ledger to read: the SQLite file, or the tables in the PostgreSQL database (which must
+    exist; the tables are created by the first `run`)."""
+    if target.path is not None:
+        return target.path.exists()
+    engine = open_engine(target)
+    try:
+        with engine.connect() as conn:
+            return inspect(conn).has_table("files")
+    except DBAPIError as exc:
+        raise unavailable(target, exc) from None
+    finally:
+        engine.dispose()
+
+
+_SERVICE_LOCK = 7_316_017  # PostgreSQL advisory lock of the one service on a database (until instances share it)
+
+
+@contextmanager
+def server_lock(target: LedgerTarget) -> Iterator[bool]:
+    """Hold PostgreSQL's session advisory lock of the service while the block runs; yields False (holding nothing)
+    when another session holds it: another scm-daemon is running on this database."""
+    engine = create_engine(target.url, poolclass=NullPool, connect_args={"connect_timeout": 10})
+    try:
+        conn = engine.connect()
+        held = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _SERVICE_LOCK}).scalar_one())
+        conn.commit()
+    except DBAPIError as exc:
+        engine.dispose()
+        raise unavailable(target, exc) from None
+    try:
+        yield held
+    finally:
+        conn.close()  # the session ends: PostgreSQL releases its lock
+        engine.dispose()
