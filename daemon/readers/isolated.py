@@ -176,7 +176,8 @@ class _Reader:
             if len(buffer) - at >= header:
                 (size,) = wire.HEADER.unpack_from(buffer, at)
                 if size > wire.MAX_FRAME:
-                    return None
+                    self.close()
+                    raise UnreadableFile(f"{self.name}: the reader sent a broken message (of {size} bytes)")
                 if len(buffer) - at >= header + size:
                     self._at = at + header + size
                     return bytes(buffer[at + header : self._at])
