@@ -49,10 +49,12 @@ def run(
         counts = ledger.row_counts(file_id) if file_id else {}
         ledger.close()
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        reader_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # a workbook's reader process
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(f"machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}")
     print(f"rows: {args.rows:,} ({size_mb:.1f} MB of {suffix.lstrip('.').upper()})")
     print(f"statuses: {dict((str(k), v) for k, v in counts.items())}")
     print(f"ingest: {elapsed:.2f} s, {args.rows / elapsed:,.0f} rows/s")
-    print(f"peak RSS: {peak_mb:.0f} MB (before ingest: {rss_before / 1024:.0f} MB)")
+    reader = f"; the workbook reader's: {reader_mb:.0f} MB" if reader_mb else ""
+    print(f"peak RSS: {peak_mb:.0f} MB (before ingest: {rss_before / 1024:.0f} MB){reader}")
     return 0

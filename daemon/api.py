@@ -1,7 +1,8 @@
 """The Scantrust API client: the only module that speaks HTTP.
 
 What its failures raise (the error tree, classify) is in daemon.errors, how it reads answers in daemon.answers;
-both are re-exported here, so `from daemon.api import Rejected, TaskStatus, classify` works.
+both are re-exported here, so `from daemon.api import Rejected, TaskStatus, classify` works. Answer bodies are
+read, bounded in size and in time, by daemon.bodies.
 """
 
 import json
@@ -31,6 +32,7 @@ from daemon.answers import (
     shape,
     task_state,
 )
+from daemon.bodies import Answers
 from daemon.errors import (
     ApiError,
     ErrorKind,
@@ -84,7 +86,6 @@ _REDIRECTS = frozenset({301, 302, 307, 308})
 MAX_REDIRECTS = 3
 MAX_ANSWER_BYTES = 8 << 20  # a larger answer is not read further: a transient error, never gigabytes in memory
 DEADLINE_MARGIN = 30.0  # api.request_deadline defaults to read_timeout + this
-_BODY_CHUNK = 64 * 1024
 
 # Called once per HTTP request that was made: (kind, outcome, seconds). The outcome is the status code as text, or
 # "timeout" / "connection_error" when no full answer came. /metrics counts and times requests through it.
@@ -135,6 +136,7 @@ class ScantrustClient:
         # read_timeout bounds each socket read; this bounds the whole answer, so a trickle cannot hold a slot.
         self._deadline = request_deadline if request_deadline is not None else read_timeout + DEADLINE_MARGIN
         self._max_bytes = max_answer_bytes
+        self._answers = Answers()  # the bodies being read, for stopping()
         # A Session is not documented as thread-safe, so each worker thread gets its own; they share one
         # adapter, whose urllib3 pool is thread-safe, so any free thread reuses the keep-alive connections.
         self._adapter = adapter or HTTPAdapter(pool_connections=2, pool_maxsize=pool_size, max_retries=0)
@@ -194,6 +196,10 @@ class ScantrustClient:
                 log.info("api_task_path_form", path=template.format(task_id="<id>"))
             return parse_task_status(body, task_id, path)
         raise AssertionError("unreachable: the last form re-raises")
+
+    def stopping(self) -> None:
+        """The service stops: answers still arriving STOP_GRACE seconds from now are not read further."""
+        self._answers.stop()
 
     def close(self) -> None:
         """Close every thread's session and the shared connection pool."""
@@ -261,7 +267,7 @@ class ScantrustClient:
                 method, url, json=payload, timeout=self._timeout, allow_redirects=False, stream=True
             )
             outcome = str(response.status_code)
-            return response, _read_body(what, response, self._deadline, self._max_bytes)
+            return response, self._answers.read(what, response, self._deadline, self._max_bytes)
         except requests.RequestException as exc:
             outcome = "timeout" if isinstance(exc, requests.Timeout) else "connection_error"
             # `from None`: a requests exception holds the prepared request, Authorization header included, and
@@ -315,56 +321,6 @@ def _transport_error(
     # Invalid URL, unserializable body and the like: a bug or a bad setting, which retrying cannot fix.
     cause = _scrub(f"{type(exc).__name__}: {exc}", token)
     return ProtocolError(f"{what}: the request could not be made ({cause})", ambiguous=False)
-
-
-def _read_body(what: str, response: requests.Response, deadline: float, max_bytes: int) -> bytes:
-    """The whole answer body, read as a stream: at most `max_bytes`, within `deadline` seconds of the request.
-
-    A watchdog closes the response at the deadline, which ends a read blocked on a trickling answer.
-    """
-    expired = threading.Event()
-
-    def stop() -> None:
-        expired.set()
-        response.close()
-
-    started = time.monotonic()
-    timer = threading.Timer(max(0.0, deadline - response.elapsed.total_seconds()), stop)
-    timer.daemon = True
-    timer.start()
-    chunks: list[bytes] = []
-    total = 0
-    try:
-        # read1 returns what has arrived (a trickle cannot hold the loop past the deadline) and decodes a gzip or
-        # deflate answer (requests asks for them); the limit counts decoded bytes, so a compressed bomb is refused.
-        while not expired.is_set():
-            chunk = response.raw.read1(_BODY_CHUNK, decode_content=True)
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > max_bytes:
-                raise Transient(
-                    f"{what}: the answer is larger than {max_bytes // (1 << 20)} MiB; not read further",
-                    status=response.status_code,
-                    detail="answer too large",
-                    ambiguous=True,
-                )
-            chunks.append(chunk)
-    except (OSError, ValueError, AttributeError, urllib3.exceptions.HTTPError, requests.RequestException) as exc:
-        if not expired.is_set():
-            if isinstance(exc, requests.RequestException):
-                raise
-            raise requests.exceptions.ChunkedEncodingError(str(exc)) from None
-    finally:
-        timer.cancel()
-        response.close()
-    if expired.is_set():
-        raise Timeout(
-            f"{what}: the answer took more than {deadline:g} s in all (api.request_deadline); not read further "
-            f"(read {total} bytes in {time.monotonic() - started:.0f} s)",
-            ambiguous=True,
-        )
-    return b"".join(chunks)
 
 
 def _read_answer(what: str, response: requests.Response, raw: bytes, token: SecretStr) -> object:

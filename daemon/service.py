@@ -436,6 +436,7 @@ class Service:
         in_flight = len(self.uploader.inflight)
         self.notifier.stopping(f"stopping: waiting for {in_flight} request(s) in flight")
         log.info("stopping", in_flight=in_flight)
+        self.uploader.client.stopping()  # an answer still trickling in does not hold the stop
         self.uploader.not_started(None)  # stopped while waiting for the API: nothing is paused any more
         self.uploader.drain(self.epoch, deadline=self.monotonic() + STOP_DEADLINE)
         self._guarded("finish", self.flow.finish, default=0)

@@ -463,6 +463,22 @@ def test_a_trickled_answer_ends_at_the_request_deadline(raw: RawFactory) -> None
     assert "api.request_deadline" in str(caught.value)
 
 
+def test_a_stop_cuts_an_answer_still_trickling_in(raw: RawFactory) -> None:
+    # The deadline is far off; the stop gives the answer being read a short grace, then it is not read further.
+    server = raw(trickling(10_000))  # type: ignore[arg-type]
+    api = make_client(server.base_url, read_timeout=5.0)
+    api._deadline = 60.0
+    threading.Timer(0.5, lambda: api._answers.stop(0.2)).start()
+    started = time.monotonic()
+    with pytest.raises(Timeout) as caught:
+        api.me()
+    took = time.monotonic() - started
+    api.close()
+    assert "the service stopped while the answer was still arriving" in str(caught.value)
+    assert caught.value.ambiguous is True
+    assert took < 3, took
+
+
 def test_a_huge_answer_is_a_transient_error_read_no_further(raw: RawFactory) -> None:
     size = 64 << 20
 

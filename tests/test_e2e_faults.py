@@ -268,3 +268,23 @@ def test_a_token_renewed_in_its_file_is_taken_on_sighup(tmp_path: Path, emulator
     assert "renewed-token-123" not in log
     assert "sandbox-token" not in log
     assert "config_change_needs_restart" not in log
+
+
+def test_a_graceful_stop_does_not_wait_for_a_trickled_answer(tmp_path: Path, emulator: Emulator) -> None:
+    # Issue 11, finding 7: the answer comes a byte a second, each well within read_timeout, so only the whole-answer
+    # deadline ends it; a stop must not wait longer than that deadline for it.
+    deadline = 20.0
+    api = {"read_timeout": 5, "request_deadline": deadline, "max_in_flight": 1}
+    project = make_project(tmp_path / "site", emulator.base_url, upload=SYNC, api=api)
+    emulator.configure(trickle_seconds=1.0, faults_spare_me=True)  # the start-up check answers at once
+    drop(project, 10)
+    with project.running() as service:
+        wait_until(lambda: emulator.stats().requests.get(("POST", "scm_upload"), 0) >= 1, what="an upload")
+        time.sleep(1.5)  # its answer is trickling
+        started = time.monotonic()
+        assert stop(service, timeout=deadline + 30) == 0
+        took = time.monotonic() - started
+    log = (project.root / "service.log").read_text()
+    assert took < 5, f"the stop took {took:.1f} s\n{log[-3000:]}"  # the grace of bodies.STOP_GRACE, not the deadline
+    assert "the service stopped while the answer was still arriving" in log
+    assert emulator.all_data("extended_id") == expected(10)  # the answer was cut, the upload itself went through

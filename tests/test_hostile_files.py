@@ -2,6 +2,7 @@
 and the good file beside them is uploaded. The corpus (tests/hostile_corpus.py) is replayed on every run."""
 
 import io
+import os
 import zipfile
 from pathlib import Path
 
@@ -76,3 +77,32 @@ def test_bombs_beside_a_good_file_fail_and_the_good_file_is_uploaded(tmp_path: P
     written = [project.ledger, *project.outbox.iterdir()]
     assert written
     assert all(p.stat().st_mode & 0o007 == 0 for p in written), [oct(p.stat().st_mode) for p in written]
+
+
+@pytest.mark.slow
+def test_a_hard_link_in_the_inbox_is_read_and_its_outside_name_left_alone(tmp_path: Path, emulator: Emulator) -> None:
+    # Issue 11, file-system hygiene: only the inbox's name is moved; the name outside keeps its content and metadata.
+    project: Project = make_project(tmp_path / "site", emulator.base_url)
+    emulator.configure(known_codes=frozenset({"CODE00000001", "CODE00000002"}))
+    outside = tmp_path / "elsewhere" / "master.csv"
+    outside.parent.mkdir()
+    content = csv_text(["extended_id", "batch"], [("CODE00000001", "b1"), ("CODE00000002", "b2")]).encode()
+    outside.write_bytes(content)
+    outside.chmod(0o644)
+    os.link(outside, project.inbox / "codes.csv")
+    before = outside.stat()
+    done = project.cli("run", "--once")
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert emulator.all_data("extended_id") == {"CODE00000001": {"batch": "b1"}, "CODE00000002": {"batch": "b2"}}
+    assert project.summary("codes")["status"] == "completed"
+    assert not (project.inbox / "codes.csv").exists()
+    archived = [p for p in project.archive.rglob("*") if p.is_file()]
+    assert [p.read_bytes() for p in archived] == [content]
+    after = outside.stat()
+    assert outside.read_bytes() == content
+    assert (after.st_ino, after.st_mode, after.st_mtime_ns, after.st_size) == (
+        before.st_ino,
+        before.st_mode,
+        before.st_mtime_ns,
+        before.st_size,
+    )

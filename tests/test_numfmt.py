@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.readers.excel import number_text
+from daemon.readers import number_text
 from daemon.readers.numfmt import (
     BUILTIN_FORMATS,
     DATE,

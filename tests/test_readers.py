@@ -26,9 +26,9 @@ from daemon.readers import (
     cell_text,
     number_text,
     open_table,
-    sniff_delimiter,
 )
 from daemon.readers.table import error_value
+from daemon.readers.text import sniff_delimiter
 
 Rows = list[tuple[int, list[str]]]
 

@@ -133,12 +133,15 @@ class IntakeSettings(BaseModel):
     max_columns: int = Field(default=1024, ge=1)
     max_cell_chars: int = Field(default=32_767, ge=1)
     max_file_mb: int = Field(default=512, ge=1)
+    # The process that reads each workbook (python-calamine) gets this address space (RLIMIT_AS) and time.
+    max_reader_memory_mb: int = Field(default=1024, ge=128)
+    max_read_seconds: float = Field(default=600, gt=0)
 
     def limits(self) -> "ReadLimits":
-        """The limits as the readers take them."""
+        """The limits as the readers take them (a field for each max_* setting)."""
         from daemon.readers.limits import ReadLimits  # noqa: PLC0415 (see the TYPE_CHECKING import)
 
-        return ReadLimits(self.max_rows, self.max_columns, self.max_cell_chars, self.max_file_mb)
+        return ReadLimits(**{name: getattr(self, name) for name in ReadLimits.__dataclass_fields__})
 
 
 class ReportsSettings(BaseModel):

@@ -7,19 +7,22 @@
                                          (a number beyond 15 digits) or CellError
 
 Exceptions: UnreadableFile (not a table at all, with a message for a person); nothing else for bad content.
+
+Workbooks are read in a reader process under intake.max_reader_memory_mb and max_read_seconds
+(daemon/readers/isolated.py, worker.py): this process never loads python-calamine, and a workbook that crashes
+it, exhausts its memory or makes it loop is UnreadableFile with the reason.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
-from daemon.readers.excel import cell_text, number_text, open_excel_table
 from daemon.readers.limits import ReadLimits, check_workbook
-from daemon.readers.table import CellError, Imprecise, Number, Row, Table, TableInfo, UnreadableFile
-from daemon.readers.text import DELIMITERS, detect_encoding, open_text_table, sniff_delimiter
+from daemon.readers.table import CellError, Imprecise, Number, Row, Table, TableInfo, UnreadableFile, cannot_open
+from daemon.readers.values import cell_text, number_text
 
 __all__ = [
-    "DELIMITERS",
     "SUPPORTED_SUFFIXES",
     "CellError",
     "Imprecise",
@@ -30,10 +33,8 @@ __all__ = [
     "TableInfo",
     "UnreadableFile",
     "cell_text",
-    "detect_encoding",
     "number_text",
     "open_table",
-    "sniff_delimiter",
 ]
 
 TEXT_SUFFIXES = frozenset({".csv", ".tsv", ".txt"})
@@ -51,11 +52,16 @@ def open_table(path: Path, *, sheet: str | None = None, limits: ReadLimits | Non
     if suffix not in SUPPORTED_SUFFIXES:
         supported = " ".join(sorted(SUPPORTED_SUFFIXES))
         raise UnreadableFile(f"{path.name} is not a supported table file; use one of: {supported}")
+    # Here, not at the top: the reader process imports this package, and its start-up is its imports (these
+    # load structlog and subprocess, which it has no use for).
+    from daemon.readers.isolated import open_isolated_table  # noqa: PLC0415
+    from daemon.readers.text import open_text_table  # noqa: PLC0415
+
     limits = limits or ReadLimits()
     try:
         if suffix in TEXT_SUFFIXES:
             return open_text_table(path, suffix[1:], limits)
-        check_workbook(path, limits)
-        return open_excel_table(path, suffix[1:], sheet or None)
+        # The limits pre-check runs while the reader process starts: a refusal ends it.
+        return open_isolated_table(path, suffix[1:], sheet or None, limits, partial(check_workbook, path, limits))
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        raise UnreadableFile(f"{path.name} cannot be opened: {exc.strerror}") from exc
+        raise cannot_open(path.name, exc) from exc

@@ -25,12 +25,15 @@ _OFFICE = "urn:oasis:names:tc:opendocument:xmlns:office:1.0"
 
 @dataclass(frozen=True)
 class ReadLimits:
-    """intake.max_rows, max_columns, max_cell_chars, max_file_mb."""
+    """intake.max_rows, max_columns, max_cell_chars, max_file_mb; and for the workbook reader process,
+    max_reader_memory_mb (its address space) and max_read_seconds (the time the service waits for it)."""
 
     max_rows: int = 1_048_576
     max_columns: int = 1024
     max_cell_chars: int = 32_767
     max_file_mb: int = 512
+    max_reader_memory_mb: int = 1024
+    max_read_seconds: float = 600.0
 
 
 def _column(letters: bytes) -> int:

@@ -31,6 +31,11 @@ class UnreadableFile(Exception):
     """A file that cannot be read as a table; the message names the file, the problem and the fix if known."""
 
 
+def cannot_open(name: str, exc: OSError) -> UnreadableFile:
+    """The UnreadableFile for a file that is missing, a folder or not ours to read."""
+    return UnreadableFile(f"{name} cannot be opened: {exc.strerror}")
+
+
 @dataclass(frozen=True)
 class TableInfo:
     """How a file was read: its format, text encoding and delimiter or sheet, and where the header is."""

@@ -25,12 +25,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import structlog
-
+from daemon.readers import events
 from daemon.readers.numfmt import BUILTIN_FORMATS, GENERAL, TEXT, NumberFormat, parse
 from daemon.readers.table import CellError, error_value
 
-log = structlog.get_logger(__name__)
+log = events.logger(__name__)
 
 Mark = CellError | NumberFormat  # what a cell carries beyond calamine's value
 Marks = dict[int, Mark]  # 0-based column -> mark

@@ -33,6 +33,7 @@ _RATES = (
 )
 _DURATIONS = (
     "latency",
+    "trickle_seconds",
     "slow_seconds",
     "task_pending_seconds",
     "task_running_seconds",
@@ -50,7 +51,7 @@ class EmulatorConfig:
 
     Which faults strike which request kind (me, scm_upload, scm_upload_async, scm_task):
     - `outage` (503, before authentication), `revoked`/`forbidden` (401/403), `reset_rate`, `fail_rate`,
-      `hang_rate`, `slow_rate` and `latency`: every kind listed, or every kind.
+      `hang_rate`, `slow_rate`, `latency` and `trickle_seconds`: every kind listed, or every kind.
     - `rate_limit` and `throttle_burst()`: the two uploads (the API's scm_update scope).
     - `throttle_rate`: the two uploads and task polls (the API also throttles authenticated requests in
       general), not `me`, the daemon's one-off token check.
@@ -67,6 +68,9 @@ class EmulatorConfig:
     known_codes: frozenset[str] | None = None  # None: any well-formed code exists
     rate_limit: float | None = 10.0  # SCM updates (sync and async) per rolling second; None: no throttle
     latency: float = 0.0  # seconds added to every request
+    # > 0: every answer's body goes out a byte at a time, this many seconds apart (a proxy dribbling it; each byte
+    # well within a read timeout). Over HTTP only: the in-process transport has no bytes to dribble.
+    trickle_seconds: float = 0.0
     faults_spare_me: bool = False  # GET /api/v2/me/ is struck by no fault (revoked, outage, fail, hang, latency...)
     echo_token: bool = False  # every error answer carries the token the client presented (body texts and a header)
     fail_rate: float = 0.0  # probability of an injected 500/502/503 (nothing applied)

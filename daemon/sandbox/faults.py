@@ -50,7 +50,9 @@ def roll(rng: random.Random, config: EmulatorConfig) -> Dice:
 
 def spared(config: EmulatorConfig, dice: Dice) -> tuple[EmulatorConfig, Dice]:
     """The knobs and draws for a request that no fault strikes (`faults_spare_me`: the token check)."""
-    calm = dataclasses.replace(config, revoked=False, forbidden=False, latency=0.0, outage=frozenset())
+    calm = dataclasses.replace(
+        config, revoked=False, forbidden=False, latency=0.0, trickle_seconds=0.0, outage=frozenset()
+    )
     return calm, dataclasses.replace(dice, fail_status=0, slow=False, throttled=False, reset=False, hang=False)
 
 

@@ -182,4 +182,12 @@ class Handler(BaseHTTPRequestHandler):
         for name, value in answer_headers(response, date=self.date_time_string(), close=self.close_connection):
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(response.body)
+        if response.trickle <= 0:
+            self.wfile.write(response.body)
+            return
+        backend = self.server.backend
+        for at in range(len(response.body)):  # wfile is unbuffered: each byte is its own segment
+            self.wfile.write(response.body[at : at + 1])
+            if not backend.wait(response.trickle):
+                self.close_connection = True
+                return

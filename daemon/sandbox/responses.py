@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Response:
-    """One answer: status, body and headers, sent after `delay` seconds; `reset` drops the connection instead."""
+    """One answer: status, body and headers, sent after `delay` seconds; `reset` drops the connection instead;
+    `trickle` > 0 sends the body a byte at a time, this many seconds apart (over a socket only)."""
 
     status: int
     body: bytes
@@ -17,6 +18,7 @@ class Response:
     headers: Mapping[str, str] = field(default_factory=dict)
     delay: float = 0.0
     reset: bool = False
+    trickle: float = 0.0
 
 
 def json_response(status: int, payload: object, **headers: str) -> Response:

@@ -294,7 +294,8 @@ class Emulator:
         headers = answer.headers
         if config.retry_after_header is not None and answer.status in (429, 503):
             headers = {**headers, "Retry-After": _seconds_text(config.retry_after_header)}
-        return dataclasses.replace(answer, headers=headers, delay=answer.delay + config.latency)
+        delay = answer.delay + config.latency
+        return dataclasses.replace(answer, headers=headers, delay=delay, trickle=config.trickle_seconds)
 
     def _answer(
         self,
