@@ -36,6 +36,9 @@ files = Table(
     # Schema 3. Why its reports could not be written or its input moved (the outbox unmounted, a full disk):
     # retried with backoff, shown by `status`; cleared once delivered.
     Column("delivery_error", String),
+    # Schema 5. The instance (host:pid:start) that claimed it and alone moves it and writes its reports; a standby
+    # that takes the lease over claims the open files anew.
+    Column("claimed_by", String),
 )
 
 # One data row of a file; its identity is (file, spreadsheet row number). Clustered by file and row number on
@@ -134,6 +137,17 @@ notifications = Table(
 )
 Index("notifications_event", notifications.c.event_key, notifications.c.channel, unique=True)  # once per channel
 Index("notifications_due", notifications.c.state, notifications.c.next_attempt_at)
+
+# Schema 5. Leases between instances sharing the ledger (daemon.lease): the one named "work" makes its holder the
+# leader. Times are epoch seconds by the database's clock, so that the hosts' clocks need not agree.
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("holder", String, nullable=False),  # host:pid:start of the instance
+    Column("acquired_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
 
 # Key-value facts about the ledger itself and the service, such as a pause.
 meta = Table(

@@ -222,6 +222,31 @@ class PollSettings(BaseModel):
         return self
 
 
+class HaSettings(BaseModel):
+    """[ha]: instances sharing one ledger: the leader's lease (daemon.lease)."""
+
+    model_config = _SECTION
+    lease_seconds: float = Field(default=20.0, ge=3.0, le=25.0)  # a leader silent this long is taken over
+    renew_seconds: float = Field(default=5.0, ge=0.5)  # the leader renews, and a standby tries, this often
+    # This instance's host in the lease; unset: hostname, boot id and pid namespace (daemon.lease.this_host). Only an
+    # instance of the same host is taken over before its lease runs out, when its process is gone.
+    host: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @model_validator(mode="after")
+    def _renewed_in_time(self) -> Self:
+        if self.renew_seconds * 3 > self.lease_seconds:
+            raise ValueError(
+                f"renew_seconds ({self.renew_seconds:g}) must be at most a third of lease_seconds "
+                f"({self.lease_seconds:g}): a leader must renew a few times before its lease could expire"
+            )
+        return self
+
+    @property
+    def takeover_seconds(self) -> float:
+        """The longest a standby waits after the leader died: its lease ran out, then the standby's next try."""
+        return self.lease_seconds + self.renew_seconds
+
+
 class RetrySettings(BaseModel):
     """[retry]: how transient errors are retried."""
 
@@ -394,6 +419,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     retention: RetentionSettings = RetentionSettings()
     notify: NotifySettings = NotifySettings()
+    ha: HaSettings = HaSettings()
     source: Path | None = None  # the config file that was read; None when only defaults and env were used
 
     @field_validator("columns")
@@ -426,4 +452,5 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "metrics": MetricsSettings,
     "retention": RetentionSettings,
     "notify": NotifySettings,
+    "ha": HaSettings,
 }

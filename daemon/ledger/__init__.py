@@ -6,11 +6,12 @@ from daemon.ledger.figures import FigureStore, LedgerFigures
 from daemon.ledger.files import FileStore
 from daemon.ledger.history import FileLine, HistoryStore
 from daemon.ledger.layout import FileLayout
+from daemon.ledger.leases import LeaseInfo, LeaseStore
 from daemon.ledger.notifications import NotificationInfo, NotificationState, NotificationStore
 from daemon.ledger.rows import RowStore
 
 
-class Ledger(FileStore, RowStore, BatchStore, FigureStore, HistoryStore, NotificationStore):
+class Ledger(FileStore, RowStore, BatchStore, FigureStore, HistoryStore, NotificationStore, LeaseStore):
     """The ledger, on a SQLite file or a PostgreSQL database. One process writes it (the service's main thread);
     others may read."""
 
@@ -22,6 +23,7 @@ __all__ = [
     "FileInfo",
     "FileLayout",
     "FileLine",
+    "LeaseInfo",
     "Ledger",
     "LedgerFigures",
     "NotificationInfo",

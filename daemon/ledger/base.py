@@ -51,6 +51,7 @@ class FileInfo:
     destination: str | None
     received_at: str
     finished_at: str | None
+    claimed_by: str | None = None  # the instance that alone moves it and writes its reports
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ class LedgerBase:
         except BaseException:
             self.engine.dispose()
             raise
+        self.instance: str | None = None  # host:pid:start of the leader that claims the files it adds (daemon.lease)
         self._group: Connection | None = None  # the open transaction of grouped(), in the thread that opened it
         self._group_thread = 0
 

@@ -6,7 +6,17 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from daemon.ledger.base import BATCH_COLUMNS, UPLOADS_PAUSED, BatchInfo, LedgerBase, batch_info, row_move, sql, states
+from daemon.ledger.base import (
+    BATCH_COLUMNS,
+    UPLOADS_PAUSED,
+    BatchInfo,
+    LedgerBase,
+    StateConflict,
+    batch_info,
+    row_move,
+    sql,
+    states,
+)
 from daemon.states import BATCH_TRANSITIONS, BatchState, RowStatus, sources
 
 AMBIGUOUS_UPLOADED = (
@@ -116,8 +126,14 @@ class BatchStore(LedgerBase):
         return float(value) if value is not None else None
 
     def start_sending(self, batch_id: int) -> tuple[BatchInfo, list[SendRow]]:
-        """Mark a batch `sending` and count the request, committed before it goes out; returns its rows."""
+        """Mark a batch `sending` and count the request, committed before it goes out; returns its rows.
+
+        On PostgreSQL the batch is taken with FOR UPDATE SKIP LOCKED: a batch another instance is taking at this
+        moment is not waited for but refused (StateConflict), as one whose state moved on would be.
+        """
         with self.begin() as conn:
+            if not self.dialect.lock_row(conn, "batches", batch_id):
+                raise StateConflict(f"batches: batch {batch_id} is being taken by another instance")
             self.guard(
                 conn,
                 "batches",

@@ -7,15 +7,13 @@ raw connection, COPY on PostgreSQL).
 """
 
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import URL, Connection, Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.exc import ArgumentError, DBAPIError
-from sqlalchemy.pool import NullPool
 
 URL_SCHEMES = ("postgresql", "postgres")  # paths.ledger starting with one of these and "://" is a server
 PASSWORD_CREDENTIAL = "ledger-password"  # noqa: S105 (a file's name) — the systemd credential (LoadCredential=) read when no file is set
@@ -109,10 +107,16 @@ class Dialect:
     """What differs between the backends; this base is PostgreSQL's."""
 
     name = "postgresql"
+    epoch_now = "extract(epoch from clock_timestamp())"  # the server's time now, in epoch seconds
 
     def indexed_by(self, index: str) -> str:
         """An index hint after a table name: SQLite only (PostgreSQL's planner picks the partial index itself)."""
         return ""
+
+    def lock_row(self, conn: Connection, table: str, row_id: int) -> bool:
+        """Lock a record by its id for the rest of the transaction; False when another transaction holds it."""
+        statement = text(f"SELECT id FROM {table} WHERE id=:id FOR UPDATE SKIP LOCKED")
+        return conn.execute(statement, {"id": row_id}).first() is not None
 
     def json_pairs(self, column: str, alias: str) -> str:
         """A FROM item giving the (key, value) pairs of a JSON object held as text, values as text or numbers."""
@@ -171,9 +175,14 @@ class Dialect:
 class SqliteDialect(Dialect):
     name = "sqlite"
     marker = "?"
+    epoch_now = "(julianday('now') - 2440587.5) * 86400.0"
 
     def indexed_by(self, index: str) -> str:
         return f" INDEXED BY {index}"
+
+    def lock_row(self, conn: Connection, table: str, row_id: int) -> bool:
+        """SQLite has one writer at a time: the transaction's own UPDATE is the lock."""
+        return True
 
     def json_pairs(self, column: str, alias: str) -> str:
         return f"json_each({column}) {alias}"
@@ -259,26 +268,4 @@ def ledger_exists(target: LedgerTarget) -> bool:
     except DBAPIError as exc:
         raise unavailable(target, exc) from None
     finally:
-        engine.dispose()
-
-
-_SERVICE_LOCK = 7_316_017  # PostgreSQL advisory lock of the one service on a database (until instances share it)
-
-
-@contextmanager
-def server_lock(target: LedgerTarget) -> Iterator[bool]:
-    """Hold PostgreSQL's session advisory lock of the service while the block runs; yields False (holding nothing)
-    when another session holds it: another scm-daemon is running on this database."""
-    engine = create_engine(target.url, poolclass=NullPool, connect_args={"connect_timeout": 10})
-    try:
-        conn = engine.connect()
-        held = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _SERVICE_LOCK}).scalar_one())
-        conn.commit()
-    except DBAPIError as exc:
-        engine.dispose()
-        raise unavailable(target, exc) from None
-    try:
-        yield held
-    finally:
-        conn.close()  # the session ends: PostgreSQL releases its lock
         engine.dispose()

@@ -40,8 +40,9 @@ class FileStore(LedgerBase):
             file_id = int(
                 conn.execute(
                     sql(
-                        "INSERT INTO files (sha256, name, path, size, state, data_key, mode, layout, received_at) "
-                        "VALUES (:sha256, :name, :path, :size, :state, :data_key, :mode, '{}', :now) RETURNING id"
+                        "INSERT INTO files (sha256, name, path, size, state, data_key, mode, layout, received_at, "
+                        "claimed_by) VALUES (:sha256, :name, :path, :size, :state, :data_key, :mode, '{}', :now, "
+                        ":claimed_by) RETURNING id"
                     ),
                     {
                         "sha256": sha256,
@@ -52,6 +53,7 @@ class FileStore(LedgerBase):
                         "data_key": data_key,
                         "mode": mode,
                         "now": self.now(),
+                        "claimed_by": self.instance,
                     },
                 ).scalar_one()
             )
