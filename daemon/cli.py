@@ -75,6 +75,7 @@ def _install_signals(service: "Service") -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """The service."""
     from daemon.folders import ledger_lock, prepare_folders
+    from daemon.lease import LeaseLostError
     from daemon.notify import Notifier
     from daemon.sandbox import Emulator, EmulatorConfig
     from daemon.service import Service
@@ -107,31 +108,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         prepare_folders(settings, create_inbox=args.sandbox, strict=args.once)
         with ledger_lock(settings.paths.ledger_target()):
-            service = Service.from_settings(
-                settings,
-                once=args.once,
-                notifier=notifier,
-                reload_settings=reload_settings,
-                token_renewable=args.sandbox or not os.environ.get("SCM_API__TOKEN"),  # env: a restart
-            )
-            _install_signals(service)
-            log.info(
-                "service_started",
-                inbox=str(settings.paths.inbox),
-                outbox=str(settings.paths.outbox),
-                ledger=settings.paths.ledger_target().shown,
-                base_url=settings.api.base_url,
-                once=args.once,
-            )
-            # A person running --once at a terminal sees a bar per file; cron and systemd get the log lines only.
-            bars = file_bars(
-                lambda: service.progress.current,
-                stream=sys.stderr,
-                log_level=args.log_level or "info",
-                log_to=sys.stdout,
-            )
-            with bars if args.once else nullcontext():
-                service.run(once=args.once)
+            while True:
+                service = Service.from_settings(
+                    settings,
+                    once=args.once,
+                    notifier=notifier,
+                    reload_settings=reload_settings,
+                    token_renewable=args.sandbox or not os.environ.get("SCM_API__TOKEN"),  # env: a restart
+                )
+                _install_signals(service)
+                log.info(
+                    "service_started",
+                    inbox=str(settings.paths.inbox),
+                    outbox=str(settings.paths.outbox),
+                    ledger=settings.paths.ledger_target().shown,
+                    base_url=settings.api.base_url,
+                    once=args.once,
+                    instance=service.leadership.me.id,
+                )
+                # A person running --once at a terminal sees a bar per file; cron and systemd get the log lines
+                # only.
+                bars = file_bars(
+                    service.progress.current_files,
+                    stream=sys.stderr,
+                    log_level=args.log_level or "info",
+                    log_to=sys.stdout,
+                )
+                try:
+                    with bars if args.once else nullcontext():
+                        service.run(once=args.once)
+                    break
+                except LeaseLostError:
+                    # This instance stalled past its lease and another one leads now: everything of this run is
+                    # closed; a fresh service stands by (the ledger, not this process, holds the state).
+                    if service.stop_event.is_set() or args.once:
+                        raise
+                    settings = reload_settings()
     finally:
         if emulator is not None:
             emulator.stop()
@@ -330,8 +342,12 @@ def _failed(exc: Exception) -> int:
     on the way out, so that a command that never meets them never loads them)."""
     from daemon.api import ApiError, ErrorKind, classify
     from daemon.folders import FolderError
-    from daemon.service import ApiUnreachableError, ConfigurationPausedError, TokenRefusedError
+    from daemon.lease import LeaseLostError
+    from daemon.service import ApiUnreachableError, ConfigurationPausedError, LeaseHeldError, TokenRefusedError
 
+    if isinstance(exc, LeaseHeldError | LeaseLostError):
+        print(f"scm-daemon: {exc}; run --once again when it is done, or let the service do the work", file=sys.stderr)
+        return EXIT_UNEXPECTED
     if isinstance(exc, ConfigError | UsageError | FolderError | LedgerVersionError | LedgerTargetError):
         print(f"scm-daemon: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -12,7 +12,7 @@ import structlog
 
 from daemon.config import PathsSettings, ReportsSettings, Settings
 from daemon.ledger import FileInfo, Ledger
-from daemon.ledger.dialect import LedgerTarget, server_lock
+from daemon.ledger.dialect import LedgerTarget
 from daemon.mounts import MOUNTINFO, filesystem_of
 from daemon.names import free_path
 from daemon.reporter import ReportNames, choose_base, write_reports
@@ -98,21 +98,15 @@ def refuse_network_ledger(ledger: Path | str, mountinfo: Path = MOUNTINFO) -> No
 
 @contextmanager
 def ledger_lock(target: LedgerTarget) -> Iterator[None]:
-    """Hold an exclusive lock on the ledger while a service uses it: a second one on the same ledger is refused.
+    """Hold an exclusive lock on a SQLite ledger while a service uses it: a second one on the same file is refused.
 
-    Two services on one ledger would claim the same files and report them as duplicates of themselves. For a
-    SQLite file the lock is flock(2) on `<ledger>.lock`: the kernel releases it when the process dies, even by
-    kill -9. For PostgreSQL it is an advisory lock of the service's own session, released when the session ends.
+    The lock is flock(2) on `<ledger>.lock`: the kernel releases it when the process dies, even by kill -9. A
+    PostgreSQL ledger is shared by design (two hosts over one inbox): the instances elect one to do the work by the
+    ledger's work lease (daemon.lease); the others stand by.
     """
     ledger = target.path
     if ledger is None:
-        with server_lock(target) as held:
-            if not held:
-                raise FolderError(
-                    f"another scm-daemon is already running with the ledger {target.shown}; stop it first "
-                    "(systemctl stop scm-daemon), or give this one its own paths.ledger"
-                )
-            yield
+        yield  # instances share a PostgreSQL ledger: its work lease decides which one works (daemon.lease)
         return
     lock_path = ledger.with_name(ledger.name + ".lock")
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -127,6 +127,10 @@ class ProgressTracker:
         self._totals: dict[int, int] = {}
         self.current: list[Progress] = []
 
+    def current_files(self) -> list[Progress]:
+        """The active files as last sampled (for the terminal's bars)."""
+        return self.current
+
     def sample(self, now: float, *, paused: str | None = None) -> list[Progress]:
         """Measure every active file at epoch second `now`; forget files no longer active."""
         active = self.ledger.files([FileState.ACTIVE])

@@ -21,6 +21,7 @@ from daemon.config import ConfigError, Settings
 from daemon.dashboard import Dashboard
 from daemon.flow import FileFlow
 from daemon.folders import refuse_network_ledger, remove_leftover_temps
+from daemon.lease import Instance, Leadership
 from daemon.ledger import Clock, Ledger, utcnow
 from daemon.metrics import Telemetry
 from daemon.mounts import MOUNTINFO
@@ -59,6 +60,10 @@ class ApiUnreachableError(Exception):
 
 class ConfigurationPausedError(Exception):
     """The API said the upload endpoint does not exist (404/405): api.base_url is wrong; rows left pending."""
+
+
+class LeaseHeldError(Exception):
+    """`run --once` found another instance leading on the same ledger: it does not wait for it."""
 
 
 class ProcessClock:
@@ -128,6 +133,7 @@ class Service:
         reload_settings: Callable[[], Settings] | None = None,
         wake: threading.Event | None = None,
         offload: Offload | None = None,
+        instance: Instance | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -168,6 +174,14 @@ class Service:
         self.retention = RetentionSweeper(settings, ledger=ledger, clock=clock, monotonic=monotonic)
         self.alerts = Alerts(settings.notify, ledger, settings.paths.outbox, epoch=self.epoch, monotonic=monotonic)
         self.flow.on_done = self.alerts.file_done
+        # One instance at a time does the work of a ledger that several share (daemon.lease).
+        self.leadership = Leadership(
+            ledger,
+            lease_seconds=settings.ha.lease_seconds,
+            renew_seconds=settings.ha.renew_seconds,
+            monotonic=monotonic,
+            me=instance or Instance.this(self.epoch(), settings.ha.host),
+        )
 
     @classmethod
     def from_settings(
@@ -287,9 +301,14 @@ class Service:
         Each part runs inside its own error boundary: a part that fails (a full disk under the ledger, a folder
         gone) is logged, shown in `status`, and tried again after a backoff while the other parts go on.
         """
+        self.leadership.tick()  # renews the lease when due; raises LeaseLostError when another instance leads
         now = self.monotonic()
+        # Nothing is taken, sent or delivered unless the lease is certainly still ours (a renewal that failed on a
+        # database away for a while): answers are still recorded.
+        leads = self.leadership.safe()
         # No file is taken before the start-up check has passed (they wait, safe, in the inbox).
-        claimed = self._guarded("take", self.flow.take_if_due, now, default=0) if self.uploader.start_passed else 0
+        taking = self.uploader.start_passed and leads
+        claimed = self._guarded("take", self.flow.take_if_due, now, default=0) if taking else 0
         # Reading and planning go a few thousand rows per step, so that answers are recorded and requests leave
         # meanwhile however big the file (daemon.steps).
         read = self._guarded("read", self.flow.read_some, default=0)
@@ -303,8 +322,9 @@ class Service:
         if self.flow.busy() and "read" not in self._parts and "plan" not in self._parts:
             timeout = min(timeout, 0.0 if read or planned else WORK_WAIT)  # more rows to do: a glance at answers
         answered = self._guarded("record", self.uploader.collect, timeout, self.epoch, default=0)
-        sent = 0 if self.stop_event.is_set() else self._guarded("send", self.uploader.dispatch, self.epoch(), default=0)
-        finished = self._guarded("finish", self.flow.finish, default=0)
+        sending = leads and not self.stop_event.is_set()
+        sent = self._guarded("send", self.uploader.dispatch, self.epoch(), default=0) if sending else 0
+        finished = self._guarded("finish", self.flow.finish, default=0) if leads else 0
         if answered or planned or finished:
             self.flow.progressed(finished=finished > 0)
         else:
@@ -393,15 +413,19 @@ class Service:
         open_files = self.ledger.files([FileState.RECEIVED, FileState.ACTIVE, FileState.REPORTING])
         return {f.id for f in open_files} <= set(self.flow.delivery)
 
-    def start(self) -> None:
-        """Recover, retrying with backoff while the ledger cannot be written (a full disk): it never ends the
-        service; a stop request does."""
+    def start(self, *, once: bool = False) -> None:
+        """Take the lead (standing by while another instance has it), then recover, retrying with backoff while
+        the ledger cannot be written (a full disk): it never ends the service; a stop request does."""
         backoff = Backoff(*STEP_RETRY)
         while not self.stop_event.is_set():
             try:
+                if not self._lead(once=once):
+                    return  # stopped while standing by
                 self.recover()
                 self.uploader.check_at_start()
                 return
+            except LeaseHeldError:
+                raise
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 wait = backoff.failed(self.monotonic(), error)
@@ -411,16 +435,47 @@ class Service:
                 self.notifier.alive()
                 self.idle_wait(backoff.next_at - self.monotonic())
 
+    def _lead(self, *, once: bool) -> bool:
+        """Take the work lease, standing by (ready, healthy, stop-aware) while another instance holds it.
+
+        False when stopped while standing by. `run --once` does not wait: LeaseHeldError. A database error
+        propagates to start()'s backoff.
+        """
+        said = None
+        while not self.stop_event.is_set():
+            if self.leadership.try_take():
+                if said is not None:
+                    self.notifier.status(f"taking over from {said}: recovering the ledger", force=True)
+                return True
+            holder, remaining = self.leadership.holder, self.leadership.remaining
+            if once:
+                raise LeaseHeldError(
+                    f"another instance ({holder}) is working on this ledger; its lease runs {remaining:.0f} s more"
+                )
+            if holder != said:
+                said = holder
+                log.info("standby", leader=holder, lease_left=round(remaining, 1), instance=self.leadership.me.id)
+                self.notifier.ready(f"standby: {holder} leads; taking over if its lease runs out")
+            until = self.monotonic() + self.settings.ha.renew_seconds
+            while not self.stop_event.is_set() and self.monotonic() < until:
+                self.notifier.alive()
+                self.telemetry.turned()  # a standby is healthy
+                self.idle_wait(until - self.monotonic())
+        return False
+
     def run(self, *, once: bool = False) -> None:
         """Step until stopped (or, with once, until the inbox and the ledger hold no unfinished work)."""
         self.telemetry.open()
-        self.start()
         try:
+            self.start(once=once)
+            if not self.leadership.leading:
+                return  # stopped while standing by: nothing of the ledger was touched
             self.events.check()  # starts the observer
             self.notifier.ready(f"ready: watching {self.settings.paths.inbox}")
             while not self.stop_event.is_set() and self.turn(once=once):
                 pass
             self.shutdown()
+            self.leadership.release()  # a standby goes on at once
         finally:
             self.events.stop()
             self.telemetry.close()

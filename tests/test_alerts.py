@@ -34,6 +34,7 @@ from daemon.alerts import (
 from daemon.config import ConfigError, NotifySettings, load_settings
 from daemon.folders import prepare_folders
 from daemon.ledger import FileInfo, Ledger
+from daemon.ledger.migrate import SCHEMA_VERSION
 from daemon.logs import redact, register_secret
 from daemon.sandbox import Emulator
 from daemon.service import Service
@@ -157,7 +158,7 @@ def test_a_schema_3_ledger_is_migrated_keeping_its_files_and_gains_the_notificat
     old_ledger(path, 3)
     led = Ledger(path)
     try:
-        assert led.schema_version == 4
+        assert led.schema_version == SCHEMA_VERSION
         assert [f.name for f in led.files([FileState.DONE])] == ["old.csv"]
         assert led.queue_notification("k", "file_finished", {"id": "k"}, ["command"], now=0.0) == 1
     finally:

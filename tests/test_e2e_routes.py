@@ -185,6 +185,7 @@ def test_a_file_moved_to_another_route_while_settling_is_taken_there_with_its_se
     now = [1000.0]
     service = Service.from_settings(settings, monotonic=lambda: now[0])
     try:
+        service.leadership.try_take()
         service.recover()
         put(project, "LineA/codes.csv", csv_text(["extended_id", "batch"], [("MOVED0000001", "x")]))
         (project.inbox / "LineB").mkdir()

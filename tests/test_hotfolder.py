@@ -131,6 +131,7 @@ def test_without_events_the_periodic_scan_finds_files_and_rechecks_settling_ones
     now = [1000.0]
     service = Service.from_settings(settings, monotonic=lambda: now[0])
     try:
+        service.leadership.try_take()
         service.recover()
         assert service.step().taken == 0  # the first scan: an empty inbox
         project.drop("late.csv", csv_text(["extended_id", "batch"], [(code("LATE", 1), "x")]))
@@ -239,6 +240,7 @@ def test_a_file_that_cannot_be_opened_is_left_alone_and_tried_again_later(
         yield 0  # a step generator, as the real one
 
     try:
+        service.leadership.try_take()
         service.recover()
         project.drop("locked.csv", csv_text(["extended_id", "batch"], [(code("LOCK", 1), "x")]))
         monkeypatch.setattr(intake, "fingerprint_steps", refused)

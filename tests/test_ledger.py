@@ -498,20 +498,6 @@ def test_a_postgresql_ledger_reconnects_after_its_connections_were_cut(pg_ledger
         ledger.close()
 
 
-def test_a_second_service_on_one_postgresql_database_is_refused(pg_ledger: str) -> None:
-    from daemon.folders import FolderError, ledger_lock
-
-    target = ledger_target(pg_ledger)
-    with (
-        ledger_lock(target),
-        pytest.raises(FolderError, match="another scm-daemon is already running"),
-        ledger_lock(target),
-    ):
-        pass
-    with ledger_lock(target):  # released with its session
-        pass
-
-
 def test_a_migration_that_fails_changes_nothing(tmp_path: Path) -> None:
     """Schema 3 adds two columns, then an index; when the index cannot be made, the columns are not left behind
     either (SQLite's DDL is transactional once the driver is told to begin), and the ledger stays at schema 2."""
