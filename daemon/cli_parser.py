@@ -126,7 +126,6 @@ def build_parser() -> argparse.ArgumentParser:
     copy.add_argument(
         "--to-password-file", type=Path, metavar="FILE", help="the password of a postgresql:// --to, if any"
     )
-    with_log_level(copy)
 
     sandbox = sub.add_parser(
         "sandbox",

@@ -14,6 +14,7 @@ from old_ledgers import old_ledger
 from sqlalchemy import func, select, text
 from support import Project, csv_text, make_project
 
+from daemon.folders import ledger_lock
 from daemon.ledger.copy import CopyRefused, copied_tables, copy_ledger, same_ledger
 from daemon.ledger.dialect import LedgerTarget, ledger_target, open_engine
 from daemon.ledger.migrate import SCHEMA_VERSION
@@ -192,10 +193,24 @@ def test_the_same_ledger_is_refused_as_source_and_target(tmp_path: Path, pg_ledg
     assert not same_ledger(ledger_target(pg_ledger), ledger_target(pg_ledger.partition("?")[0]))  # another schema
     with pytest.raises(CopyRefused, match="the same ledger"):
         copy_ledger(ledger_target(path), ledger_target(tmp_path / "." / "ledger.sqlite3"))
+    with pytest.raises(CopyRefused, match="no ledger at"):
+        copy_ledger(ledger_target(tmp_path / "none.sqlite3"), ledger_target(tmp_path / "new.sqlite3"))
+    assert not (tmp_path / "none.sqlite3").exists()
     project = make_project(tmp_path / "site", "http://127.0.0.1:1")
     same = copy_cli(project, "--from", str(path), "--to", "../ledger.sqlite3")
     assert same.returncode == 2, same.stderr
     assert f"the source and the target are the same ledger ({path})" in same.stderr
+
+
+@pytest.mark.slow
+def test_a_ledger_in_use_by_a_service_is_not_copied(uploaded: Project, tmp_path: Path) -> None:
+    target = tmp_path / "new.sqlite3"
+    with ledger_lock(ledger_target(uploaded.ledger)):  # as a running service holds it
+        busy = copy_cli(uploaded, "--from", str(uploaded.ledger), "--to", str(target))
+    assert busy.returncode == 2, busy.stderr
+    assert "another scm-daemon" in busy.stderr
+    assert "already running with the ledger" in busy.stderr
+    assert not target.exists()
 
 
 def test_the_command_line_refuses_a_password_in_a_url_a_missing_source_and_a_newer_source(tmp_path: Path) -> None:
@@ -225,14 +240,14 @@ def test_the_command_line_refuses_a_password_in_a_url_a_missing_source_and_a_new
 def test_an_older_source_is_migrated_first_and_copied_whole(tmp_path: Path, pg_ledger: str) -> None:
     path = tmp_path / "old.sqlite3"
     old_ledger(path, 1)
-    with sqlite3.connect(path) as conn:
-        conn.execute(
+    with sqlite3.connect(path) as db:
+        db.execute(
             "INSERT INTO files (id, sha256, name, path, size, state, outcome, data_key, mode, layout, received_at) "
             "VALUES (41, 'ab', 'old.csv', 'inbox/old.csv', 10, 'done', 'completed', 'extended_id', 'sync', '{}', "
             "'2025-01-01T00:00:00.000+00:00')"
         )
-        conn.execute("INSERT INTO codes VALUES ('extended_id', 'OLD1', 'h1', 41, 2, '2025-01-01T00:00:01.000+00:00')")
-    conn.close()
+        db.execute("INSERT INTO codes VALUES ('extended_id', 'OLD1', 'h1', 41, 2, '2025-01-01T00:00:01.000+00:00')")
+    db.close()
     result = copy_ledger(ledger_target(path), ledger_target(pg_ledger))
     assert result.source_migrated_from == 1
     got = contents(ledger_target(pg_ledger))

@@ -86,6 +86,8 @@ def copy_ledger(
     the source."""
     if same_ledger(source, target):
         raise CopyRefused(f"the source and the target are the same ledger ({source.shown}); name another --to")
+    if source.path is not None and not source.path.is_file():
+        raise CopyRefused(f"no ledger at {source.shown} to copy")  # opening it would create an empty one
     result = CopyResult()
     source_engine = _engine(source)
     target_engine = _engine(target)
