@@ -12,10 +12,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, Table, inspect, select, text
+from sqlalchemy import Connection, Engine, Row, Table, inspect, select, text
 from sqlalchemy.exc import DBAPIError
 
 from daemon import schema
@@ -187,26 +188,31 @@ def _snapshot(engine: Engine) -> Iterator[Connection]:
 
 
 def _copy_table(table: Table, reading: Connection, writing: Connection, dialect: Dialect, chunk_rows: int) -> int:
-    """Stream one table from the source into the target, chunk by chunk; the rows written."""
+    """Stream one table from the source into the target; the rows written. Into PostgreSQL one COPY carries the
+    whole table, fed chunk by chunk as the source is read, so that the server stores a chunk while the next is read;
+    into SQLite each chunk is one executemany."""
     names = [column.name for column in table.columns]
     order = list(table.primary_key.columns) or list(table.columns)
     existing: set[Any] = set()
     if table.name in MERGED:  # keyed by its first column: the target's own facts (its schema version) stay
         existing = {row[0] for row in writing.execute(select(order[0]))}
     at = names.index(order[0].name)
-    query = select(*table.columns).order_by(*order)
-    count = 0
-    result = reading.execution_options(yield_per=chunk_rows).execute(query)
-    try:
+    result = reading.execution_options(yield_per=chunk_rows).execute(select(*table.columns).order_by(*order))
+
+    def chunks() -> Iterator[Sequence[Row[Any]]]:
         for chunk in result.partitions(chunk_rows):
-            records: Sequence[tuple[Any, ...]] = [tuple(row) for row in chunk]
-            if existing:
-                records = [record for record in records if record[at] not in existing]
-            if records:
-                count += dialect.bulk_insert(writing, table.name, names, records)
+            yield [row for row in chunk if row[at] not in existing] if existing else chunk
+
+    try:
+        if dialect.name == "sqlite":  # sqlite3 binds tuples, not SQLAlchemy's rows
+            return sum(
+                dialect.bulk_insert(writing, table.name, names, [tuple(row) for row in rows])
+                for rows in chunks()
+                if rows  # an empty executemany would be run once with no parameters
+            )
+        return dialect.bulk_insert(writing, table.name, names, chain.from_iterable(chunks()))
     finally:
         result.close()
-    return count
 
 
 def _reset_sequences(conn: Connection) -> None:
