@@ -213,6 +213,7 @@ def test_a_ledger_in_use_by_a_service_is_not_copied(uploaded: Project, tmp_path:
     assert not target.exists()
 
 
+@pytest.mark.slow  # three runs of the command line: near 5 s on a busy machine
 def test_the_command_line_refuses_a_password_in_a_url_a_missing_source_and_a_newer_source(tmp_path: Path) -> None:
     project = make_project(tmp_path / "site", "http://127.0.0.1:1")
     with_password = copy_cli(project, "--from", "x.sqlite3", "--to", f"postgresql://scm:{SECRET}@127.0.0.1/db")
@@ -232,9 +233,7 @@ def test_the_command_line_refuses_a_password_in_a_url_a_missing_source_and_a_new
     refused = copy_cli(project, "--from", str(newer), "--to", "new.sqlite3")
     assert refused.returncode == 2, refused.stderr
     assert "newer than this scm-daemon knows" in refused.stderr
-    assert (
-        not (project.root / "new.sqlite3").exists() or counts(ledger_target(project.root / "new.sqlite3"))["files"] == 0
-    )
+    assert not (project.root / "new.sqlite3").exists()  # refused before the target was made
 
 
 def test_an_older_source_is_migrated_first_and_copied_whole(tmp_path: Path, pg_ledger: str) -> None:

@@ -58,8 +58,8 @@ def copied_tables() -> list[Table]:
 
 
 def same_ledger(a: LedgerTarget, b: LedgerTarget) -> bool:
-    """Whether two targets name the same ledger: the same file (however spelled), or the same database, user and
-    options (a search_path) on the same host and port."""
+    """Whether two targets name the same ledger: the same file (however spelled), or the same database and options
+    (a search_path: another schema is another ledger) on the same host and port, whichever the user."""
     if a.sqlite != b.sqlite:
         return False
     if a.path is not None and b.path is not None:
@@ -93,8 +93,8 @@ def copy_ledger(
     source_engine = _engine(source)
     target_engine = _engine(target)
     try:
+        _refuse_filled(target, target_engine)  # before migrating either: a ledger in the way is left as it was
         result.source_migrated_from = _migrated(source, source_engine)
-        _refuse_filled(target, target_engine)  # before migrating it: an old ledger in the way is left as it was
         _migrated(target, target_engine)
         started = time.perf_counter()
         with _snapshot(source_engine) as reading, target_engine.begin() as writing:
@@ -164,6 +164,8 @@ def _refuse_filled(target: LedgerTarget, engine: Engine, conn: Connection | None
     if conn is not None:
         check(conn)
         return
+    if target.path is not None and not target.path.exists():
+        return  # a new file (not made by looking: a refused copy leaves none behind)
     with engine.connect() as fresh:
         check(fresh)
 
