@@ -7,17 +7,27 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
 import structlog
+from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError
 
 from daemon.cli_parser import SANDBOX_TOKEN, build_parser
 from daemon.config import ConfigError, Settings, find_config_file, load_settings, sandbox_settings
 from daemon.ledger import Ledger
-from daemon.ledger.dialect import LedgerTargetError, LedgerUnavailable, ledger_exists
+from daemon.ledger.dialect import (
+    LedgerTarget,
+    LedgerTargetError,
+    LedgerUnavailable,
+    is_url,
+    ledger_exists,
+    ledger_target,
+    url_shown,
+)
 from daemon.ledger.migrate import LedgerVersionError
 from daemon.logs import configure_logging
 from daemon.progress import snapshot as progress_snapshot
@@ -283,6 +293,66 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _copy_end(value: str, password_file: Path | None, option: str) -> LedgerTarget:
+    """A `ledger copy` --from or --to: a postgresql:// URL (its password from a file, never in the URL) or a file."""
+    if is_url(value):
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise UsageError(f"{option} is not a valid database URL: {url_shown(value)}") from None
+        if url.password is not None:
+            raise UsageError(f"{option} must not contain the password: put it in a file, give {option}-password-file")
+        if not url.database:
+            raise UsageError(f"{option} names no database (postgresql://USER@HOST:PORT/DATABASE)")
+        return ledger_target(value, password_file)
+    if password_file is not None:
+        raise UsageError(f"{option}-password-file is for a postgresql:// {option}, not a file")
+    return ledger_target(Path(value).expanduser().resolve())
+
+
+def cmd_ledger_copy(args: argparse.Namespace) -> int:
+    """Copy a whole ledger into a new, empty one, with neither in use by a service."""
+    from daemon.folders import ledger_lock
+    from daemon.ledger.copy import CopyRefused, copy_ledger, same_ledger
+
+    source = _copy_end(args.source, args.from_password_file, "--from")
+    target = _copy_end(args.target, args.to_password_file, "--to")
+    if same_ledger(source, target):
+        raise CopyRefused(f"the source and the target are the same ledger ({source.shown}); name another --to")
+    if not ledger_exists(source):
+        raise UsageError(f"no ledger at {source.shown} to copy; check --from")
+    if target.path is not None and not target.path.parent.is_dir():
+        raise UsageError(f"the folder of --to {target.path.parent} does not exist; create it first")
+    locks = [source]
+    if target.sqlite or source.sqlite or _database(source) != _database(target):
+        locks.append(target)  # on one PostgreSQL database the service's advisory lock is one lock for both
+    print(f"copying {source.shown} to {target.shown}")
+    with ExitStack() as held:
+        for end in locks:
+            held.enter_context(ledger_lock(end))
+        result = copy_ledger(source, target, on_table=lambda name, rows: print(f"  {name}: {rows:,} rows"))
+    if result.source_migrated_from is not None:
+        print(f"the source was migrated from schema {result.source_migrated_from} first, as `run` would have")
+    print(
+        f"copied {result.total:,} rows in {result.seconds:.1f} s ({result.rows_per_second:,.0f} rows/s); "
+        f"point paths.ledger at {target.shown} and start the service"
+    )
+    return EXIT_OK
+
+
+def _database(target: LedgerTarget) -> tuple[str, int, str | None]:
+    url = target.url
+    return ((url.host or "localhost").lower(), url.port or 5432, url.database)
+
+
+def cmd_ledger(args: argparse.Namespace) -> int:
+    """`ledger COMMAND`: commands on the ledger as a whole."""
+    return LEDGER_COMMANDS[args.ledger_command](args)
+
+
+LEDGER_COMMANDS = {"copy": cmd_ledger_copy}
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     """Serve the emulator until interrupted."""
     from daemon.sandbox import EmulatorConfig, serve_forever
@@ -313,6 +383,7 @@ COMMANDS = {
     "prune": cmd_prune,
     "sandbox": cmd_sandbox,
     "notify-test": cmd_notify_test,
+    "ledger": cmd_ledger,
 }
 
 

@@ -99,6 +99,34 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
 
+    ledger = sub.add_parser(
+        "ledger",
+        help="work on the ledger itself: `ledger copy` moves it to another database",
+        description="Commands on the ledger as a whole.",
+    )
+    ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True, metavar="LEDGER_COMMAND")
+    copy = ledger_sub.add_parser(
+        "copy",
+        help="copy a whole ledger into a new, empty one (e.g. SQLite to PostgreSQL), idempotency included",
+        description="Copy every table of the ledger --from (files, rows, batches, the last data uploaded per code, "
+        "notifications) into the empty ledger --to, ids included, in one transaction: a file or code uploaded "
+        "before is still recognised after the move. Both are first brought to the current schema (the target is "
+        "created if need be). Refused (exit code 2) when the target holds a ledger already, is the source, or a "
+        "service is running on either. Stop the service first; point paths.ledger at the target afterwards.",
+    )
+    copy.add_argument(
+        "--from", dest="source", required=True, metavar="LEDGER", help="the ledger to copy: a SQLite file or URL"
+    )
+    copy.add_argument(
+        "--to", dest="target", required=True, metavar="LEDGER", help="the new ledger: a postgresql:// URL or a file"
+    )
+    copy.add_argument(
+        "--from-password-file", type=Path, metavar="FILE", help="the password of a postgresql:// --from, if any"
+    )
+    copy.add_argument(
+        "--to-password-file", type=Path, metavar="FILE", help="the password of a postgresql:// --to, if any"
+    )
+
     sandbox = sub.add_parser(
         "sandbox",
         help="serve the built-in API emulator on 127.0.0.1",
