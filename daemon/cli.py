@@ -323,12 +323,9 @@ def cmd_ledger_copy(args: argparse.Namespace) -> int:
         raise UsageError(f"no ledger at {source.shown} to copy; check --from")
     if target.path is not None and not target.path.parent.is_dir():
         raise UsageError(f"the folder of --to {target.path.parent} does not exist; create it first")
-    locks = [source]
-    if target.sqlite or source.sqlite or _database(source) != _database(target):
-        locks.append(target)  # on one PostgreSQL database the service's advisory lock is one lock for both
     print(f"copying {source.shown} to {target.shown}")
-    with ExitStack() as held:
-        for end in locks:
+    with ExitStack() as held:  # a SQLite ledger's lock; on PostgreSQL, copy_ledger refuses a ledger under a lease
+        for end in (source, target):
             held.enter_context(ledger_lock(end))
         result = copy_ledger(source, target, on_table=lambda name, rows: print(f"  {name}: {rows:,} rows"))
     if result.source_migrated_from is not None:
@@ -338,11 +335,6 @@ def cmd_ledger_copy(args: argparse.Namespace) -> int:
         f"point paths.ledger at {target.shown} and start the service"
     )
     return EXIT_OK
-
-
-def _database(target: LedgerTarget) -> tuple[str, int, str | None]:
-    url = target.url
-    return ((url.host or "localhost").lower(), url.port or 5432, url.database)
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:

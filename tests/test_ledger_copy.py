@@ -265,3 +265,18 @@ def test_an_older_source_is_migrated_first_and_copied_whole(tmp_path: Path, pg_l
     finally:
         engine.dispose()
     assert new_id == 42  # the sequence goes on after the copied id
+
+
+def test_a_postgresql_ledger_a_service_works_on_is_not_copied(pg_ledger: str, tmp_path: Path) -> None:
+    from daemon.lease import WORK, Instance
+    from daemon.ledger import Ledger
+
+    ledger = Ledger(pg_ledger)
+    try:
+        ledger.take_lease(WORK, Instance("elsewhere", 7, 1.0), 30.0, alive=lambda pid: True)
+    finally:
+        ledger.close()
+    target = tmp_path / "new.sqlite3"
+    with pytest.raises(CopyRefused, match=r"a service \(elsewhere:7:1.000\) is working on the ledger"):
+        copy_ledger(ledger_target(pg_ledger), ledger_target(target))
+    assert not target.exists()  # refused before anything was made

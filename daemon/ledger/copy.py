@@ -94,11 +94,15 @@ def copy_ledger(
     target_engine = _engine(target)
     try:
         _refuse_filled(target, target_engine)  # before migrating either: a ledger in the way is left as it was
+        with source_engine.connect() as conn:
+            _refuse_worked(source, conn)
         result.source_migrated_from = _migrated(source, source_engine)
         _migrated(target, target_engine)
         started = time.perf_counter()
         with _snapshot(source_engine) as reading, target_engine.begin() as writing:
             _refuse_filled(target, target_engine, writing)  # again, in the transaction that writes
+            _refuse_worked(source, reading)  # a leader would upload what the snapshot does not hold
+            _refuse_worked(target, writing)
             dialect = dialect_of(target_engine)
             for table in copied_tables():
                 count = _copy_table(table, reading, writing, dialect, chunk_rows)
@@ -168,6 +172,19 @@ def _refuse_filled(target: LedgerTarget, engine: Engine, conn: Connection | None
         return  # a new file (not made by looking: a refused copy leaves none behind)
     with engine.connect() as fresh:
         check(fresh)
+
+
+def _refuse_worked(ledger: LedgerTarget, conn: Connection) -> None:
+    """Raise CopyRefused when a service holds the work lease of the ledger (daemon.lease) now."""
+    if not inspect(conn).has_table("leases"):
+        return
+    now = dialect_of(conn.engine).epoch_now
+    row = conn.execute(text(f"SELECT holder FROM leases WHERE expires_at > {now}")).first()
+    if row is not None:
+        raise CopyRefused(
+            f"a service ({row[0]}) is working on the ledger {ledger.shown}; stop every instance on it first "
+            "(systemctl stop scm-daemon), then copy"
+        )
 
 
 @contextmanager
