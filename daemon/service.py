@@ -516,7 +516,10 @@ class Service:
     def next_wake(self) -> float:
         """Seconds until the loop has something to do (a due batch, a scan, a retry), if nothing wakes it before."""
         mono = self.monotonic()
-        due = self.ledger.next_due()
+        try:
+            due = self.ledger.next_due()
+        except Exception:  # the ledger unreadable (its server restarting): the parts that failed
+            due = None  # log it and back off, and their backoffs below say when to look again
         until_due = max(0.0, due - self.epoch()) if due is not None else math.inf
         held = self.uploader.held_until()  # due batches that cannot go yet must not make the loop spin
         if held is not None:
@@ -557,8 +560,10 @@ class Service:
         active = self.progress.current
         if not self.notifier.enabled:
             return
+        open_files = [FileState.RECEIVED, FileState.ACTIVE, FileState.REPORTING]
+        files = self._guarded("status", lambda: len(self.ledger.files(open_files)), default=0)
         text = systemd_status(
-            files=len(self.ledger.files([FileState.RECEIVED, FileState.ACTIVE, FileState.REPORTING])),
+            files=files,
             in_flight=len(self.uploader.inflight),
             busy=self.uploader.busy,
             inbox=str(self.settings.paths.inbox),

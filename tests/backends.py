@@ -9,7 +9,9 @@ tests that need it; elsewhere they are skipped with a line saying why.
 import os
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -23,9 +25,11 @@ def _admin_conninfo(dbname: str) -> str:
     return f"host={PG_HOST} port={PG_PORT} user={PG_USER} dbname={dbname} connect_timeout=3"
 
 
-@pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    """The URL (no password: trust) of a database that lives as long as the test session."""
+@contextmanager
+def throwaway_database() -> Iterator[str]:
+    """Create a database `scm_test_<random>` on the server, yield its URL (no password: trust), drop it after.
+
+    Skips (or with CI=true fails) when the server cannot be reached."""
     import psycopg
 
     try:
@@ -43,6 +47,30 @@ def pg_database() -> Iterator[str]:
     finally:
         admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         admin.close()
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """The URL (no password: trust) of a database that lives as long as the test session."""
+    with throwaway_database() as url:
+        yield url
+
+
+@pytest.fixture
+def pg_own_database() -> Iterator[str]:
+    """The URL of a database of the test's own, dropped after it: for a test that cuts the database off (ALTER
+    DATABASE ... ALLOW_CONNECTIONS false), which must not touch the session's database other tests use."""
+    with throwaway_database() as url:
+        yield url
+
+
+@contextmanager
+def pg_admin() -> Iterator[Any]:
+    """An autocommit connection to the server's `postgres` database (for ALTER DATABASE, pg_terminate_backend)."""
+    import psycopg
+
+    with psycopg.connect(_admin_conninfo("postgres"), autocommit=True) as conn:
+        yield conn
 
 
 @pytest.fixture
