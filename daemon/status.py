@@ -31,6 +31,12 @@ def _active(a: dict[str, Any], now: float) -> str:
     return progress.line(a["file"], a["rows_final"], a["rows_total"], pace=pace, eta_at=eta, paused=paused, now=now)
 
 
+def _leader(leader: dict[str, Any] | None) -> str:
+    if leader is None:
+        return "none (no service is running on this ledger)"
+    return f"{leader['instance']} (its lease runs {leader['lease_left']:g} s more unless renewed)"
+
+
 def render_overview(data: dict[str, Any], now: float | None = None) -> str:
     """The overview as lines of text; times as clock times on this machine, never a next time already past."""
     now = time.time() if now is None else now
@@ -39,6 +45,7 @@ def render_overview(data: dict[str, Any], now: float | None = None) -> str:
     lines += [f"REPORTS NOT DELIVERED (retried): {u['error']}" for u in data.get("undelivered", [])]
     lines += [
         f"ledger:   {data['ledger']}" + (f" (schema {data['schema_version']})" if "schema_version" in data else ""),
+        f"leader:   {_leader(data.get('leader'))}",
         f"files:    {_counts(data['files'])}",
         f"rows:     {_counts(data['rows'])}",
         f"batches:  {_counts(data['batches'])}",

@@ -78,6 +78,9 @@ def test_the_leader_killed_mid_upload_is_taken_over_by_the_standby_and_nothing_i
         standby = b.start()
         wait_until(lambda: events(b, "standby"), 60, "b stands by", b)
         assert events(b, "standby")[0]["leader"].startswith("host-a:")
+        shown = json.loads(b.cli("status", "--json").stdout)["leader"]
+        assert shown["instance"].startswith("host-a:")
+        assert 0 < shown["lease_left"] <= LEASE
         for f in range(FILES):
             part = inbox / f".f{f}.csv.part"
             part.write_text(csv_text(["extended_id", "batch"], [(code(f, i), f"L{f}") for i in range(ROWS)]))

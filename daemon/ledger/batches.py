@@ -17,6 +17,7 @@ from daemon.ledger.base import (
     sql,
     states,
 )
+from daemon.ledger.dialect import RowChange, UploadedCode
 from daemon.states import BATCH_TRANSITIONS, BatchState, RowStatus, sources
 
 AMBIGUOUS_UPLOADED = (
@@ -31,8 +32,6 @@ RESENT_NOT_AFFECTED = (
 
 PLAN_CHUNK = 50_000  # rows queued per statement when a file is planned
 PlannedRows = tuple[str, Sequence[int], str | None]  # kind, lines, data hash (async)
-# The rows of one batch: bind file_id and batch_id.
-_MEMBERS = "FROM batch_rows br JOIN rows r ON r.file_id=:file_id AND r.line=br.line WHERE br.batch_id=:batch_id"
 _QUEUED = str(BatchState.QUEUED)
 _NEW_BATCH = (
     "INSERT INTO batches (file_id, seq, kind, state, size, attempts, failures, next_attempt_at, ambiguous, created_at, "
@@ -145,15 +144,14 @@ class BatchStore(LedgerBase):
                 conn.execute(sql(f"SELECT {BATCH_COLUMNS} FROM batches WHERE id=:id"), {"id": batch_id}).one()
             )
             rows = conn.execute(
-                sql(f"SELECT r.line, r.key, r.cells {_MEMBERS} ORDER BY br.line"),
+                sql(f"SELECT r.line, r.key, r.cells {self.dialect.members} ORDER BY r.line"),
                 {"file_id": info.file_id, "batch_id": batch_id},
             ).all()
         return info, [(line, key, json.loads(cells)) for line, key, cells in rows]
 
-    @staticmethod
-    def _keys(conn: Connection, batch: BatchInfo) -> list[str]:
+    def _keys(self, conn: Connection, batch: BatchInfo) -> list[str]:
         members = {"file_id": batch.file_id, "batch_id": batch.id}
-        return [k for (k,) in conn.execute(sql(f"SELECT r.key {_MEMBERS}"), members)]
+        return [k for (k,) in conn.execute(sql(f"SELECT r.key {self.dialect.members}"), members)]
 
     def _finish(self, conn: Connection, batch: BatchInfo, to: BatchState, **values: Any) -> None:
         values["finished_at"] = self.now()
@@ -168,34 +166,23 @@ class BatchStore(LedgerBase):
 
     def _confirm(self, conn: Connection, batch: BatchInfo, data_key: str, outcome: dict[str, tuple[str, str]]) -> None:
         """Give each open row of a batch its status and detail (by key), and remember what was uploaded."""
-        rows = conn.execute(
-            sql(f"SELECT r.line, r.key, r.data_hash {_MEMBERS} AND r.status=:queued"),
-            {"file_id": batch.file_id, "batch_id": batch.id, "queued": str(RowStatus.QUEUED)},
+        # The status is tested here, not in the query: on PostgreSQL a status condition lets the planner read the
+        # file's open rows (the partial index rows_open, estimated by stale statistics) instead of the batch's lines.
+        members = conn.execute(
+            sql(f"SELECT r.line, r.key, r.data_hash, r.status {self.dialect.members}"),
+            {"file_id": batch.file_id, "batch_id": batch.id},
         ).all()
-        now = self.now()
-        updates = []
-        uploaded = []
+        rows = [(line, key, data_hash) for line, key, data_hash, status in members if status == RowStatus.QUEUED]
+        changes: list[RowChange] = []
+        uploaded: list[UploadedCode] = []
         for line, key, data_hash in rows:
             status, detail = outcome[key]
             move = row_move(RowStatus.QUEUED, RowStatus(status))
-            updates.append({**move, "detail": detail, "file_id": batch.file_id, "line": line})
+            changes.append((line, move["to"], detail))
             if status == RowStatus.UPLOADED:
-                uploaded.append({"dk": data_key, "k": key, "h": data_hash, "f": batch.file_id, "l": line, "at": now})
-        if updates:
-            conn.execute(
-                sql("UPDATE rows SET status=:to, detail=:detail WHERE file_id=:file_id AND line=:line AND status=:frm"),
-                updates,
-            )
-        if uploaded:
-            conn.execute(
-                sql(
-                    "INSERT INTO codes (data_key, key, data_hash, file_id, line, uploaded_at) "
-                    "VALUES (:dk, :k, :h, :f, :l, :at) ON CONFLICT (data_key, key) DO UPDATE SET "
-                    "data_hash=excluded.data_hash, file_id=excluded.file_id, line=excluded.line, "
-                    "uploaded_at=excluded.uploaded_at"
-                ),
-                uploaded,
-            )
+                uploaded.append((key, data_hash, line))
+        self.dialect.confirm_rows(conn, batch.file_id, str(RowStatus.QUEUED), changes)
+        self.dialect.remember_codes(conn, data_key, batch.file_id, uploaded, self.now())
 
     def complete_sync(self, batch: BatchInfo, data_key: str, keys: Sequence[str], changed: Collection[str]) -> None:
         """Record a sync answer: listed codes are uploaded, the others not affected (or uploaded, if ambiguous)."""
@@ -289,8 +276,8 @@ class BatchStore(LedgerBase):
             self._finish(conn, batch, BatchState.FAILED, last_error=detail, task_state=task_state or batch.task_state)
             conn.execute(
                 sql(
-                    "UPDATE rows SET status=:to, detail=:detail WHERE file_id=:file_id AND status=:frm AND line IN "
-                    "(SELECT line FROM batch_rows WHERE batch_id=:batch_id)"
+                    "UPDATE rows SET status=:to, detail=:detail "
+                    f"WHERE file_id=:file_id AND {self.dialect.row_is_frm} AND {self.dialect.batch_lines}"
                 ),
                 {
                     **row_move(RowStatus.QUEUED, status),
@@ -313,7 +300,10 @@ class BatchStore(LedgerBase):
             if rejected:
                 move = row_move(RowStatus.QUEUED, RowStatus.REJECTED)
                 conn.execute(
-                    sql("UPDATE rows SET status=:to, detail=:detail WHERE file_id=:f AND line=:l AND status=:frm"),
+                    sql(
+                        "UPDATE rows SET status=:to, detail=:detail "
+                        f"WHERE file_id=:f AND line=:l AND {self.dialect.row_is_frm}"
+                    ),
                     [{**move, "detail": detail, "f": batch.file_id, "l": line} for line, detail in rejected.items()],
                 )
             start = conn.execute(

@@ -103,11 +103,29 @@ def ledger_target(
     return LedgerTarget(url)
 
 
+RowChange = tuple[int, str, str]  # line, new status, detail
+UploadedCode = tuple[str, str | None, int]  # key, data hash, line
+_CODES_UPSERT = (
+    "ON CONFLICT (data_key, key) DO UPDATE SET data_hash=excluded.data_hash, file_id=excluded.file_id, "
+    "line=excluded.line, uploaded_at=excluded.uploaded_at"
+)
+
+
 class Dialect:
     """What differs between the backends; this base is PostgreSQL's."""
 
     name = "postgresql"
     epoch_now = "extract(epoch from clock_timestamp())"  # the server's time now, in epoch seconds
+    # The lines of one batch (bind batch_id), as an array first: as a join or IN, PostgreSQL's plans read every
+    # row of the file per batch.
+    batch_lines = "line = ANY(ARRAY(SELECT line FROM batch_rows WHERE batch_id=:batch_id))"
+    # The rows of one batch (bind file_id and batch_id), ending in a WHERE clause.
+    members = f"FROM rows r WHERE r.file_id=:file_id AND r.{batch_lines}"
+    # The guard of a row's status change (daemon.ledger.base.row_move) where the row is found by its line. Hidden
+    # from PostgreSQL's planner in an expression: a `status=` condition made it read the file's open rows through
+    # the partial index rows_open whenever the statistics held no row of that status (no row was `queued` when the
+    # file was analyzed after intake), once per row changed.
+    row_is_frm = "(status || '') = :frm"
 
     def indexed_by(self, index: str) -> str:
         """An index hint after a table name: SQLite only (PostgreSQL's planner picks the partial index itself)."""
@@ -156,18 +174,51 @@ class Dialect:
         joining rows to batch_rows) are planned for the rows now there, not for an empty table."""
         conn.execute(text(f"ANALYZE {table}"))
 
+    def confirm_rows(self, conn: Connection, file_id: int, frm: str, changes: Sequence[RowChange]) -> None:
+        """Give rows of a file in status `frm` their new status and detail (validated by row_move): one UPDATE over
+        arrays, where a statement per row costs a round trip each."""
+        if not changes:
+            return
+        lines, tos, details = zip(*changes, strict=True)
+        conn.execute(
+            text(
+                "UPDATE rows r SET status=m.status, detail=m.detail FROM unnest(CAST(:lines AS integer[]), "
+                "CAST(:tos AS text[]), CAST(:details AS text[])) AS m(line, status, detail) "
+                "WHERE r.file_id=:file_id AND r.line=m.line AND (r.status || '') = :frm"
+            ),
+            {"lines": list(lines), "tos": list(tos), "details": list(details), "file_id": file_id, "frm": frm},
+        )
+
+    def remember_codes(
+        self, conn: Connection, data_key: str, file_id: int, codes: Sequence[UploadedCode], now: str
+    ) -> None:
+        """Record codes as uploaded with their data (the per-code history that makes re-drops idempotent)."""
+        if not codes:
+            return
+        keys, hashes, lines = zip(*codes, strict=True)
+        conn.execute(
+            text(
+                f"INSERT INTO codes (data_key, key, data_hash, file_id, line, uploaded_at) "
+                "SELECT :dk, m.key, m.data_hash, :f, m.line, :at FROM unnest(CAST(:keys AS text[]), "
+                "CAST(:hashes AS text[]), CAST(:lines AS integer[])) AS m(key, data_hash, line) "
+                f"{_CODES_UPSERT}"
+            ),
+            {"dk": data_key, "f": file_id, "at": now, "keys": list(keys), "hashes": list(hashes), "lines": list(lines)},
+        )
+
     def queue_members(
         self, conn: Connection, file_id: int, members: list[tuple[int, int]], move: Mapping[str, str]
     ) -> int:
         """Give the rows of new batches (their (batch id, line) already in batch_rows, whole batches) the status
-        and batch: one UPDATE joining batch_rows, where a statement per row costs a round trip each."""
+        and batch: one UPDATE over the pairs as arrays, where a statement per row costs a round trip each."""
         return int(
             conn.execute(
                 text(
-                    "UPDATE rows r SET status=:to, batch_id=br.batch_id FROM batch_rows br "
-                    "WHERE br.batch_id = ANY(:ids) AND r.file_id=:file_id AND r.line=br.line AND r.status=:frm"
+                    "UPDATE rows r SET status=:to, batch_id=m.batch_id "
+                    "FROM unnest(CAST(:ids AS integer[]), CAST(:lines AS integer[])) AS m(batch_id, line) "
+                    "WHERE r.file_id=:file_id AND r.line=m.line AND (r.status || '') = :frm"
                 ),
-                {**move, "ids": sorted({batch_id for batch_id, _ in members}), "file_id": file_id},
+                {**move, "ids": [b for b, _ in members], "lines": [line for _, line in members], "file_id": file_id},
             ).rowcount
         )
 
@@ -176,6 +227,9 @@ class SqliteDialect(Dialect):
     name = "sqlite"
     marker = "?"
     epoch_now = "(julianday('now') - 2440587.5) * 86400.0"
+    batch_lines = "line IN (SELECT line FROM batch_rows WHERE batch_id=:batch_id)"
+    members = "FROM batch_rows br JOIN rows r ON r.file_id=:file_id AND r.line=br.line WHERE br.batch_id=:batch_id"
+    row_is_frm = "status=:frm"
 
     def indexed_by(self, index: str) -> str:
         return f" INDEXED BY {index}"
@@ -189,6 +243,28 @@ class SqliteDialect(Dialect):
 
     def loaded(self, conn: Connection, table: str) -> None:
         """SQLite plans these statements by their indexes and hints alone."""
+
+    def confirm_rows(self, conn: Connection, file_id: int, frm: str, changes: Sequence[RowChange]) -> None:
+        """A statement per row on the driver: SQLite has no round trips to save."""
+        if not changes:
+            return
+        self.executemany(
+            conn,
+            "UPDATE rows SET status=?, detail=? WHERE file_id=? AND line=? AND status=?",
+            [(to, detail, file_id, line, frm) for line, to, detail in changes],
+        )
+
+    def remember_codes(
+        self, conn: Connection, data_key: str, file_id: int, codes: Sequence[UploadedCode], now: str
+    ) -> None:
+        if not codes:
+            return
+        self.executemany(
+            conn,
+            f"INSERT INTO codes (data_key, key, data_hash, file_id, line, uploaded_at) VALUES (?, ?, ?, ?, ?, ?) "
+            f"{_CODES_UPSERT}",
+            [(data_key, key, data_hash, file_id, line, now) for key, data_hash, line in codes],
+        )
 
     def queue_members(
         self, conn: Connection, file_id: int, members: list[tuple[int, int]], move: Mapping[str, str]

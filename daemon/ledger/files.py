@@ -298,10 +298,16 @@ class FileStore(LedgerBase):
                 sql("SELECT min(next_attempt_at) FROM batches WHERE state=:queued AND failures > 0"),
                 {"queued": str(BatchState.QUEUED)},
             ).scalar_one()
+            now = self.dialect.epoch_now
+            leader = conn.execute(
+                sql(f"SELECT holder, expires_at - {now} FROM leases WHERE name='work' AND expires_at > {now}")
+            ).first()
         return {
             "ledger": self.target.shown,
             "backend": self.dialect.name,
             "schema_version": self.schema_version,
+            # The instance doing the work (daemon.lease), and for how many seconds more unless it renews.
+            "leader": {"instance": leader[0], "lease_left": round(float(leader[1]), 1)} if leader else None,
             "uploads_paused": self.get_meta(UPLOADS_PAUSED),
             "files": files,
             "rows": rows,

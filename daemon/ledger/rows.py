@@ -76,7 +76,7 @@ class RowStore(LedgerBase):
                 conn.execute(
                     sql(
                         "UPDATE rows SET status=:to, detail=:detail "
-                        "WHERE file_id=:file_id AND line=:line AND status=:frm"
+                        f"WHERE file_id=:file_id AND line=:line AND {self.dialect.row_is_frm}"
                     ),
                     [
                         {**row_move(RowStatus.PENDING, to), "detail": detail, "file_id": file_id, "line": line}
