@@ -105,6 +105,7 @@ class Health:
         self.monotonic = monotonic
         self.within = within
         self.last_tick: float | None = None
+        self.leading = False  # whether this instance holds the work lease (daemon.lease), as of the last turn
 
     def ticked(self) -> None:
         """The loop turned."""
@@ -182,6 +183,11 @@ class ServiceCollector:
         for name in ("closed", "open", "half_open"):
             states.add_metric([name], 1 if name == state else 0)
         yield states
+        yield GaugeMetricFamily(
+            "scm_daemon_leader",
+            "1 while this instance holds the work lease and does the work; 0 while it stands by",
+            value=1 if self.health.leading else 0,
+        )
         tick_age = self.health.age()
         yield GaugeMetricFamily(
             "scm_daemon_loop_tick_age_seconds",
@@ -301,9 +307,11 @@ class Telemetry:
         """Start listening, if configured."""
         self._bind()
 
-    def turned(self) -> None:
-        """The loop turned: /healthz is fine for another 30 s; listen again if the address was taken."""
+    def turned(self, *, leading: bool = True) -> None:
+        """The loop turned (a standby's wait counts, with `leading` False): /healthz is fine for another 30 s;
+        listen again if the address was taken."""
         self.health.ticked()
+        self.health.leading = leading
         if self.server is not None and not self._listening and self.monotonic() >= self._bind_backoff.next_at:
             self._bind()
 

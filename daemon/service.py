@@ -459,7 +459,7 @@ class Service:
             until = self.monotonic() + self.settings.ha.renew_seconds
             while not self.stop_event.is_set() and self.monotonic() < until:
                 self.notifier.alive()
-                self.telemetry.turned()  # a standby is healthy
+                self.telemetry.turned(leading=False)  # a standby is healthy
                 self.idle_wait(until - self.monotonic())
         return False
 

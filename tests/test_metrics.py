@@ -154,6 +154,7 @@ def test_figures_after_a_real_run_match_the_ledger_and_the_emulator(
     assert began <= value(samples, "scm_daemon_last_upload_success_timestamp_seconds") <= time.time()
     assert by_label(samples, "scm_daemon_uploads_paused", "reason") == {}
     assert by_label(samples, "scm_daemon_breaker_state", "state") == {"closed": 1}
+    assert value(samples, "scm_daemon_leader") == 1  # the only instance leads
     assert ("scm_daemon_build_info", (("version", "0.1.0"),)) in samples
     assert TOKEN not in requests.get(url(service, "/metrics"), timeout=10).text
 
