@@ -323,6 +323,7 @@ def _record(ledger: Ledger, file_id: int, records: Iterator[RowRecord]) -> Steps
         ledger.insert_rows(file_id, iter(chunk))
         count += len(chunk)
         yield len(chunk)
+    ledger.rows_loaded(count)  # fresh statistics for the plans of its batches (PostgreSQL)
     return count
 
 

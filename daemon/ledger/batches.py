@@ -144,7 +144,7 @@ class BatchStore(LedgerBase):
                 conn.execute(sql(f"SELECT {BATCH_COLUMNS} FROM batches WHERE id=:id"), {"id": batch_id}).one()
             )
             rows = conn.execute(
-                sql(f"SELECT r.line, r.key, r.cells {self.dialect.members} ORDER BY r.line"),
+                sql(f"SELECT r.line, r.key, r.cells {self.dialect.members} ORDER BY {self.dialect.members_order}"),
                 {"file_id": info.file_id, "batch_id": batch_id},
             ).all()
         return info, [(line, key, json.loads(cells)) for line, key, cells in rows]

@@ -121,6 +121,7 @@ class Dialect:
     batch_lines = "line = ANY(ARRAY(SELECT line FROM batch_rows WHERE batch_id=:batch_id))"
     # The rows of one batch (bind file_id and batch_id), ending in a WHERE clause.
     members = f"FROM rows r WHERE r.file_id=:file_id AND r.{batch_lines}"
+    members_order = "r.line"
     # The guard of a row's status change (daemon.ledger.base.row_move) where the row is found by its line. Hidden
     # from PostgreSQL's planner in an expression: a `status=` condition made it read the file's open rows through
     # the partial index rows_open whenever the statistics held no row of that status (no row was `queued` when the
@@ -229,6 +230,8 @@ class SqliteDialect(Dialect):
     epoch_now = "(julianday('now') - 2440587.5) * 86400.0"
     batch_lines = "line IN (SELECT line FROM batch_rows WHERE batch_id=:batch_id)"
     members = "FROM batch_rows br JOIN rows r ON r.file_id=:file_id AND r.line=br.line WHERE br.batch_id=:batch_id"
+    # By batch_rows' order: ordered by r.line, SQLite walks the file's rows in order and probes batch_rows for each.
+    members_order = "br.line"
     row_is_frm = "status=:frm"
 
     def indexed_by(self, index: str) -> str:

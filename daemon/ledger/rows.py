@@ -32,10 +32,15 @@ class RowStore(LedgerBase):
         while chunk := list(islice(rows, INSERT_CHUNK)):
             with self.begin() as conn:
                 count += self.dialect.bulk_insert(conn, "rows", ROW_COLUMNS, chunk, fixed={"file_id": file_id})
+        self.rows_loaded(count)
+        return count
+
+    def rows_loaded(self, count: int) -> None:
+        """A file's `count` rows are recorded: when they are many, refresh the planner's statistics (PostgreSQL),
+        which otherwise take the file for the few rows they saw and plan its batches as scans of all its rows."""
         if count >= INSERT_CHUNK:
             with self.begin() as conn:
                 self.dialect.loaded(conn, "rows")
-        return count
 
     def resolve_in_file_duplicates(self, file_id: int) -> tuple[int, int]:
         """Skip identical repeats of a code within the file; reject every row of a code given different data."""
