@@ -190,3 +190,29 @@ def stop(process: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: flo
     """Signal a running service and wait for its exit code."""
     process.send_signal(sig)
     return process.wait(timeout=timeout)
+
+
+def wait_until(
+    predicate: Callable[[], object], timeout: float = 60, what: str = "condition", *logs_of: Project
+) -> None:
+    """Poll until `predicate()` is true; past `timeout` fail, showing the end of the named projects' service logs."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            logs = [(p.root / "service.log").read_text(encoding="utf-8")[-3000:] for p in logs_of]
+            raise AssertionError("\n".join([f"{what} not reached within {timeout} s", *logs]))
+        time.sleep(0.05)
+
+
+def log_events(project: Project, name: str | None = None) -> list[dict[str, Any]]:
+    """The JSON events of the project's service.log in order (only those called `name`, if given)."""
+    path = project.root / "service.log"
+    found = []
+    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and "event" in event and name in (None, event["event"]):
+            found.append(event)
+    return found

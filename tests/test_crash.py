@@ -5,11 +5,10 @@ The kill loop (test_killloop.py) kills again and again at random moments; SIGTER
 
 import signal
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
-from support import csv_text, make_project
+from support import csv_text, make_project, wait_until
 
 from daemon.sandbox import Emulator
 
@@ -18,13 +17,6 @@ pytestmark = pytest.mark.slow  # the real CLI as a subprocess: the full suite ru
 
 def code(i: int) -> str:
     return f"CRASH{i:07d}"
-
-
-def wait_until(predicate: object, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 def test_kill_9_mid_upload_then_restart_finishes_without_resending_confirmed_rows(

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import Project, csv_text, make_project, stop, wait_ready
+from support import Project, csv_text, make_project, stop, wait_ready, wait_until
 
 from daemon.sandbox import Emulator
 
@@ -35,13 +35,6 @@ def project(tmp_path: Path, emulator: Emulator) -> Project:
 
 def drop(project: Project, n: int, name: str = "lot.csv") -> None:
     project.drop(name, csv_text(["extended_id", "intended_market"], rows(n)))
-
-
-def wait_until(predicate: object, timeout: float = 60, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"{what} not reached in time"
-        time.sleep(0.05)
 
 
 def test_a_400_naming_its_items_rejects_only_those(project: Project, emulator: Emulator) -> None:

@@ -9,11 +9,10 @@ import json
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import text
-from support import Project, csv_text, make_project
+from support import Project, csv_text, log_events, make_project, wait_until
 
 from daemon.ledger import Ledger
 from daemon.sandbox import Emulator
@@ -23,27 +22,6 @@ pytestmark = pytest.mark.slow  # real services as subprocesses
 LEASE, RENEW = 6.0, 2.0
 RATE, IN_FLIGHT = 8, 2
 FILES, ROWS = 3, 1500
-
-
-def events(project: Project, name: str) -> list[dict[str, Any]]:
-    log = project.root / "service.log"
-    found = []
-    for line in log.read_text(encoding="utf-8").splitlines() if log.exists() else []:
-        if f'"{name}"' in line:
-            try:
-                found.append(json.loads(line))
-            except ValueError:
-                continue
-    return [e for e in found if e.get("event") == name]
-
-
-def wait_until(predicate: Any, timeout: float, what: str, *projects: Project) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            logs = "\n".join((p.root / "service.log").read_text(encoding="utf-8")[-3000:] for p in projects)
-            raise AssertionError(f"{what}: not within {timeout} s\n{logs}")
-        time.sleep(0.05)
 
 
 def instance(root: Path, name: str, inbox: Path, emulator: Emulator, ledger: str) -> Project:
@@ -74,10 +52,10 @@ def test_the_leader_killed_mid_upload_is_taken_over_by_the_standby_and_nothing_i
     leader = a.start()
     standby = leader  # until b starts
     try:
-        wait_until(lambda: events(a, "api_ready"), 60, "a leads and passes its start-up check", a)
+        wait_until(lambda: log_events(a, "api_ready"), 60, "a leads and passes its start-up check", a)
         standby = b.start()
-        wait_until(lambda: events(b, "standby"), 60, "b stands by", b)
-        assert events(b, "standby")[0]["leader"].startswith("host-a:")
+        wait_until(lambda: log_events(b, "standby"), 60, "b stands by", b)
+        assert log_events(b, "standby")[0]["leader"].startswith("host-a:")
         shown = json.loads(b.cli("status", "--json").stdout)["leader"]
         assert shown["instance"].startswith("host-a:")
         assert 0 < shown["lease_left"] <= LEASE
@@ -93,7 +71,7 @@ def test_the_leader_killed_mid_upload_is_taken_over_by_the_standby_and_nothing_i
         at_kill = emulator.stats().sync_calls
         assert at_kill < total_calls  # killed in the middle
 
-        wait_until(lambda: events(b, "lease_taken"), 30, "b takes over", b)
+        wait_until(lambda: log_events(b, "lease_taken"), 30, "b takes over", b)
         takeover = time.monotonic() - killed
         wait_until(lambda: emulator.stats().sync_calls > at_kill, 30, "b sends", b)
         resumed = time.monotonic() - killed

@@ -12,12 +12,11 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Project, csv_text, make_project, stop
+from support import Project, csv_text, make_project, stop, wait_until
 
 from daemon.sandbox import Emulator
 
@@ -38,13 +37,6 @@ def rows(n: int, start: int = 0) -> list[tuple[str, str]]:
 
 def expected(n: int, start: int = 0) -> dict[str, dict[str, str]]:
     return {key: {"intended_market": market} for key, market in rows(n, start)}
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 60, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout} s"
-        time.sleep(0.05)
 
 
 def events(text: str) -> list[dict[str, Any]]:

@@ -7,17 +7,15 @@ The service must not exit; it logs the failure and the recovery; the file's repo
 every code with the right data; the report says every row uploaded.
 """
 
-import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from backends import pg_admin
-from support import Project, csv_text, make_project, stop
+from support import csv_text, log_events, make_project, stop, wait_until
 
 from daemon.sandbox import Emulator
 
@@ -31,27 +29,6 @@ UPPER_BOUND = 120.0  # seconds: "it ends", never a measure of speed
 
 def code(i: int) -> str:
     return f"PGR{i:07d}"
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 60, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout} s"
-        time.sleep(0.05)
-
-
-def events(project: Project) -> list[dict[str, Any]]:
-    """The JSON events of the service's log, in order; other lines are ignored."""
-    path = project.root / "service.log"
-    found = []
-    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict) and "event" in event:
-            found.append(event)
-    return found
 
 
 class Manager:
@@ -154,7 +131,7 @@ def test_the_database_cut_off_mid_upload_the_service_waits_reconnects_and_loses_
         assert service.poll() is None, "the service exited"
         assert stop(service) == 0
 
-    log = events(project)
+    log = log_events(project)
     failed = [e for e in log if e["event"] == "step_failed"]
     recovered = [e for e in log if e["event"] == "step_recovered"]
     assert failed, "the outage was not logged"

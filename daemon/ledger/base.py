@@ -106,6 +106,15 @@ def batch_info(row: Sequence[Any]) -> BatchInfo:
     return BatchInfo(*values)
 
 
+STREAM_ROWS = 5_000  # rows fetched at a time by a read over a whole file
+
+
+def streamed(statement: TextClause) -> TextClause:
+    """A read over a whole file, fetched STREAM_ROWS at a time: on PostgreSQL a server-side cursor (psycopg would
+    otherwise hold every row of the answer in memory); SQLite steps through it anyway."""
+    return statement.execution_options(yield_per=STREAM_ROWS)
+
+
 @lru_cache(maxsize=1024)
 def sql(statement: str, *lists: str) -> TextClause:
     """A statement with named parameters (`:name`); those named in `lists` take a list (`IN :name`)."""

@@ -8,7 +8,7 @@ from itertools import islice
 from typing import Any
 
 from daemon import schema
-from daemon.ledger.base import LedgerBase, row_move, sql, states
+from daemon.ledger.base import LedgerBase, row_move, sql, states, streamed
 from daemon.states import FILE_TRANSITIONS, OPEN_ROW_STATUSES, FileState, RowStatus, sources
 
 INSERT_CHUNK = 20_000  # rows per executemany; one commit per chunk keeps the WAL small during a large intake
@@ -157,11 +157,13 @@ class RowStore(LedgerBase):
             self.connect() as conn,
             closing(
                 conn.execute(
-                    sql(
-                        "SELECT r.data_hash, r.line FROM rows r WHERE r.file_id=:file_id AND r.status=:pending"
-                        + unblocked
-                        + " ORDER BY r.line",
-                        *params,
+                    streamed(
+                        sql(
+                            "SELECT r.data_hash, r.line FROM rows r WHERE r.file_id=:file_id AND r.status=:pending"
+                            + unblocked
+                            + " ORDER BY r.line",
+                            *params,
+                        )
                     ),
                     {"file_id": file_id, "pending": str(RowStatus.PENDING), **params},
                 )
@@ -231,9 +233,11 @@ class RowStore(LedgerBase):
             self.connect() as conn,
             closing(
                 conn.execute(
-                    sql(
-                        "SELECT r.line, r.key, r.status, r.detail, b.seq, b.task_id FROM rows r "
-                        "LEFT JOIN batches b ON b.id=r.batch_id WHERE r.file_id=:id ORDER BY r.line"
+                    streamed(
+                        sql(
+                            "SELECT r.line, r.key, r.status, r.detail, b.seq, b.task_id FROM rows r "
+                            "LEFT JOIN batches b ON b.id=r.batch_id WHERE r.file_id=:id ORDER BY r.line"
+                        )
                     ),
                     {"id": file_id},
                 )
@@ -247,10 +251,12 @@ class RowStore(LedgerBase):
             self.connect() as conn,
             closing(
                 conn.execute(
-                    sql(
-                        "SELECT line, cells, status, detail FROM rows WHERE file_id=:id AND status IN :errors "
-                        "ORDER BY line",
-                        "errors",
+                    streamed(
+                        sql(
+                            "SELECT line, cells, status, detail FROM rows WHERE file_id=:id AND status IN :errors "
+                            "ORDER BY line",
+                            "errors",
+                        )
                     ),
                     {"id": file_id, "errors": states(RowStatus.REJECTED, RowStatus.FAILED)},
                 )
