@@ -82,6 +82,15 @@ def _install_signals(service: "Service") -> None:
     signal.signal(signal.SIGHUP, reload)
 
 
+def _settings_again(reload_settings: Callable[[], Settings], settings: Settings) -> Settings:
+    """The configuration read again for a restarted service; the last good one when the file is broken now."""
+    try:
+        return reload_settings()
+    except (ConfigError, OSError, ValueError) as exc:
+        log.error("config_reload_failed", error=str(exc), note="the previous configuration stays in force")
+        return settings
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """The service."""
     from daemon.folders import ledger_lock, prepare_folders
@@ -153,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     # closed; a fresh service stands by (the ledger, not this process, holds the state).
                     if service.stop_event.is_set() or args.once:
                         raise
-                    settings = reload_settings()
+                    settings = _settings_again(reload_settings, settings)
     finally:
         if emulator is not None:
             emulator.stop()

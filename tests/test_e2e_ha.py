@@ -119,3 +119,39 @@ def test_the_leader_killed_mid_upload_is_taken_over_by_the_standby_and_nothing_i
     assert resent <= IN_FLIGHT * 100, resent
     assert emulator.stats().throttled == 0
     print(f"takeover {takeover:.1f} s (first request after the kill {resumed:.1f} s), codes sent twice {resent}")
+
+
+def test_a_leader_frozen_past_its_lease_stands_by_when_it_wakes_and_leads_again_once_free(
+    tmp_path: Path, emulator: Emulator, pg_ledger: str
+) -> None:
+    from daemon.lease import WORK, Instance
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    a = instance(tmp_path, "a", inbox, emulator, pg_ledger)
+    other = Instance("host-z", 1, 1.0)
+    process = a.start()
+    ledger = Ledger(pg_ledger)
+    try:
+        wait_until(lambda: log_events(a, "api_ready"), 60, "a leads", a)
+        process.send_signal(signal.SIGSTOP)  # a frozen VM: no renewal
+        wait_until(lambda: ledger.lease(WORK).remaining == 0, 30, "the lease runs out", a)
+        assert ledger.take_lease(WORK, other, 30.0, alive=lambda pid: True).holder == other.id
+        process.send_signal(signal.SIGCONT)
+        wait_until(lambda: log_events(a, "standby"), 30, "a stands by", a)
+        assert log_events(a, "lease_lost")[0]["holder"] == other.id
+        assert log_events(a, "standby")[-1]["leader"] == other.id
+        assert process.poll() is None  # restarted in the same process, not ended
+        ledger.release_lease(WORK, other)
+        wait_until(lambda: len(log_events(a, "lease_taken")) == 2, 30, "a leads again", a)
+        part = inbox / ".late.csv.part"
+        part.write_text(csv_text(["extended_id", "batch"], [(code(9, i), "L9") for i in range(5)]))
+        part.rename(inbox / "late.csv")
+        a.wait_for(a.outbox / "late.summary.json")
+        assert a.summary("late")["rows"]["uploaded"] == 5
+    finally:
+        ledger.close()
+        if process.poll() is None:
+            process.send_signal(signal.SIGCONT)
+            process.kill()
+        process.wait(timeout=30)
