@@ -20,14 +20,14 @@ from daemon.ledger import UPLOADS_PAUSED, Clock, FileInfo, FileLine, Ledger
 from daemon.logs import redact
 from daemon.progress import Progress
 from daemon.reporter import atomic_write, names_for
-from daemon.states import ERROR_ROW_STATUSES, FileState, Outcome
+from daemon.states import ERROR_ROW_STATUSES, OPEN_FILE_STATES, FileState, Outcome
 from daemon.uploader import Pause
 
 INDEX_NAME = "index.html"
 REFRESH_SECONDS = 30.0  # rewritten this often while files are at work; the page reloads itself as often
 MIN_GAP_SECONDS = 1.0  # changes in quick succession (many small files) are written together, at most this often
 RECENT_FILES = 200
-OPEN_STATES = (FileState.RECEIVED, FileState.ACTIVE, FileState.REPORTING)
+OPEN_STATES = OPEN_FILE_STATES
 
 # The one home of how a file's status looks: the word (so the page reads in black and white) and its colour class.
 STATUS_LOOK: dict[str, tuple[str, str]] = {

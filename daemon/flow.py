@@ -16,7 +16,7 @@ from daemon.ledger import FileInfo, Ledger
 from daemon.planner import plan as plan_batches
 from daemon.reporter import ReportNames, outcome_for
 from daemon.retry import Backoff
-from daemon.states import FileState
+from daemon.states import OPEN_FILE_STATES, FileState
 from daemon.steps import Inline, Offload, Steps, offloaded
 from daemon.watcher import InboxScanner, inbox_name
 
@@ -129,7 +129,7 @@ class FileFlow:
         settled = self.scanner.scan(now, ())
         if settled:
             # Ledgers from before claims were renames hold open files at their inbox path: never take those twice.
-            states = [FileState.RECEIVED, FileState.ACTIVE, FileState.REPORTING]
+            states = list(OPEN_FILE_STATES)
             claimed = {f.path for f in self.ledger.files(states)}
             settled = [p for p in settled if str(p) not in claimed]
         inbox = self.settings.paths.inbox

@@ -31,7 +31,7 @@ from daemon.normalize import (
 )
 from daemon.readers import Imprecise, Table, UnreadableFile, open_table
 from daemon.reporter import unescape
-from daemon.states import FileState, Outcome, RowStatus
+from daemon.states import OPEN_FILE_STATES, FileState, Outcome, RowStatus
 from daemon.steps import Inline, Offload, Steps, offloaded, run_through
 
 log = structlog.get_logger(__name__)
@@ -402,7 +402,7 @@ def return_orphans(inbox: Path, ledger: Ledger) -> int:
         entries = list(os.scandir(folder))
     except FileNotFoundError:
         return 0
-    known = {f.path for f in ledger.files([FileState.RECEIVED, FileState.ACTIVE, FileState.REPORTING])}
+    known = {f.path for f in ledger.files(OPEN_FILE_STATES)}
     returned = 0
     for entry in entries:
         if entry.path in known or not entry.is_file(follow_symlinks=False):

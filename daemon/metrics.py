@@ -25,7 +25,7 @@ from daemon.decide import Decision, PollAgain, RequestKind, Requeue
 from daemon.ledger import Clock, Ledger
 from daemon.logs import redact
 from daemon.retry import Backoff
-from daemon.states import FileState, Outcome, RowStatus
+from daemon.states import OPEN_FILE_STATES, Outcome, RowStatus
 from daemon.uploader import Uploader
 
 log = structlog.get_logger(__name__)
@@ -35,7 +35,7 @@ BIND_RETRY = (60.0, 3600.0)  # first and longest wait before listening is tried 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)  # sync calls may take ~60 s
 UPLOAD_KINDS = frozenset({RequestKind.SYNC_UPLOAD, RequestKind.ASYNC_SUBMIT})
 FILE_STATUSES = (
-    *(str(s) for s in (FileState.RECEIVED, FileState.ACTIVE, FileState.REPORTING)),
+    *(str(s) for s in OPEN_FILE_STATES),
     *(str(o) for o in Outcome),
 )
 FINAL_ROW_STATUSES = tuple(str(s) for s in RowStatus if s not in (RowStatus.PENDING, RowStatus.QUEUED))

@@ -31,7 +31,7 @@ from daemon.progress import ProgressTracker
 from daemon.reload import adopt, changes
 from daemon.retention import RetentionSweeper
 from daemon.retry import Backoff
-from daemon.states import FileState
+from daemon.states import OPEN_FILE_STATES
 from daemon.status import systemd_status
 from daemon.steps import Offload, ThreadOffload
 from daemon.uploader import Uploader, policy_from
@@ -358,7 +358,7 @@ class Service:
 
     def idle(self) -> bool:
         """Nothing in flight, nothing open in the ledger, nothing waiting to settle."""
-        open_files = self.ledger.files([FileState.RECEIVED, FileState.ACTIVE, FileState.REPORTING])
+        open_files = self.ledger.files(OPEN_FILE_STATES)
         return not open_files and not self.uploader.busy and self.scanner.waiting == 0
 
     def turn(self, *, once: bool = False) -> bool:
@@ -410,7 +410,7 @@ class Service:
             return False
         if any(b.failures < ONCE_DELIVERY_ATTEMPTS for b in self.flow.delivery.values()):
             return False
-        open_files = self.ledger.files([FileState.RECEIVED, FileState.ACTIVE, FileState.REPORTING])
+        open_files = self.ledger.files(OPEN_FILE_STATES)
         return {f.id for f in open_files} <= set(self.flow.delivery)
 
     def start(self, *, once: bool = False) -> None:
@@ -560,7 +560,7 @@ class Service:
         active = self.progress.current
         if not self.notifier.enabled:
             return
-        open_files = [FileState.RECEIVED, FileState.ACTIVE, FileState.REPORTING]
+        open_files = OPEN_FILE_STATES
         files = self._guarded("status", lambda: len(self.ledger.files(open_files)), default=0)
         text = systemd_status(
             files=files,

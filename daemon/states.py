@@ -43,6 +43,7 @@ class BatchState(StrEnum):
 
 
 ERROR_ROW_STATUSES = frozenset({RowStatus.REJECTED, RowStatus.FAILED})
+OPEN_FILE_STATES = (FileState.RECEIVED, FileState.ACTIVE, FileState.REPORTING)  # not finished: work, and a claim
 OPEN_ROW_STATUSES = frozenset({RowStatus.PENDING, RowStatus.QUEUED})  # waiting for an outcome (the rows_open index)
 OPEN_BATCH_STATES = frozenset({BatchState.QUEUED, BatchState.SENDING, BatchState.SUBMITTED})  # not final yet
 

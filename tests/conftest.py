@@ -5,6 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 import requests
+from hypothesis import settings
 
 from daemon import reporter
 from daemon.sandbox import Emulator, EmulatorConfig, ManualClock
@@ -50,3 +51,8 @@ def clock() -> ManualClock:
 
 
 pytest_plugins = ["backends"]
+
+# No time limit per example: these machines are shared, and a timing assertion in a test is a flaky one (the
+# benchmarks in bench/ measure speed). Hypothesis' health checks stay on.
+settings.register_profile("scm", deadline=None)
+settings.load_profile("scm")

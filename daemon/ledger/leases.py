@@ -5,9 +5,9 @@ from dataclasses import dataclass
 
 from daemon.lease import Instance, may_take
 from daemon.ledger.base import LedgerBase, sql
-from daemon.states import FileState
+from daemon.states import OPEN_FILE_STATES
 
-_OPEN_FILES = [str(s) for s in (FileState.RECEIVED, FileState.ACTIVE, FileState.REPORTING)]
+_OPEN_FILES = [str(s) for s in OPEN_FILE_STATES]
 
 
 @dataclass(frozen=True)
