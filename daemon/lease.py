@@ -148,6 +148,8 @@ class Leadership:
         info = self.ledger.take_lease(WORK, self.me, self.lease_seconds, alive=self.alive)
         self.holder, self.remaining = info.holder, info.remaining
         if info.holder != self.me.id:
+            self.leading = False  # (also after a take whose recovery then failed for longer than the lease)
+            self.ledger.instance = None
             return False
         self._renewed = asked
         if not self.leading:
@@ -172,8 +174,6 @@ class Leadership:
             self._retry_soon()
             return
         if not held:
-            self.leading = False
-            self.ledger.instance = None
             log.error("lease_lost", instance=self.me.id, holder=self.holder, note="another instance leads now")
             raise LeaseLostError(f"the work lease is held by {self.holder} now")
 
