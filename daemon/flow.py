@@ -342,6 +342,7 @@ class FileFlow:
                 if self.planning(f.id) or self.ledger.has_open_rows(f.id):
                     continue
                 counts = self.ledger.row_counts(f.id)
+                self.ledger.settle_codes()  # a file at rest has its codes in `codes`, where prune leaves them
                 self.ledger.transition_file(f.id, FileState.REPORTING, outcome=outcome_for(counts))
             backoff = self.delivery.get(f.id)
             if backoff is not None and now < backoff.next_at:

@@ -14,6 +14,7 @@ LEVELS = ("debug", "info", "warning", "error", "critical")
 
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
+_longest_first: list[str] = []  # the secrets, longest first, so that a secret that contains another is replaced whole
 _handler: logging.Handler | None = None  # the stdlib handler we installed, so a second call replaces it
 
 
@@ -22,12 +23,12 @@ def register_secret(value: str) -> None:
     if value.strip():
         with _secrets_lock:
             _secrets.add(value)
+            _longest_first[:] = sorted(_secrets, key=len, reverse=True)
 
 
 def redact(text: str) -> str:
     """`text` with every registered secret replaced by "***"."""
-    # Longest first, so a secret that contains another is replaced whole.
-    for secret in sorted(_secrets, key=len, reverse=True):
+    for secret in _longest_first:  # sorted once per secret registered, not per call: reports call this per cell
         if secret in text:
             text = text.replace(secret, REDACTED)
     return text

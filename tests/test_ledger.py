@@ -17,6 +17,7 @@ from sqlalchemy import create_engine, text
 from daemon import intake, schema
 from daemon.config import Settings
 from daemon.ledger import FileLayout, Ledger, StateConflict
+from daemon.ledger import codes as codes_module
 from daemon.ledger.dialect import ledger_target, open_engine
 from daemon.ledger.migrate import HEAD, SCHEMA_VERSION, LedgerVersionError, migration_config, schema_version
 from daemon.states import BATCH_TRANSITIONS, FILE_TRANSITIONS, ROW_TRANSITIONS, BatchState, FileState, RowStatus
@@ -93,6 +94,38 @@ class TestStorageContract:
         assert ledger.plannable_groups(second) == {"h2": array("q", [3]), "h1": array("q", [4]), "h3": array("q", [5])}
         rows_ = {line: (status, detail) for line, _k, status, detail, _b, _t in ledger.report_rows(second)}
         assert rows_[2] == ("skipped", "the same data was already uploaded for this code")
+
+    @pytest.mark.parametrize("merge_at", [1, 3, 1000])
+    def test_the_last_upload_of_a_code_wins_whenever_its_codes_are_merged(
+        self, ledger: Ledger, merge_at: int, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Answers gather their codes in codes_new, merged into codes every MERGE_AT of them and before the
+        already-uploaded check: of two uploads of a code, merged apart (1) or in one merge, when the threshold is
+        reached (3) or at the check (1000), the later one is remembered."""
+        monkeypatch.setattr(codes_module, "MERGE_AT", merge_at)
+
+        def upload(sha: str, rows: list[tuple[str, str]]) -> int:
+            file_id = add_file(ledger, sha)
+            add_rows(ledger, file_id, rows)
+            ledger.transition_file(file_id, FileState.ACTIVE)
+            ledger.add_batches(file_id, [("sync", list(range(2, 2 + len(rows))), None)])
+            batch, _ = ledger.start_sending(ledger.due_batches(now=0, limit=1)[0].id)
+            ledger.complete_sync(batch, "extended_id", [k for k, _ in rows], changed={k for k, _ in rows})
+            return file_id
+
+        first = upload("1" * 64, [("A", "h1"), ("B", "h1")])
+        second = upload("2" * 64, [("A", "h2"), ("C", "h1")])  # A again, with other data
+        with ledger.engine.connect() as conn:
+            waiting = conn.execute(text("SELECT count(*) FROM codes_new")).scalar_one()
+        assert waiting == {1: 0, 3: 0, 1000: 4}[merge_at]
+        third = add_file(ledger, "3" * 64)
+        add_rows(ledger, third, [("A", "h1"), ("A2", "h1"), ("B", "h1"), ("C", "h1")])
+        ledger.transition_file(third, FileState.ACTIVE)
+        assert ledger.skip_uploaded(third, "extended_id") == 2  # B and C; A holds h2 now
+        with ledger.engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM codes_new")).scalar_one() == 0
+            codes = conn.execute(text("SELECT key, data_hash, file_id, line FROM codes ORDER BY key")).all()
+        assert [tuple(c) for c in codes] == [("A", "h2", second, 2), ("B", "h1", first, 3), ("C", "h1", second, 3)]
 
     def test_an_earlier_open_row_for_the_same_code_blocks_a_later_file(self, ledger: Ledger) -> None:
         first = add_file(ledger, "1" * 64)

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import event
 
 from daemon.ledger import Ledger
-from daemon.states import FileState
+from daemon.states import BatchState, FileState, RowStatus
 
 ROWS = 2000
 
@@ -79,6 +79,32 @@ def test_no_per_turn_query_scans_rows(ledger: Ledger) -> None:
         assert not any(scans_rows(step) for step in plan), (statement, plan)
 
 
+def test_sending_and_recording_an_answer_reach_only_the_batchs_rows(ledger: Ledger) -> None:
+    """Per request and per answer: a batch's rows are found through batch_rows and the rows' primary key (file and
+    line), never by reading the file's rows, whether the answer is a sync call's or a finished async job's."""
+    with captured(ledger, kinds=("SELECT", "INSERT", "UPDATE", "DELETE")) as statements:
+        batch, rows = ledger.start_sending(ledger.due_batches(now=0, limit=1)[0].id)
+        assert len(rows) == 10
+        ledger.complete_sync(batch, "extended_id", [key for _, key, _ in rows], changed={rows[0][1]})
+    job = ledger.add_file(
+        sha256="c" * 64, name="job.csv", path="/in/job.csv", size=1, data_key="extended_id", mode="async"
+    )
+    ledger.insert_rows(job, iter([(n + 2, f"J{n:08d}", "h", "[]", "pending", "") for n in range(50)]))
+    ledger.transition_file(job, FileState.ACTIVE)
+    ledger.add_batches(job, [("async", list(range(2, 52)), "h")])
+    task, _ = ledger.start_sending(ledger.due_batches(now=0, limit=1)[0].id)
+    ledger.submit_task(task, task_id="T1", submitted_at=10.0, poll_at=15.0)
+    polled = ledger.due_batches(now=15.0, limit=1, wanted=(BatchState.SUBMITTED,))[0]
+    with captured(ledger, kinds=("SELECT", "INSERT", "UPDATE", "DELETE")) as answer:
+        ledger.complete_task(polled, "extended_id", task_state="complete", codes_affected=50)
+    assert ledger.row_counts(job) == {RowStatus.UPLOADED: 50}
+    steps = plan_steps(ledger, statements + answer)
+    assert any("codes_new" in statement for statement, _ in steps)
+    for statement, plan in steps:
+        assert not any(scans_rows(step) for step in plan), (statement, plan)
+        assert not any(re.match(r"SCAN (batch_rows|br)\b", step) for step in plan), (statement, plan)
+
+
 def scans_rows(step: str) -> bool:
     """A plan step that reads every row of the table, or every row of a file (its primary-key range)."""
     return bool(re.match(r"SCAN rows\b", step)) or step.strip() == "SEARCH rows USING PRIMARY KEY (file_id=?)"
@@ -137,9 +163,9 @@ def plan_steps(ledger: Ledger, statements: list[tuple[str, Any]]) -> list[tuple[
 
 def test_taking_a_file_reads_its_own_rows_and_only_the_open_rows_of_earlier_files(ledger: Ledger) -> None:
     """On a ledger of ten million rows, a new file's claim, read, repeats check and planning cost the new file:
-    nothing scans a table but `files` (a record per file), rows are reached by the new file's primary-key range
-    or the partial index of open rows (the earlier file at work), and the already-uploaded check probes `codes`
-    by its primary key, once per row."""
+    nothing scans a table but `files` (a record per file) and `codes_new` (at most MERGE_AT codes), rows are
+    reached by the new file's primary-key range or the partial index of open rows (the earlier file at work), and
+    the already-uploaded check probes `codes` by its primary key, once per row."""
     with captured(ledger, kinds=("SELECT", "INSERT", "UPDATE", "DELETE")) as statements:
         new = ledger.add_file(
             sha256="", name="new.csv", path="/in/new.csv", size=1, data_key="extended_id", mode="sync"
@@ -159,7 +185,8 @@ def test_taking_a_file_reads_its_own_rows_and_only_the_open_rows_of_earlier_file
     for statement, plan in steps:
         for step in plan:
             if step.startswith("SCAN "):
-                assert step.split()[1] == "files", (statement, plan)
+                # codes_new: the codes gathered since the last merge (at most MERGE_AT), read whole to merge them
+                assert step.split()[1] in ("files", "codes_new"), (statement, plan)
             if re.match(r"SEARCH (rows|r|o)\b", step):
                 assert "PRIMARY KEY (file_id=?" in step or "rows_open" in step, (statement, plan)
             if re.match(r"SEARCH (codes|c)\b", step):
@@ -182,7 +209,8 @@ def test_prune_deletes_ranges_of_one_files_primary_key(ledger: Ledger) -> None:
     for statement, plan in steps:
         for step in plan:
             if step.startswith("SCAN "):
-                assert step.split()[1] == "files", (statement, plan)
+                # codes_new: the codes gathered since the last merge (at most MERGE_AT), read whole to merge them
+                assert step.split()[1] in ("files", "codes_new"), (statement, plan)
     for statement, plan in deleting:
         target = statement.split()[2]
         expected = {

@@ -104,7 +104,6 @@ def ledger_target(
 
 
 RowChange = tuple[int, str, str]  # line, new status, detail
-UploadedCode = tuple[str, str | None, int]  # key, data hash, line
 _CODES_UPSERT = (
     "ON CONFLICT (data_key, key) DO UPDATE SET data_hash=excluded.data_hash, file_id=excluded.file_id, "
     "line=excluded.line, uploaded_at=excluded.uploaded_at"
@@ -190,21 +189,18 @@ class Dialect:
             {"lines": list(lines), "tos": list(tos), "details": list(details), "file_id": file_id, "frm": frm},
         )
 
-    def remember_codes(
-        self, conn: Connection, data_key: str, file_id: int, codes: Sequence[UploadedCode], now: str
-    ) -> None:
-        """Record codes as uploaded with their data (the per-code history that makes re-drops idempotent)."""
-        if not codes:
-            return
-        keys, hashes, lines = zip(*codes, strict=True)
-        conn.execute(
-            text(
-                f"INSERT INTO codes (data_key, key, data_hash, file_id, line, uploaded_at) "
-                "SELECT :dk, m.key, m.data_hash, :f, m.line, :at FROM unnest(CAST(:keys AS text[]), "
-                "CAST(:hashes AS text[]), CAST(:lines AS integer[])) AS m(key, data_hash, line) "
-                f"{_CODES_UPSERT}"
-            ),
-            {"dk": data_key, "f": file_id, "at": now, "keys": list(keys), "hashes": list(hashes), "lines": list(lines)},
+    def merge_codes(self, conn: Connection) -> int:
+        """Move every code of codes_new into codes, the later of two uploads of a code winning; returns how many
+        were moved. In key order, so that the index of codes is written page by page."""
+        return int(
+            conn.execute(
+                text(
+                    "WITH moved AS (DELETE FROM codes_new RETURNING *) "
+                    "INSERT INTO codes (data_key, key, data_hash, file_id, line, uploaded_at) "
+                    "SELECT DISTINCT ON (data_key, key) data_key, key, data_hash, file_id, line, uploaded_at "
+                    f"FROM moved ORDER BY data_key, key, id DESC {_CODES_UPSERT}"
+                )
+            ).rowcount
         )
 
     def queue_members(
@@ -257,17 +253,16 @@ class SqliteDialect(Dialect):
             [(to, detail, file_id, line, frm) for line, to, detail in changes],
         )
 
-    def remember_codes(
-        self, conn: Connection, data_key: str, file_id: int, codes: Sequence[UploadedCode], now: str
-    ) -> None:
-        if not codes:
-            return
-        self.executemany(
-            conn,
-            f"INSERT INTO codes (data_key, key, data_hash, file_id, line, uploaded_at) VALUES (?, ?, ?, ?, ?, ?) "
-            f"{_CODES_UPSERT}",
-            [(data_key, key, data_hash, file_id, line, now) for key, data_hash, line in codes],
+    def merge_codes(self, conn: Connection) -> int:
+        # SQLite applies an upsert's rows in the SELECT's order: of two uploads of a code, the later one wins.
+        conn.execute(
+            text(
+                "INSERT INTO codes (data_key, key, data_hash, file_id, line, uploaded_at) "
+                "SELECT data_key, key, data_hash, file_id, line, uploaded_at FROM codes_new "
+                f"WHERE true ORDER BY data_key, key, id {_CODES_UPSERT}"
+            )
         )
+        return int(conn.execute(text("DELETE FROM codes_new")).rowcount)
 
     def queue_members(
         self, conn: Connection, file_id: int, members: list[tuple[int, int]], move: Mapping[str, str]

@@ -8,7 +8,8 @@ from itertools import islice
 from typing import Any
 
 from daemon import schema
-from daemon.ledger.base import LedgerBase, row_move, sql, states, streamed
+from daemon.ledger.base import row_move, sql, states, streamed
+from daemon.ledger.codes import CodeStore
 from daemon.states import FILE_TRANSITIONS, OPEN_ROW_STATUSES, FileState, RowStatus, sources
 
 INSERT_CHUNK = 20_000  # rows per executemany; one commit per chunk keeps the WAL small during a large intake
@@ -23,7 +24,7 @@ ROW_COLUMNS = tuple(c.name for c in schema.rows.c if c.name not in ("file_id", "
 OPEN = "(" + ", ".join(f"'{s}'" for s in sorted(str(s) for s in OPEN_ROW_STATUSES)) + ")"
 
 
-class RowStore(LedgerBase):
+class RowStore(CodeStore):
     """Rows of files, from intake to their final status."""
 
     def insert_rows(self, file_id: int, rows: Iterator[RowRecord]) -> int:
@@ -120,6 +121,7 @@ class RowStore(LedgerBase):
 
         `lines` (first, last) limits it to a range of the file's lines, so that a big file is looked up in steps.
         """
+        self.settle_codes()
         unblocked, params = self._unblocked(file_id, "rows")
         within = " AND line BETWEEN :first AND :last" if lines is not None else ""
         span = {"first": lines[0], "last": lines[1]} if lines is not None else {}
