@@ -11,7 +11,7 @@ kept there and reused; every run works on a copy of it, so prune never eats the 
    empty one. The time is split into the parse (reading and normalizing the rows: the row iterator the ledger
    consumes), the ledger's methods (each one timed), and the rest (hashing the file, the planner).
 3. `scm-daemon prune --older-than 7` of the done files but the last (made 30 days old): its wall time, the rows
-   dropped, its peak RSS (wait4), and, from another connection writing a small transaction every 10 ms as the
+   dropped, its peak RSS (VmHWM), and, from another connection writing a small transaction every 10 ms as the
    service's answers do, the longest wait for the write lock (the longest prune transaction, as uploads feel it).
 Budgets: status < 1 s; the new file < 1 s beyond its parse; prune's writer wait < 1 s, memory bounded.
 """
@@ -38,6 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import status as status_bench
+from peak import PeakRss
 
 from daemon import intake
 from daemon.config import Settings
@@ -206,7 +207,10 @@ def take_new_file(ledger_path: Path, folder: Path, source: Path) -> dict[str, An
     started = time.perf_counter()
     file_id, claimed = intake.claim(inbox / "new.csv", ledger, settings)
     claim_s = time.perf_counter() - started
-    assert flow.read(file_id, claimed), "the new file was not read"
+    flow.read(file_id, claimed)
+    while flow.reading():
+        flow.read_some()
+    assert ledger.file(file_id).state is FileState.ACTIVE, "the new file was not read"
     read_s = time.perf_counter() - started - claim_s
     parse_s = ledger.parse
     flow.plan()
@@ -307,10 +311,12 @@ def prune(ledger_path: Path, folder: Path) -> dict[str, Any]:
         stderr=subprocess.STDOUT,
         text=True,
     )
+    peak = PeakRss(process.pid)
     assert process.stdout is not None
     output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
+    os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped yet
+    peak_mb = peak.stop()
+    process.wait()
     wall = time.perf_counter() - started
     probe.stop.set()
     probe.join()
@@ -321,7 +327,7 @@ def prune(ledger_path: Path, folder: Path) -> dict[str, Any]:
         "old_rows": old_rows,
         "output": output.strip(),
         "wall": wall,
-        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "peak_rss_mb": peak_mb,
         "rows_left": left,
         "alone": alone,
         "beside": probe.figures(since),

@@ -8,7 +8,7 @@ Usage: .venv/bin/python bench/end_to_end.py [--sizes 100000,1000000,5000000] [--
 Each size is a generated CSV of distinct random 12-character codes and four columns, uploaded through the real
 service process with the emulator's throttle off and no latency. rows/s is the rows of the file over the service
 process's wall time, from its start to its exit (interpreter start and report writing included); peak RSS is the
-process's own, from wait4().
+process's own high-water mark (VmHWM, followed while it runs: bench/peak.py says why not wait4).
 The emulator must not be the limit: its ceiling (upload calls per second it answers to several clients with no
 service running, in this process) is measured first and printed with the share of it the service used.
 With --ledger postgresql the ledger is a throw-away database on the PostgreSQL server at 127.0.0.1:5432 (user
@@ -40,6 +40,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from peak import PeakRss
 from upload import TOKEN, scratch_folder, verdict
 
 from daemon.sandbox import Emulator, EmulatorConfig
@@ -136,22 +137,24 @@ def emulator_ceiling(base_url: str, clients: int) -> float:
 
 
 def run_service(root: Path, config: Path, timeout: float, wrap: str = "") -> tuple[int, float, float]:
-    """Run `run --once` to its end: exit status, wall seconds, peak RSS in MB (from wait4)."""
+    """Run `run --once` to its end: exit status, wall seconds, peak RSS in MB (its VmHWM, bench/peak.py)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCM_")}
     env["SCM_API__TOKEN"] = TOKEN
     command = [*shlex.split(wrap), sys.executable, "-m", "daemon", "run", "--once", "-c", str(config)]
     with (root / "service.log").open("wb") as log:
         started = time.monotonic()
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env)
+        peak = PeakRss(process.pid)
         killer = threading.Timer(timeout, process.kill)
         killer.start()
         try:
-            _, status, usage = os.wait4(process.pid, 0)
+            os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped yet
+            wall = time.monotonic() - started
+            peak_mb = peak.stop()
+            process.wait()
         finally:
             killer.cancel()
-        wall = time.monotonic() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return process.returncode, wall, usage.ru_maxrss / 1024
+    return process.returncode, wall, peak_mb
 
 
 def one_size(args: argparse.Namespace, rows: int, emulator: Emulator, base_url: str) -> dict[str, Any]:

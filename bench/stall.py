@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from end_to_end import generate as generate_lots
+from peak import PeakRss
 from upload import POLL, TOKEN, generate, scratch_folder, service_command, stop_process, verdict, write_config
 
 from daemon.pacing import PACE_HEADROOM
@@ -53,12 +54,13 @@ def main() -> int:
         with (root / "service.log").open("wb") as log:
             started = time.monotonic()
             process = subprocess.Popen(service_command(config), stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env)
+            peak = PeakRss(process.pid)
             try:
                 while not emulator.upload_arrivals() and process.poll() is None:
                     time.sleep(POLL)
                 dropped = time.monotonic()
                 os.rename(big, root / "inbox" / "big.csv")  # one atomic drop
-                _, status, usage = os.wait4(process.pid, 0) if _wait(process, started + cli.timeout) else (0, -1, None)
+                status = os.wait4(process.pid, 0)[1] if _wait(process, started + cli.timeout, peak) else -1
             finally:
                 stop_process(process)
         stats = emulator.stats()
@@ -72,9 +74,8 @@ def main() -> int:
     if gaps:
         p99 = gaps[int(0.99 * (len(gaps) - 1))]
         print(f"gap between uploads: longest {gaps[-1]:.3f} s, 99th percentile {p99:.3f} s, pace {pace_gap:.3f} s")
-    rss = (usage.ru_maxrss / 1024) if usage is not None else float("nan")
     ended = os.waitstatus_to_exitcode(status) if status >= 0 else "timeout"
-    print(f"service exit status {ended}; peak RSS {rss:.0f} MB")
+    print(f"service exit status {ended}; peak RSS {peak.peak_mb:.0f} MB")
     missed = []
     if not gaps:
         missed.append("no uploads after the drop")
@@ -83,10 +84,11 @@ def main() -> int:
     return verdict(missed)
 
 
-def _wait(process: subprocess.Popen[bytes], deadline: float) -> bool:
-    """Wait for the service to exit without reaping it (wait4 reaps it, with its resource usage)."""
+def _wait(process: subprocess.Popen[bytes], deadline: float, peak: PeakRss) -> bool:
+    """Wait for the service to exit without reaping it, and take its peak memory before it is reaped."""
     while time.monotonic() < deadline:
         if os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            peak.stop()
             return True
         time.sleep(0.05)
     return False

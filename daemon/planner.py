@@ -1,5 +1,6 @@
 """Pure planning: cut the rows to send into sync calls and async jobs, with the fewest API calls."""
 
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
@@ -14,7 +15,7 @@ class PlannedBatch:
     """Rows (by spreadsheet line) that go out in one API call."""
 
     kind: str  # sync | async
-    lines: tuple[int, ...]
+    lines: Sequence[int]  # in row order; slices of the compact arrays the ledger gives (8 bytes a line)
     data_hash: str | None = None  # async: the data every row of the job shares
 
 
@@ -95,14 +96,12 @@ def plan(
         jobs = async_jobs_to_use(sizes, sync_batch_size=sync_batch_size, async_batch_size=async_batch_size)
 
     batches: list[PlannedBatch] = []
-    left: list[int] = []
+    left: array[int] = array("q")
     for data_hash, count in zip(hashes, jobs, strict=True):
         lines = groups[data_hash]
         for start in range(0, min(len(lines), count * async_batch_size), async_batch_size):
-            batches.append(PlannedBatch(ASYNC, tuple(lines[start : start + async_batch_size]), data_hash))
+            batches.append(PlannedBatch(ASYNC, lines[start : start + async_batch_size], data_hash))
         left.extend(lines[count * async_batch_size :])
-    left.sort()
-    batches.extend(
-        PlannedBatch(SYNC, tuple(left[i : i + sync_batch_size])) for i in range(0, len(left), sync_batch_size)
-    )
+    left = array("q", sorted(left))
+    batches.extend(PlannedBatch(SYNC, left[i : i + sync_batch_size]) for i in range(0, len(left), sync_batch_size))
     return Plan(batches, len(groups), _ceil_div(sum(sizes), sync_batch_size))

@@ -313,7 +313,9 @@ def open_engine(target: LedgerTarget) -> Engine:
         cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
-        cur.execute("PRAGMA temp_store=MEMORY")
+        # Sorts and groupings bigger than the page cache (the repeats of a million-row file) spill to a temporary
+        # file: held in memory, that one grouping cost 45 MB of the service's peak.
+        cur.execute("PRAGMA temp_store=FILE")
         cur.close()
 
     return engine
