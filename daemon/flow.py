@@ -4,6 +4,7 @@ and moved once every row is final. The service loop calls these parts, each insi
 import math
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 
 import structlog
@@ -11,13 +12,13 @@ import structlog
 from daemon import intake
 from daemon.config import Settings
 from daemon.config.routes import settings_for
-from daemon.folders import deliver
+from daemon.folders import fix_names, write_and_move
 from daemon.ledger import FileInfo, Ledger
 from daemon.planner import plan as plan_batches
 from daemon.reporter import ReportNames, outcome_for
 from daemon.retry import Backoff
 from daemon.states import OPEN_FILE_STATES, FileState
-from daemon.steps import Inline, Offload, Steps, offloaded
+from daemon.steps import Inline, Offload, Steps, offloaded, started
 from daemon.watcher import InboxScanner, inbox_name
 
 log = structlog.get_logger(__name__)
@@ -28,6 +29,7 @@ EVENT_SCAN_GAP = 0.1
 UNREADABLE_RETRY = 60.0  # seconds before a file that could not be opened (permissions) is tried again
 BLOCKED_RECHECK = 1.0  # seconds between looks at rows blocked by an earlier file's open rows for the same code
 DELIVERY_RETRY = (5.0, 300.0)  # first and longest wait before writing a file's reports again after a failure
+DELIVERY_POLL = 0.1  # how often the loop looks whether reports written off its thread are done
 STEP_ROWS = 10_000  # rows of work (hashed, read, recorded, planned) one step of the loop does at most (~0.1 s)
 SKIP_LINES = 50_000  # lines of a file looked up in the upload history per step when it is planned
 
@@ -66,6 +68,7 @@ class FileFlow:
         self._planning: dict[int, Steps[int]] = {}  # files being planned, a slice of their batches per step
         self._recorded_files = 0  # files recorded whole since take_recorded() was last asked
         self.delivery: dict[int, Backoff] = {}  # files whose reports could not be written or input not moved
+        self._delivering: dict[int, Future[tuple[ReportNames, Path]]] = {}  # reports being written off the loop
         self.on_done: Callable[[FileInfo, ReportNames], None] | None = None  # [notify]: inside the final commit
 
     def resume(self) -> int:
@@ -160,6 +163,10 @@ class FileFlow:
     def busy(self) -> bool:
         """Whether files are being read or planned (or wait to be): the loop must not sleep."""
         return self.reading() or self.planning_any()
+
+    def delivering(self) -> bool:
+        """Whether reports are being written off the loop's thread (the loop looks every DELIVERY_POLL)."""
+        return bool(self._delivering)
 
     def reading(self) -> bool:
         """Whether claimed files are being read."""
@@ -352,9 +359,21 @@ class FileFlow:
         return finished
 
     def _report_and_move(self, f: FileInfo, now: float) -> bool:
-        """Deliver one file; on a file-system error it stays `reporting` and is tried again with backoff."""
+        """Deliver one file; on a file-system error it stays `reporting` and is tried again with backoff.
+
+        A big file's reports are written off the loop's thread (they read the ledger only): the step that starts
+        them returns at once, and a later one records the delivery once they are written."""
         try:
-            names, target = deliver(self.ledger, f, self.settings.paths, self.settings.reports)
+            future = self._delivering.pop(f.id, None)
+            if future is None:
+                f = fix_names(self.ledger, f, self.settings.paths)
+                first, last = self.ledger.line_range(f.id)
+                paths, reports = self.settings.paths, self.settings.reports
+                future = started(self.offload, lambda: write_and_move(self.ledger, f, paths, reports), last - first)
+            if not future.done():
+                self._delivering[f.id] = future
+                return False
+            names, target = future.result()
         except OSError as exc:
             backoff = self.delivery.setdefault(f.id, Backoff(*DELIVERY_RETRY))
             error = f"reports of {f.name} not delivered: {exc.strerror or exc} ({exc.filename or ''})"

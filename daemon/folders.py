@@ -126,14 +126,13 @@ def ledger_lock(target: LedgerTarget) -> Iterator[None]:
         os.close(fd)
 
 
-def deliver(
-    ledger: Ledger, f: FileInfo, paths: PathsSettings, reports: ReportsSettings | None = None
-) -> tuple[ReportNames, Path]:
-    """Write a finished file's reports and move the input to archive/ (or failed/); safe to repeat after a crash.
+def fix_names(ledger: Ledger, f: FileInfo, paths: PathsSettings) -> FileInfo:
+    """Fix in the ledger the report stem and the input's destination of a finished file, before anything is
+    written (its record with them is returned).
 
-    The report stem and the destination are fixed in the ledger before anything is written, so a second pass
-    rewrites the same reports and finds the input already moved, instead of choosing new names. A file from an
-    inbox subfolder keeps its relative path: outbox/LineA/x.report.csv, archive/LineA/x.csv (folders made here).
+    So a second pass after a crash rewrites the same reports and finds the input already moved, instead of choosing
+    new names. A file from an inbox subfolder keeps its relative path: outbox/LineA/x.report.csv,
+    archive/LineA/x.csv (folders made here).
     """
     folder = paths.failed if f.outcome is Outcome.FAILED else paths.archive
     for needed in (paths.outbox, folder):
@@ -159,7 +158,14 @@ def deliver(
     if f.destination is None:
         destinations = {o.destination for o in others if o.destination}
         ledger.set_file(f.id, destination=str(free_path(folder.joinpath(*subfolder), relative.name, destinations)))
-    f = ledger.file(f.id)
+    return ledger.file(f.id)
+
+
+def write_and_move(
+    ledger: Ledger, f: FileInfo, paths: PathsSettings, reports: ReportsSettings | None = None
+) -> tuple[ReportNames, Path]:
+    """Write the reports of a file whose names are fixed (fix_names) and move its input; reads the ledger only, so
+    that a big file's reports can be written off the loop's thread."""
     assert f.destination is not None
     names = write_reports(ledger, f, paths.outbox, ledger.now(), reports)
     source, target = Path(f.path), Path(f.destination)

@@ -34,6 +34,11 @@ def redact(text: str) -> str:
     return text
 
 
+def holds_secret(text: str) -> bool:
+    """Whether redact would change `text`."""
+    return any(secret in text for secret in _longest_first)
+
+
 def _redact_value(value: Any) -> Any:
     if isinstance(value, str):
         return redact(value)

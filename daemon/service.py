@@ -19,7 +19,7 @@ from daemon.breaker import CircuitBreaker
 from daemon.clocktext import clock_time
 from daemon.config import ConfigError, Settings
 from daemon.dashboard import Dashboard
-from daemon.flow import FileFlow
+from daemon.flow import DELIVERY_POLL, FileFlow
 from daemon.folders import refuse_network_ledger, remove_leftover_temps
 from daemon.lease import Instance, Leadership
 from daemon.ledger import Clock, Ledger, utcnow
@@ -532,7 +532,10 @@ class Service:
             # Files being read or planned go on at once; WORK_WAIT when they wait for a read on the ledger thread.
             "read": mono + WORK_WAIT if self.flow.reading() else math.inf,
             "plan": mono + WORK_WAIT if self.flow.planning_any() else self.flow.next_unblock(),
-            "finish": min((b.next_at for b in self.flow.delivery.values()), default=math.inf),
+            "finish": min(
+                [b.next_at for b in self.flow.delivery.values()] + [mono + DELIVERY_POLL] * self.flow.delivering(),
+                default=math.inf,
+            ),
             # The progress sample runs on its own schedule (in _report_status), so a failed one is retried then.
             "progress": max(self._next_progress, self._next_status) if "progress" in self._parts else math.inf,
         }

@@ -3,8 +3,9 @@ thousand rows at a time, so that answers are recorded and requests leave while a
 
 A step generator yields the rows of work it did since it last yielded (0 while it waits for a read that runs off
 the loop's thread) and returns its result. The ledger is still written only by the loop's thread: long reads that
-write nothing (a GROUP BY over a file's rows) are handed to an Offload, which runs them on a thread of their own in
-the service and at once in the simulation (so that its runs stay deterministic) and in one-shot callers.
+write nothing to it (a GROUP BY over a file's rows, writing a file's reports) are handed to an Offload, which runs
+them on threads of their own in the service and at once in the simulation (so that its runs stay deterministic)
+and in one-shot callers.
 """
 
 from collections.abc import Callable, Generator
@@ -43,10 +44,11 @@ class Inline:
 
 
 class ThreadOffload:
-    """One thread for the loop's long reads (SQLite reads run beside the loop's writes in WAL mode)."""
+    """Two threads for the loop's long reads (SQLite reads run beside the loop's writes in WAL mode): a big file's
+    reports being written never hold up the planning read of another."""
 
     def __init__(self) -> None:
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-read")
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ledger-read")
 
     def __call__(self, fn: Callable[[], T]) -> Future[T]:
         """Start fn() on the thread."""
@@ -60,10 +62,16 @@ class ThreadOffload:
 OFFLOAD_ROWS = 50_000  # a read over fewer rows than this takes tens of milliseconds: it runs at once
 
 
+def started(offload: Offload, fn: Callable[[], T], rows: int) -> Future[T]:
+    """fn(), a read over about `rows` rows, started through `offload`; a small one is run at once (its future is
+    done on return): a small file is taken, or reported, within one step."""
+    return offload(fn) if rows >= OFFLOAD_ROWS else Inline()(fn)
+
+
 def offloaded(offload: Offload, fn: Callable[[], T], rows: int) -> Steps[T]:
-    """Run fn(), a read over about `rows` rows, through `offload`, yielding 0 until it is done; its result (or
-    exception) is the return value. A small read runs at once: a small file is taken within one step."""
-    future = offload(fn) if rows >= OFFLOAD_ROWS else Inline()(fn)
+    """Run fn() through `offload` (see started), yielding 0 until it is done; its result (or exception) is the
+    return value."""
+    future = started(offload, fn, rows)
     while not future.done():
         yield 0
     return future.result()
