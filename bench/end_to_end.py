@@ -91,7 +91,9 @@ def ledger_for(kind: str, rows: int) -> Iterator[str]:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def write_config(root: Path, base_url: str, in_flight: int, ledger: str) -> Path:
+def write_config(root: Path, base_url: str, in_flight: int, ledger: str, rows: int = 0) -> Path:
+    """The service's configuration; a file of more rows than a worksheet holds (intake.max_rows, 1,048,576) has
+    the limit raised to its size, as an operator taking such CSV files would."""
     (root / "inbox").mkdir(parents=True, exist_ok=True)
     path = root / "config.toml"
     path.write_text(
@@ -106,6 +108,8 @@ def write_config(root: Path, base_url: str, in_flight: int, ledger: str) -> Path
         "[poll]\n"
         "interval_seconds = 0.2\n"
         "max_interval_seconds = 0.5\n"
+        "[intake]\n"
+        f"max_rows = {max(rows + 1, 1_048_576)}\n"  # the header is a row too
         "[paths]\n"
         f"ledger = {json.dumps(ledger)}\n",
         encoding="utf-8",
@@ -159,7 +163,7 @@ def run_service(root: Path, config: Path, timeout: float, wrap: str = "") -> tup
 
 def one_size(args: argparse.Namespace, rows: int, emulator: Emulator, base_url: str) -> dict[str, Any]:
     with scratch_folder(args.keep, f"e2e-{rows}") as root, ledger_for(args.ledger, rows) as ledger:
-        config = write_config(root, base_url, args.in_flight, ledger)
+        config = write_config(root, base_url, args.in_flight, ledger, rows)
         made = time.monotonic()
         generate(root / "bench.csv", rows, args.lot)
         generated = time.monotonic() - made

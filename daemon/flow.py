@@ -350,7 +350,7 @@ class FileFlow:
                     continue
                 counts = self.ledger.row_counts(f.id)
                 self.ledger.settle_codes()  # a file at rest has its codes in `codes`, where prune leaves them
-                self.ledger.transition_file(f.id, FileState.REPORTING, outcome=outcome_for(counts))
+                self.ledger.transition_file(f.id, FileState.REPORTING, outcome=outcome_for(counts), counts=counts)
             backoff = self.delivery.get(f.id)
             if backoff is not None and now < backoff.next_at:
                 continue
@@ -387,7 +387,7 @@ class FileFlow:
                 self.on_done(self.ledger.file(f.id), names)
         self.delivery.pop(f.id, None)
         self._active.discard(f.id)
-        counts = {str(k): v for k, v in self.ledger.row_counts(f.id).items()}
+        counts = self.ledger.file_counts(f.id)  # kept with the record: the rows are not counted again
         log.info(
             "file_done",
             file=f.name,

@@ -1,13 +1,14 @@
 """Progress of each active file: rows final / total, rows per second over the last minute, an ETA.
 
 The decisions (the pace, the ETA, when to log) are pure functions; `ProgressTracker` feeds them from the ledger
-with one cheap query per active file (`Ledger.row_counts`) and logs `file_progress` events.
+with a count of the open rows of each active file and logs `file_progress` events.
 """
 
 import json
 import time
 from collections import deque
 from collections.abc import Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -15,8 +16,9 @@ from typing import Any
 import structlog
 
 from daemon.clocktext import clock_time
-from daemon.ledger import Ledger
+from daemon.ledger import FileInfo, Ledger
 from daemon.states import FileState, RowStatus
+from daemon.steps import OFFLOAD_ROWS, Inline, Offload, started
 
 log = structlog.get_logger(__name__)
 
@@ -118,28 +120,58 @@ class ProgressTracker:
     """Samples each active file's counts and logs `file_progress` when due.
 
     A file's row total is counted once; each sample counts only its open rows (from the partial index of open
-    rows), so a sample costs the rows still to go, never the rows already uploaded.
+    rows), so a sample costs the rows still to go, never the rows already uploaded. For big files that is still a
+    second or two for millions of open rows: the counts are then read off the loop's thread (`offload`) and taken in
+    by a later call once they are done.
     """
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, offload: Offload | None = None) -> None:
         self.ledger = ledger
+        self.offload = offload or Inline()
         self._tracks: dict[int, _Track] = {}
         self._totals: dict[int, int] = {}
+        self._counting: tuple[float, str | None, Future[list[tuple[FileInfo, int, int]]]] | None = None
         self.current: list[Progress] = []
 
     def current_files(self) -> list[Progress]:
         """The active files as last sampled (for the terminal's bars)."""
         return self.current
 
+    @property
+    def counting(self) -> bool:
+        """Whether a sample's counts are being read off the loop's thread (collect() takes them in)."""
+        return self._counting is not None
+
     def sample(self, now: float, *, paused: str | None = None) -> list[Progress]:
-        """Measure every active file at epoch second `now`; forget files no longer active."""
-        active = self.ledger.files([FileState.ACTIVE])
-        seen: list[Progress] = []
+        """Measure every active file at epoch second `now` (unless a measure is still being counted), and take it
+        in at once when it is done: small files at once, big ones by a later collect()."""
+        if self._counting is None:
+            active = self.ledger.files([FileState.ACTIVE])
+            totals = dict(self._totals)
+            rows = sum(totals.get(f.id, OFFLOAD_ROWS) for f in active)
+            self._counting = (now, paused, started(self.offload, lambda: self._count(active, totals), rows))
+        return self.collect()
+
+    def _count(self, active: list[FileInfo], totals: dict[int, int]) -> list[tuple[FileInfo, int, int]]:
+        """Each file with its row total and its rows final; reads only (it may run off the loop's thread)."""
+        counted = []
         for f in active:
-            total = self._totals.get(f.id)
+            total = totals.get(f.id)
             if total is None:
-                total = self._totals[f.id] = self.ledger.row_total(f.id)
-            final = total - self.ledger.open_row_count(f.id)
+                total = self.ledger.row_total(f.id)
+            counted.append((f, total, total - self.ledger.open_row_count(f.id)))
+        return counted
+
+    def collect(self) -> list[Progress]:
+        """Take in the sample being counted, if it is done; returns the files as last sampled."""
+        if self._counting is None or not self._counting[2].done():
+            return self.current
+        now, paused, future = self._counting
+        self._counting = None
+        counted = future.result()
+        seen: list[Progress] = []
+        for f, total, final in counted:
+            self._totals[f.id] = total
             track = self._tracks.setdefault(f.id, _Track())
             track.samples.append((now, final))
             pace = rate(list(track.samples), now)
@@ -148,7 +180,7 @@ class ProgressTracker:
                 track.logged_at, track.logged_percent = now, p.percent
                 log.info("file_progress", **p.as_dict())
             seen.append(p)
-        for gone in set(self._tracks) - {f.id for f in active}:
+        for gone in set(self._tracks) - {f.id for f, _, _ in counted}:
             del self._tracks[gone]
             self._totals.pop(gone, None)
         if seen or self.current:  # `status` is another process: it reads the pace the service measured here

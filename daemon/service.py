@@ -153,11 +153,11 @@ class Service:
         self.reload_requested = False  # set by SIGHUP's handler; the loop re-reads the configuration
         self._next_status = 0.0
         self._next_progress = 0.0
-        self.progress = ProgressTracker(ledger)  # file_progress events and the per-file STATUS= text
         self.dashboard = Dashboard(ledger, settings.paths.outbox, clock=clock)  # outbox/index.html
-        # Long ledger reads of the file work (a file's repeats, its plannable groups) run on a thread of their own;
-        # the simulation passes Inline() to keep its runs deterministic.
+        # Long ledger reads of the file work (a file's repeats, its plannable groups, its reports, the progress
+        # counts) run on threads of their own; the simulation passes Inline() to keep its runs deterministic.
         self.offload: Offload = offload or ThreadOffload()
+        self.progress = ProgressTracker(ledger, self.offload)  # file_progress events and the per-file STATUS= text
         self.flow = FileFlow(
             settings,
             ledger=ledger,
@@ -560,6 +560,8 @@ class Service:
             self._next_progress = now + PROGRESS_EVERY
             reason = pause.reason if pause is not None else None
             self._guarded("progress", lambda: len(self.progress.sample(self.epoch(), paused=reason)), default=0)
+        elif self.progress.counting:  # counted off the loop's thread: taken in once done
+            self._guarded("progress", lambda: len(self.progress.collect()), default=0)
         active = self.progress.current
         if not self.notifier.enabled:
             return

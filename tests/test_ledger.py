@@ -12,7 +12,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from old_ledgers import old_ledger
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 
 from daemon import intake, schema
 from daemon.config import Settings
@@ -66,6 +66,34 @@ class TestStorageContract:
         ledger.transition_file(file_id, FileState.DONE)
         f = ledger.file(file_id)
         assert (f.state, f.outcome, f.finished_at) == (FileState.DONE, "completed", "2026-01-02T03:04:05.000+00:00")
+
+    def test_the_counts_taken_when_its_rows_are_final_are_kept_to_the_end(self, ledger: Ledger) -> None:
+        """Counted once (a pass over a million rows costs a good part of a second on the loop's thread): kept with
+        the record from `reporting` on, not counted again when the file is done; a file done without them is."""
+        file_id = add_file(ledger)
+        add_rows(ledger, file_id, [("A", "h1"), (None, None)])
+        ledger.transition_file(file_id, FileState.ACTIVE)
+        ledger.add_batches(file_id, [("sync", [2], None)])
+        batch, _ = ledger.start_sending(ledger.due_batches(now=0, limit=1)[0].id)
+        ledger.complete_sync(batch, "extended_id", ["A"], changed={"A"})
+        counts = ledger.row_counts(file_id)
+        assert counts == {RowStatus.UPLOADED: 1, RowStatus.REJECTED: 1}
+        counted: list[str] = []
+        event.listen(
+            ledger.engine,
+            "before_cursor_execute",
+            lambda *a: counted.append(a[2]) if "GROUP BY status" in a[2] else None,
+        )
+        ledger.transition_file(file_id, FileState.REPORTING, outcome="completed_with_errors", counts=counts)
+        ledger.transition_file(file_id, FileState.DONE)
+        assert counted == []
+        assert ledger.file_counts(file_id) == {"uploaded": 1, "rejected": 1}
+        other = add_file(ledger, "b" * 64, "other.csv")
+        add_rows(ledger, other, [(None, None)])
+        ledger.transition_file(other, FileState.REPORTING, outcome="completed_with_errors")
+        ledger.transition_file(other, FileState.DONE)
+        assert len(counted) == 1
+        assert ledger.file_counts(other) == {"rejected": 1}
 
     def test_repeats_within_a_file_are_skipped_and_conflicts_rejected(self, ledger: Ledger) -> None:
         file_id = add_file(ledger)

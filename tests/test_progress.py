@@ -1,16 +1,24 @@
 """Per-file progress: the pure pace/ETA/log decisions (hypothesis) and the tracker over a real SQLite ledger."""
 
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
+import pytest
 import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 from test_ledger import add_file, add_rows
 
+from daemon import steps
 from daemon.ledger import Ledger
 from daemon.progress import ProgressTracker, eta, percent, rate, should_log, snapshot
 from daemon.states import FileState
 from daemon.status import render_overview
+from daemon.steps import ThreadOffload
 
 
 @given(st.integers(0, 10**7), st.integers(0, 10**7))
@@ -118,3 +126,44 @@ def test_status_shows_the_pace_the_service_measured(tmp_path: Path) -> None:
     text = render_overview({**EMPTY, "active_files": [seen.as_dict()]}, 1012.0)
     assert "lot.csv: 200 / 400 rows (50 %), 20 rows/s, ETA " in text
     ledger.close()
+
+
+def test_a_big_files_counts_are_read_off_the_loops_thread_and_taken_in_when_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Millions of open rows take a second or two to count: the sample hands the count to the service's reader
+    threads, returns the files as last sampled meanwhile, and collect() takes the count in once it is done."""
+    monkeypatch.setattr(steps, "OFFLOAD_ROWS", 1)  # every file counts as big
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    fid = add_file(ledger, "3" * 64, "big.csv")
+    add_rows(ledger, fid, [(f"K{i}", f"h{i}") for i in range(10)])
+    ledger.transition_file(fid, FileState.ACTIVE)
+    offload = ThreadOffload()
+    release = threading.Event()
+    offload_call = offload.__call__
+
+    def held(fn: Callable[[], Any]) -> Future[Any]:
+        def later() -> Any:
+            assert threading.current_thread() is not threading.main_thread()
+            assert release.wait(10)
+            return fn()
+
+        return offload_call(later)
+
+    tracker = ProgressTracker(ledger, held)  # type: ignore[arg-type]
+    try:
+        assert tracker.sample(1000.0) == []  # counting: nothing sampled yet
+        assert tracker.counting
+        assert tracker.collect() == []
+        release.set()
+        deadline = time.monotonic() + 10
+        while tracker.counting and time.monotonic() < deadline:
+            time.sleep(0.01)
+            seen = tracker.collect()
+        assert not tracker.counting
+        assert [(p.final, p.total) for p in seen] == [(0, 10)]
+        assert snapshot(ledger, 1001.0)[0].total == 10  # the pace was written on this (the loop's) thread
+    finally:
+        release.set()
+        offload.close()
+        ledger.close()

@@ -230,3 +230,9 @@ def put_meta(conn: Connection, key: str, value: str) -> None:
         sql("INSERT INTO meta (key, value) VALUES (:key, :value) ON CONFLICT (key) DO UPDATE SET value=excluded.value"),
         {"key": key, "value": value},
     )
+
+
+def count_rows(conn: Connection, file_id: int) -> dict[RowStatus, int]:
+    """A file's rows by status, counted (a pass over them)."""
+    rows = conn.execute(sql("SELECT status, count(*) FROM rows WHERE file_id=:id GROUP BY status"), {"id": file_id})
+    return {RowStatus(s): int(n) for s, n in rows}

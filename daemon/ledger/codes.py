@@ -28,24 +28,22 @@ class CodeStore(LedgerBase):
             return
         now = self.now()
         records = [(data_key, key, data_hash, line, now) for key, data_hash, line in codes]
-        self._gathered += self.dialect.bulk_insert(conn, "codes_new", _NEW_COLUMNS, records, fixed={"file_id": file_id})
-        if self._gathered >= MERGE_AT:
-            self._merge(conn)
+        self._appended(
+            conn, self.dialect.bulk_insert(conn, "codes_new", _NEW_COLUMNS, records, fixed={"file_id": file_id})
+        )
 
     def remember_batch(self, conn: Connection, data_key: str, members: dict[str, Any]) -> None:
         """Record as uploaded every row of a batch in status `frm` (bind file_id, batch_id and frm), in the
         caller's transaction, before their status changes."""
-        now = self.now()
-        self._gathered += conn.execute(
+        appended = conn.execute(
             sql(
                 f"INSERT INTO codes_new ({', '.join(_NEW_COLUMNS)}, file_id) "
                 f"SELECT :data_key, r.key, r.data_hash, r.line, :now, r.file_id {self.dialect.members} "
                 f"AND {self.dialect.row_is_frm}"
             ),
-            {**members, "data_key": data_key, "now": now},
+            {**members, "data_key": data_key, "now": self.now()},
         ).rowcount
-        if self._gathered >= MERGE_AT:
-            self._merge(conn)
+        self._appended(conn, appended)
 
     def settle_codes(self) -> int:
         """Merge the gathered codes into `codes` (a probe when there are none); returns how many were merged.
@@ -54,6 +52,12 @@ class CodeStore(LedgerBase):
             if conn.execute(sql("SELECT 1 FROM codes_new LIMIT 1")).first() is None:
                 return 0
             return self._merge(conn)
+
+    def _appended(self, conn: Connection, count: int) -> None:
+        """`count` codes were appended in this transaction: merge them all once MERGE_AT have gathered."""
+        self._gathered += count
+        if self._gathered >= MERGE_AT:
+            self._merge(conn)
 
     def _merge(self, conn: Connection) -> int:
         merged = self.dialect.merge_codes(conn)

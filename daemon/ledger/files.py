@@ -2,15 +2,15 @@
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection
 
-from daemon.ledger.base import FILE_COLUMNS, UPLOADS_PAUSED, FileInfo, LedgerBase, file_info, sql
+from daemon.ledger.base import FILE_COLUMNS, UPLOADS_PAUSED, FileInfo, LedgerBase, count_rows, file_info, sql
 from daemon.ledger.layout import FileLayout
-from daemon.states import FILE_TRANSITIONS, BatchState, FileState, Outcome, sources
+from daemon.states import FILE_TRANSITIONS, BatchState, FileState, Outcome, RowStatus, sources
 
 # Rows deleted per transaction by prune (about 0.1 s each), and the pause after each: a writer waiting for the lock
 # polls at most every 0.1 s (SQLite's busy handler), so without the pause prune would take the lock again before a
@@ -69,6 +69,12 @@ class FileStore(LedgerBase):
             row = conn.execute(sql(f"SELECT {FILE_COLUMNS} FROM files WHERE id=:id"), {"id": file_id}).one()
         return file_info(row)
 
+    def file_counts(self, file_id: int) -> dict[str, int]:
+        """A finished file's rows by status, as kept with its record ({} before its rows are all final)."""
+        with self.connect() as conn:
+            stored = conn.execute(sql("SELECT counts FROM files WHERE id=:id"), {"id": file_id}).scalar_one()
+        return {str(k): int(v) for k, v in json.loads(stored).items()} if stored else {}
+
     def files(self, states: Iterable[FileState]) -> list[FileInfo]:
         """The files in any of these states, oldest first."""
         wanted = [str(s) for s in states]
@@ -103,16 +109,24 @@ class FileStore(LedgerBase):
             ).first()
         return file_info(row) if row else None
 
-    def transition_file(self, file_id: int, to: FileState, **values: Any) -> None:
-        """Move a file to state `to` (guarded by FILE_TRANSITIONS), setting other columns with it."""
+    def transition_file(
+        self, file_id: int, to: FileState, *, counts: Mapping[RowStatus, int] | None = None, **values: Any
+    ) -> None:
+        """Move a file to state `to` (guarded by FILE_TRANSITIONS), setting other columns with it.
+
+        `counts`, the file's rows by status once they are all final (reporting), are kept with the record; a file
+        done without them has its rows counted then (a pass over them)."""
         values = {k: v.to_json() if isinstance(v, FileLayout) else v for k, v in values.items()}
         with self.begin() as conn:
+            if counts is not None:
+                values["counts"] = json.dumps({str(s): int(n) for s, n in counts.items()}, sort_keys=True)
             if to is FileState.DONE:
                 values.setdefault("finished_at", self.now())
-                counts = conn.execute(
-                    sql("SELECT status, count(*) FROM rows WHERE file_id=:id GROUP BY status"), {"id": file_id}
-                ).all()
-                values["counts"] = json.dumps({str(s): int(n) for s, n in counts}, sort_keys=True)
+                stored = conn.execute(sql("SELECT counts FROM files WHERE id=:id"), {"id": file_id}).scalar_one()
+                if stored is None and counts is None:
+                    values["counts"] = json.dumps(
+                        {str(s): n for s, n in count_rows(conn, file_id).items()}, sort_keys=True
+                    )
             sets = ", ".join(f"{k}=:v_{k}" for k in ("state", *values))
             self.guard(
                 conn,

@@ -8,7 +8,7 @@ from itertools import islice
 from typing import Any
 
 from daemon import schema
-from daemon.ledger.base import row_move, sql, states, streamed
+from daemon.ledger.base import count_rows, row_move, sql, states, streamed
 from daemon.ledger.codes import CodeStore
 from daemon.states import FILE_TRANSITIONS, OPEN_ROW_STATUSES, FileState, RowStatus, sources
 
@@ -222,12 +222,9 @@ class RowStore(CodeStore):
             return int(conn.execute(sql("SELECT count(*) FROM rows WHERE file_id=:id"), {"id": file_id}).scalar_one())
 
     def row_counts(self, file_id: int) -> dict[RowStatus, int]:
-        """How many of the file's rows are in each status."""
+        """How many of the file's rows are in each status (a pass over them)."""
         with self.connect() as conn:
-            rows = conn.execute(
-                sql("SELECT status, count(*) FROM rows WHERE file_id=:id GROUP BY status"), {"id": file_id}
-            ).all()
-        return {RowStatus(s): int(n) for s, n in rows}
+            return count_rows(conn, file_id)
 
     def report_rows(self, file_id: int) -> Iterator[tuple[int, str | None, str, str, int | None, str | None]]:
         """Every row of a file in spreadsheet order: line, key, status, detail, batch number, task id."""
