@@ -17,7 +17,7 @@ from daemon.ledger import FileInfo, Ledger
 from daemon.planner import plan as plan_batches
 from daemon.reporter import ReportNames, outcome_for
 from daemon.retry import Backoff
-from daemon.states import OPEN_FILE_STATES, FileState
+from daemon.states import OPEN_FILE_STATES, FileState, RowStatus
 from daemon.steps import Inline, Offload, Steps, offloaded, started
 from daemon.watcher import InboxScanner, inbox_name
 
@@ -69,6 +69,7 @@ class FileFlow:
         self._recorded_files = 0  # files recorded whole since take_recorded() was last asked
         self.delivery: dict[int, Backoff] = {}  # files whose reports could not be written or input not moved
         self._delivering: dict[int, Future[tuple[ReportNames, Path]]] = {}  # reports being written off the loop
+        self._counting: dict[int, Future[dict[RowStatus, int]]] = {}  # final rows being counted off the loop
         self.on_done: Callable[[FileInfo, ReportNames], None] | None = None  # [notify]: inside the final commit
 
     def resume(self) -> int:
@@ -165,8 +166,9 @@ class FileFlow:
         return self.reading() or self.planning_any()
 
     def delivering(self) -> bool:
-        """Whether reports are being written off the loop's thread (the loop looks every DELIVERY_POLL)."""
-        return bool(self._delivering)
+        """Whether reports are being written, or final rows counted, off the loop's thread (the loop looks every
+        DELIVERY_POLL)."""
+        return bool(self._delivering or self._counting)
 
     def reading(self) -> bool:
         """Whether claimed files are being read."""
@@ -347,8 +349,11 @@ class FileFlow:
                     self._to_plan.add(f.id)
                     continue
                 if self.planning(f.id) or self.ledger.has_open_rows(f.id):
+                    self._counting.pop(f.id, None)
                     continue
-                counts = self.ledger.row_counts(f.id)
+                counts = self._final_counts(f.id)
+                if counts is None:
+                    continue  # being counted off the loop's thread
                 self.ledger.settle_codes()  # a file at rest has its codes in `codes`, where prune leaves them
                 self.ledger.transition_file(f.id, FileState.REPORTING, outcome=outcome_for(counts), counts=counts)
             backoff = self.delivery.get(f.id)
@@ -357,6 +362,18 @@ class FileFlow:
             if self._report_and_move(self.ledger.file(f.id), now):
                 finished += 1
         return finished
+
+    def _final_counts(self, file_id: int) -> dict[RowStatus, int] | None:
+        """The rows by status of a file whose rows are all final; None while a big file's are counted off the
+        loop's thread (a pass over its rows: two seconds for five million)."""
+        future = self._counting.pop(file_id, None)
+        if future is None:
+            first, last = self.ledger.line_range(file_id)
+            future = started(self.offload, lambda: self.ledger.row_counts(file_id), last - first)
+        if not future.done():
+            self._counting[file_id] = future
+            return None
+        return future.result()
 
     def _report_and_move(self, f: FileInfo, now: float) -> bool:
         """Deliver one file; on a file-system error it stays `reporting` and is tried again with backoff.

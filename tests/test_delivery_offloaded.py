@@ -1,5 +1,6 @@
-"""A big file's reports are written off the loop's thread (issue 13: no step holds the loop for long): the loop
-turns meanwhile, the delivery is recorded once they are written, and a failure there is retried like any other.
+"""A big file's final rows are counted and its reports written off the loop's thread (issue 13: no step holds the
+loop for long): the loop turns meanwhile, the delivery is recorded once they are written, and a failure there is
+retried like any other.
 
 Every file counts as big here (OFFLOAD_ROWS = 1), the service is the production one built in this process, with
 its real reader threads, against the emulator on loopback; the reports are held at a seam to see the loop go on.
@@ -85,8 +86,18 @@ def test_the_loop_turns_while_a_big_files_reports_are_written(
     monkeypatch.setattr(folders, "write_reports", held)
     project.drop("lot.csv", TEXT)
     service = started_service(project, clock)
+    counted_on: list[threading.Thread] = []
+    row_counts = service.ledger.row_counts
+
+    def counting(file_id: int) -> Any:
+        counted_on.append(threading.current_thread())
+        return row_counts(file_id)
+
+    monkeypatch.setattr(service.ledger, "row_counts", counting)
     try:
         turn_until(service, entered.is_set, "the reports started")
+        assert counted_on  # the file's final rows were counted, before its reports
+        assert threading.main_thread() not in counted_on  # and off the loop's thread
         began = time.monotonic()
         for _ in range(5):
             service.turn()  # returns while the reports are held
