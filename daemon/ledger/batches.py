@@ -244,17 +244,9 @@ class BatchStore(CodeStore):
         """A task completed: every row of its job is uploaded."""
         with self.begin() as conn:
             self._finish(conn, batch, BatchState.DONE, task_state=task_state, codes_affected=codes_affected)
-            # Every open row of the job the same way: two statements over the batch's lines, no row through Python
-            # (a job holds up to 10,000 rows).
-            members = {"file_id": batch.file_id, "batch_id": batch.id, **row_move(RowStatus.QUEUED, RowStatus.UPLOADED)}
-            self.remember_batch(conn, data_key, members)
-            conn.execute(
-                sql(
-                    "UPDATE rows SET status=:to, detail='' "
-                    f"WHERE file_id=:file_id AND {self.dialect.row_is_frm} AND {self.dialect.batch_lines}"
-                ),
-                members,
-            )
+            # Every open row of the job the same way, in SQL over the batch's lines: no row through Python (a job
+            # holds up to 10,000 rows).
+            self.upload_batch(conn, data_key, batch.file_id, batch.id)
 
     def requeue(self, batch: BatchInfo, *, at: float, error: str, ambiguous: bool, count_failure: bool) -> None:
         """Put a batch back in the queue for another attempt at epoch time `at`."""

@@ -6,11 +6,11 @@ code into a B-tree of millions of random keys dirtied a page per code, a third o
 """
 
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy import Connection
 
-from daemon.ledger.base import LedgerBase, sql
+from daemon.ledger.base import LedgerBase, row_move, sql
+from daemon.states import RowStatus
 
 UploadedCode = tuple[str, str | None, int]  # key, data hash, line
 MERGE_AT = 50_000  # codes gathered before they are merged: a merge of 50,000 takes ~0.3 s into a million codes
@@ -32,18 +32,11 @@ class CodeStore(LedgerBase):
             conn, self.dialect.bulk_insert(conn, "codes_new", _NEW_COLUMNS, records, fixed={"file_id": file_id})
         )
 
-    def remember_batch(self, conn: Connection, data_key: str, members: dict[str, Any]) -> None:
-        """Record as uploaded every row of a batch in status `frm` (bind file_id, batch_id and frm), in the
-        caller's transaction, before their status changes."""
-        appended = conn.execute(
-            sql(
-                f"INSERT INTO codes_new ({', '.join(_NEW_COLUMNS)}, file_id) "
-                f"SELECT :data_key, r.key, r.data_hash, r.line, :now, r.file_id {self.dialect.members} "
-                f"AND {self.dialect.row_is_frm}"
-            ),
-            {**members, "data_key": data_key, "now": self.now()},
-        ).rowcount
-        self._appended(conn, appended)
+    def upload_batch(self, conn: Connection, data_key: str, file_id: int, batch_id: int) -> None:
+        """Mark every queued row of a batch uploaded and remember its codes, in the caller's transaction."""
+        move = row_move(RowStatus.QUEUED, RowStatus.UPLOADED)
+        params = {"file_id": file_id, "batch_id": batch_id, "data_key": data_key, "now": self.now(), **move}
+        self._appended(conn, self.dialect.upload_batch(conn, params))
 
     def settle_codes(self) -> int:
         """Merge the gathered codes into `codes` (a probe when there are none); returns how many were merged.

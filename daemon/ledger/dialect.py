@@ -104,6 +104,7 @@ def ledger_target(
 
 
 RowChange = tuple[int, str, str]  # line, new status, detail
+_NEW_CODE_COLUMNS = "data_key, key, data_hash, file_id, line, uploaded_at"
 _CODES_UPSERT = (
     "ON CONFLICT (data_key, key) DO UPDATE SET data_hash=excluded.data_hash, file_id=excluded.file_id, "
     "line=excluded.line, uploaded_at=excluded.uploaded_at"
@@ -203,6 +204,23 @@ class Dialect:
             ).rowcount
         )
 
+    def upload_batch(self, conn: Connection, params: Mapping[str, Any]) -> int:
+        """Give every row of a batch in status `frm` the status `to` and append its code to codes_new (bind
+        file_id, batch_id, frm, to, data_key, now); returns the codes appended. One statement: the batch's rows
+        are found once."""
+        return int(
+            conn.execute(
+                text(
+                    "WITH done AS (UPDATE rows SET status=:to, detail='' "
+                    f"WHERE file_id=:file_id AND {self.row_is_frm} AND {self.batch_lines} "
+                    "RETURNING file_id, line, key, data_hash) "
+                    f"INSERT INTO codes_new ({_NEW_CODE_COLUMNS}) "
+                    "SELECT :data_key, key, data_hash, file_id, line, :now FROM done"
+                ),
+                params,
+            ).rowcount
+        )
+
     def queue_members(
         self, conn: Connection, file_id: int, members: list[tuple[int, int]], move: Mapping[str, str]
     ) -> int:
@@ -263,6 +281,24 @@ class SqliteDialect(Dialect):
             )
         )
         return int(conn.execute(text("DELETE FROM codes_new")).rowcount)
+
+    def upload_batch(self, conn: Connection, params: Mapping[str, Any]) -> int:
+        """Two statements: the codes first, while the rows are still in status `frm`."""
+        appended = conn.execute(
+            text(
+                f"INSERT INTO codes_new ({_NEW_CODE_COLUMNS}) "
+                f"SELECT :data_key, r.key, r.data_hash, r.file_id, r.line, :now {self.members} AND {self.row_is_frm}"
+            ),
+            params,
+        ).rowcount
+        conn.execute(
+            text(
+                "UPDATE rows SET status=:to, detail='' "
+                f"WHERE file_id=:file_id AND {self.row_is_frm} AND {self.batch_lines}"
+            ),
+            params,
+        )
+        return int(appended)
 
     def queue_members(
         self, conn: Connection, file_id: int, members: list[tuple[int, int]], move: Mapping[str, str]
