@@ -197,7 +197,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sizes", default="100000,1000000,5000000", help="comma-separated row counts")
     parser.add_argument("--lot", type=int, default=0, help="rows per set of shared data (0: every row distinct)")
     parser.add_argument("--in-flight", type=int, default=8, help="the daemon's api.max_in_flight")
-    parser.add_argument("--wrap", default="", help="run the service under this command (e.g. a profiler)")
+    parser.add_argument(
+        "--wrap",
+        default="",
+        help="run the service under this command (e.g. a profiler; the peak RSS is then the command's)",
+    )
     parser.add_argument("--keep", type=Path, help="work in this (new) folder and keep the service's files")
     parser.add_argument(
         "--ledger",
