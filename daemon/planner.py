@@ -15,7 +15,7 @@ class PlannedBatch:
     """Rows (by spreadsheet line) that go out in one API call."""
 
     kind: str  # sync | async
-    lines: Sequence[int]  # in row order; slices of the compact arrays the ledger gives (8 bytes a line)
+    lines: Sequence[int]  # in row order; views of the compact arrays the ledger gives (8 bytes a line, shared)
     data_hash: str | None = None  # async: the data every row of the job shares
 
 
@@ -72,6 +72,11 @@ def async_jobs_to_use(sizes: Sequence[int], *, sync_batch_size: int, async_batch
     return jobs
 
 
+def _view(lines: Sequence[int]) -> Sequence[int]:
+    """Lines to cut into batches: an array is cut into views of it, not copies (5M lines: 40 MB, not 80)."""
+    return memoryview(lines) if isinstance(lines, array) else lines
+
+
 def plan(
     groups: Mapping[str, Sequence[int]],
     *,
@@ -98,10 +103,10 @@ def plan(
     batches: list[PlannedBatch] = []
     left: array[int] = array("q")
     for data_hash, count in zip(hashes, jobs, strict=True):
-        lines = groups[data_hash]
+        lines = _view(groups[data_hash])
         for start in range(0, min(len(lines), count * async_batch_size), async_batch_size):
             batches.append(PlannedBatch(ASYNC, lines[start : start + async_batch_size], data_hash))
         left.extend(lines[count * async_batch_size :])
-    left = array("q", sorted(left))
-    batches.extend(PlannedBatch(SYNC, left[i : i + sync_batch_size]) for i in range(0, len(left), sync_batch_size))
+    rest = _view(array("q", sorted(left)))
+    batches.extend(PlannedBatch(SYNC, rest[i : i + sync_batch_size]) for i in range(0, len(rest), sync_batch_size))
     return Plan(batches, len(groups), _ceil_div(sum(sizes), sync_batch_size))
