@@ -118,15 +118,13 @@ class FileStore(LedgerBase):
         done without them has its rows counted then (a pass over them)."""
         values = {k: v.to_json() if isinstance(v, FileLayout) else v for k, v in values.items()}
         with self.begin() as conn:
-            if counts is not None:
-                values["counts"] = json.dumps({str(s): int(n) for s, n in counts.items()}, sort_keys=True)
             if to is FileState.DONE:
                 values.setdefault("finished_at", self.now())
                 stored = conn.execute(sql("SELECT counts FROM files WHERE id=:id"), {"id": file_id}).scalar_one()
                 if stored is None and counts is None:
-                    values["counts"] = json.dumps(
-                        {str(s): n for s, n in count_rows(conn, file_id).items()}, sort_keys=True
-                    )
+                    counts = count_rows(conn, file_id)
+            if counts is not None:
+                values["counts"] = json.dumps({str(s): int(n) for s, n in counts.items()}, sort_keys=True)
             sets = ", ".join(f"{k}=:v_{k}" for k in ("state", *values))
             self.guard(
                 conn,
