@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from sqlalchemy import Connection
 
 from daemon.ledger.base import LedgerBase, row_move, sql
+from daemon.ledger.dialect import NEW_CODE_COLUMNS
 from daemon.states import RowStatus
 
 UploadedCode = tuple[str, str | None, int]  # key, data hash, line
 MERGE_AT = 50_000  # codes gathered before they are merged: a merge of 50,000 takes ~0.3 s into 1M codes, ~1 s into 5M
-_NEW_COLUMNS = ("data_key", "key", "data_hash", "line", "uploaded_at")
 
 
 class CodeStore(LedgerBase):
@@ -29,7 +29,7 @@ class CodeStore(LedgerBase):
         now = self.now()
         records = [(data_key, key, data_hash, line, now) for key, data_hash, line in codes]
         self._appended(
-            conn, self.dialect.bulk_insert(conn, "codes_new", _NEW_COLUMNS, records, fixed={"file_id": file_id})
+            conn, self.dialect.bulk_insert(conn, "codes_new", NEW_CODE_COLUMNS, records, fixed={"file_id": file_id})
         )
 
     def upload_batch(self, conn: Connection, data_key: str, file_id: int, batch_id: int) -> None:

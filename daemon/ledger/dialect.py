@@ -104,7 +104,8 @@ def ledger_target(
 
 
 RowChange = tuple[int, str, str]  # line, new status, detail
-_NEW_CODE_COLUMNS = "data_key, key, data_hash, file_id, line, uploaded_at"
+NEW_CODE_COLUMNS = ("data_key", "key", "data_hash", "line", "uploaded_at")  # of codes_new, besides its file_id
+_NEW_CODES = f"INSERT INTO codes_new ({', '.join(NEW_CODE_COLUMNS)}, file_id) "
 _CODES_UPSERT = (
     "ON CONFLICT (data_key, key) DO UPDATE SET data_hash=excluded.data_hash, file_id=excluded.file_id, "
     "line=excluded.line, uploaded_at=excluded.uploaded_at"
@@ -214,8 +215,7 @@ class Dialect:
                     "WITH done AS (UPDATE rows SET status=:to, detail='' "
                     f"WHERE file_id=:file_id AND {self.row_is_frm} AND {self.batch_lines} "
                     "RETURNING file_id, line, key, data_hash) "
-                    f"INSERT INTO codes_new ({_NEW_CODE_COLUMNS}) "
-                    "SELECT :data_key, key, data_hash, file_id, line, :now FROM done"
+                    f"{_NEW_CODES}SELECT :data_key, key, data_hash, line, :now, file_id FROM done"
                 ),
                 params,
             ).rowcount
@@ -286,8 +286,8 @@ class SqliteDialect(Dialect):
         """Two statements: the codes first, while the rows are still in status `frm`."""
         appended = conn.execute(
             text(
-                f"INSERT INTO codes_new ({_NEW_CODE_COLUMNS}) "
-                f"SELECT :data_key, r.key, r.data_hash, r.file_id, r.line, :now {self.members} AND {self.row_is_frm}"
+                f"{_NEW_CODES}SELECT :data_key, r.key, r.data_hash, r.line, :now, r.file_id "
+                f"{self.members} AND {self.row_is_frm}"
             ),
             params,
         ).rowcount
