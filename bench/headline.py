@@ -26,6 +26,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--groups", type=int, default=20, help="sets of shared data (a lot: same date and market)")
     parser.add_argument("--keep", type=Path, help="work in this (new) folder and keep the service's files")
+    parser.add_argument("--in-flight", type=int, default=8, help="the service's api.max_in_flight")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds the service run may take")
     cli = parser.parse_args()
     # The settings bench/upload.py runs with, at the real API's pace.
@@ -35,7 +36,7 @@ def main() -> int:
         rate=10.0,
         limit=10.0,
         latency=0.3,
-        in_flight=8,
+        in_flight=cli.in_flight,
         mode="auto",
         keep=cli.keep,
         timeout=cli.timeout,
@@ -46,17 +47,20 @@ def main() -> int:
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(
         f"file: {args.rows:,} distinct codes in {args.groups} data groups; emulator: 10 updates/s, 300 ms latency; "
-        "service: run --once, auto mode, requests_per_second = 10, max_in_flight = 8"
+        f"service: run --once, auto mode, requests_per_second = 10, max_in_flight = {args.in_flight}"
     )
     print(
         f"plan: {expected.async_jobs} async jobs + {expected.sync_calls} sync calls; floor {floor:.1f} s of API "
         f"time (sync only: {math.ceil(args.rows / 100):,} calls, {sync_floor:,.0f} s)"
     )
     run = run_once(args, args.latency)
+    if cli.keep is not None:  # for a look at the spacing: one arrival per line, seconds on the emulator's clock
+        (cli.keep / "arrivals.txt").write_text("".join(f"{t:.6f}\n" for t in run.arrivals), encoding="utf-8")
     uploaded = run.summary.get("rows", {}).get("uploaded")
     print(f"drop to report: {run.wall:.1f} s = {run.wall / floor:.3f} x the floor (budget {BUDGET:.2f} x)")
     print(f"first upload to last answer: {run.window:.1f} s; {run.rate:.2f} uploads/s")
     stats = run.stats
+    print(f"the closest 11 uploads arrived within {run.tightest():.3f} s (the API refuses the 11th within 1 s)")
     print(f"429s: {stats.throttled}; uploads {run.calls} (bound {expected.api_calls}); polls {stats.task_polls}")
     print(f"rows uploaded: {uploaded} of {args.rows:,}; exit {run.exit_code}")
     print(f"versus sync only: {sync_floor:,.0f} s at best, {sync_floor / run.wall:.1f} x longer than this run")

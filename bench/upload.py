@@ -50,6 +50,7 @@ class Run:
     stats: EmulatorStats
     summary: dict[str, Any]
     wall: float  # the service process from start to exit
+    arrivals: tuple[float, ...] = ()  # when each upload request reached the emulator (its clock)
 
     @property
     def calls(self) -> int:
@@ -70,6 +71,11 @@ class Run:
     def pace(self) -> float:
         """Uploads per second between the first and the last arrival: the spacing the service kept."""
         return (self.accepted - 1) / (self.last - self.first) if self.last > self.first else 0.0
+
+    def tightest(self, limit: int = 10) -> float:
+        """The shortest span holding limit + 1 upload arrivals: the API refuses one when it is 1 s or less."""
+        a = self.arrivals
+        return min((a[i + limit] - a[i] for i in range(len(a) - limit)), default=float("inf"))
 
     @property
     def rate(self) -> float:
@@ -175,7 +181,8 @@ def run_once(args: argparse.Namespace, latency: float) -> Run:
         if exit_code != 0:
             print((root / "service.log").read_text(encoding="utf-8", errors="replace")[-3000:], file=sys.stderr)
         stats = emulator.stats()
-    return Run(latency, exit_code, first or 0.0, last or 0.0, stats, summary, wall)
+        arrivals = emulator.upload_arrivals()
+    return Run(latency, exit_code, first or 0.0, last or 0.0, stats, summary, wall, arrivals)
 
 
 def follow(

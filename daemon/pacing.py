@@ -8,12 +8,18 @@ from collections.abc import Callable
 
 from daemon.breaker import ThrottleGovernor
 
+CATCH_UP_SECONDS = 0.5  # slots missed while the loop was held this long are made up (the send window permitting)
+
 
 class Pacer:
-    """Hands out request slots exactly 1/rate apart, in the order they were asked for.
+    """Hands out request slots on a grid 1/rate apart, in the order they were asked for.
 
-    A token bucket with a capacity of one: no bursts, not even after an idle spell, so a pace of 10/s never
-    puts two requests into the API's window closer than 100 ms.
+    A slot taken late (the loop was recording an answer or merging codes when it came due) keeps the grid: the
+    next one is due a full interval after the slot's due time, not after the moment it was taken. So neither the
+    loop's latency nor a brief hold lowers the rate: taking each slot 15 ms late turned 9.7/s into 8.5/s, and
+    a 0.4 s merge every 50 jobs cost 8 % more. Slots missed for up to CATCH_UP_SECONDS are given back to back
+    until the grid is reached again (the send window still allows at most its limit in any rolling window);
+    a longer gap (an idle spell, a pause) starts the grid again from now, so it never turns into a burst.
     """
 
     def __init__(self, rate: float, *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -54,9 +60,10 @@ class Pacer:
         """
         with self._lock:
             now = self._clock()
-            if max(self._last_slot + self._interval, self._paused_until) > now:
+            due = max(self._last_slot + self._interval, self._paused_until)
+            if due > now:
                 return False
-            self._last_slot = now
+            self._last_slot = due if now - due <= CATCH_UP_SECONDS else now
             return True
 
     def next_free(self) -> float:
@@ -99,16 +106,22 @@ class SendWindow:
             self._sent = deque(self._sent, maxlen=limit)
 
     def wait_turn(self) -> float:
-        """Block until a request may leave without breaking the window; returns the seconds waited."""
-        with self._lock:
-            now = self._clock()
-            at = now
-            if len(self._sent) == self.limit:
-                at = max(now, self._sent[0] + self.window)
-            self._sent.append(at)
-        if at > now:
+        """Block until a request may leave without breaking the window; returns the seconds waited.
+
+        A departure is counted when it happens, not when it was planned: a worker that sleeps for its turn can
+        wake 50-100 ms late in a busy process, and counting its planned time let the request ten places later
+        leave 0.975 s after it (measured: the cause of the 429s at 10/s). So the worker sleeps, then asks again.
+        """
+        waited = 0.0
+        while True:
+            with self._lock:
+                now = self._clock()
+                at = now if len(self._sent) < self.limit else max(now, self._sent[0] + self.window)
+                if at <= now:
+                    self._sent.append(now)
+                    return waited
             self._sleep(at - now)
-        return at - now
+            waited += at - now
 
 
 # Requests are paced 3 % under the configured rate: the API counts arrivals in a rolling second, and the jitter
