@@ -22,9 +22,14 @@ class ThrottleGovernor:
         """The slowest pace repeated 429s can bring."""
         return self.configured * self.floor_share
 
-    def throttled(self, now: float) -> float:
-        """A 429 arrived at `now`: returns the rate to use from now on."""
-        if self.last_429 is not None and now - self.last_429 <= self.memory:
+    def throttled(self, now: float, sent_at: float | None = None) -> float:
+        """A 429 arrived at `now` for a request sent at `sent_at`: returns the rate to use from now on.
+
+        A request that had left before the last 429 came back was refused by the same crowded second: it is one
+        event, answered by one pause, not a sign that 429s keep coming.
+        """
+        same_event = sent_at is not None and self.last_429 is not None and sent_at <= self.last_429
+        if not same_event and self.last_429 is not None and now - self.last_429 <= self.memory:
             self.rate = max(self.floor, min(self.rate, self.configured) * self.factor)
         self.last_429 = now
         return self.rate

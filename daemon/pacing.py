@@ -177,12 +177,13 @@ class Pace:
         """In a worker, just before the request leaves: wait (rarely, briefly) for the rolling window."""
         return self.window.wait_turn()
 
-    def throttled(self, retry_after: float | None) -> float:
-        """A 429: pause every request for the announced time (capped) and slow down; returns the pause."""
+    def throttled(self, retry_after: float | None, sent_at: float | None = None) -> float:
+        """A 429 for a request sent at `sent_at`: pause every request for the announced time (capped) and slow
+        down; returns the pause."""
         now = self._clock()
         pause = min(MAX_THROTTLE_PAUSE, retry_after if retry_after is not None else 1.0)
         self.pacer.pause_until(now + pause)
-        rate = self.governor.throttled(now)
+        rate = self.governor.throttled(now, sent_at)
         if rate < self.pacer.rate:
             self.pacer.set_rate(rate)
         return pause

@@ -176,7 +176,7 @@ class Uploader(StartAndTokenChecks):
             try:
                 work, call, args = self._request(batch, rows, file)
                 trial = self.breaker.started(mono)
-                self._submit(dataclasses.replace(work, trial=trial), self._send, call, *args)
+                self._submit(dataclasses.replace(work, trial=trial, sent_at=mono), self._send, call, *args)
                 started += 1
             except Exception as exc:
                 # `sending` is committed but nothing left: put it back at once, never leave it there.
@@ -309,7 +309,7 @@ class Uploader(StartAndTokenChecks):
         if work.file is not None and work.batch is not None:
             bound = bound.bind(file=work.file.name, batch=work.batch.seq, batch_id=work.batch.id)
         if decision.throttled is not None:
-            pause = self.pace.throttled(decision.throttled)
+            pause = self.pace.throttled(decision.throttled, work.sent_at)
             bound.warning("throttled", pause_seconds=pause, requests_per_second=round(self.pace.rate, 2))
         if work.kind in (RequestKind.TOKEN_CHECK, RequestKind.START_CHECK):
             self._checked(decision, now, bound)

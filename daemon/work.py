@@ -78,6 +78,7 @@ class Work:
     lines: tuple[int, ...] = ()
     trial: bool = False  # the circuit breaker's half-open trial
     task_age: float = 0.0  # polls: seconds since the task was created, at the time of the request
+    sent_at: float | None = None  # uploads: the monotonic time the request was started
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,13 @@ def test_repeated_429s_lower_the_rate_and_a_quiet_minute_restores_it() -> None:
     assert gov.throttled(40.0) == 9.7
 
 
+def test_429s_for_requests_that_left_before_the_last_one_came_back_are_one_event() -> None:
+    gov = ThrottleGovernor(configured=9.7)
+    assert gov.throttled(10.0, sent_at=9.7) == 9.7  # the first 429: a pause, no slowdown
+    assert gov.throttled(10.05, sent_at=9.8) == 9.7  # in flight when it came back: the same crowded second
+    assert gov.throttled(12.0, sent_at=11.5) == 9.7 * 0.8  # sent after the pause: 429s keep coming
+
+
 @given(st.lists(st.floats(min_value=0, max_value=5), min_size=1, max_size=50))
 def test_the_rate_never_goes_below_the_floor_or_above_the_configured_rate(gaps: list[float]) -> None:
     gov = ThrottleGovernor(configured=10.0)
