@@ -11,6 +11,7 @@ the planner's bound. In the sweep, each latency must reach 90 % of min(rate, max
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import platform
@@ -158,6 +159,22 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=15)
 
 
+@contextlib.contextmanager
+def collector_off() -> Iterator[None]:
+    """The emulator's process without its cycle collector while the service runs.
+
+    The emulator keeps every code it was sent; at a million codes a full collection in this process holds its
+    handler threads for about 0.1 s, the requests that arrive meanwhile are stamped late and together, and its
+    throttle then sees eleven of them in a second the service spaced correctly (measured: 0.907 s for 11, a 429
+    the service did not cause). Reference counting still frees what the run leaves behind.
+    """
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def run_once(args: argparse.Namespace, latency: float) -> Run:
     """Start an emulator and the service on one generated file; follow the emulator until the service exits."""
     emulator = Emulator(EmulatorConfig(token=TOKEN, rate_limit=args.limit or None, latency=latency))
@@ -167,7 +184,7 @@ def run_once(args: argparse.Namespace, latency: float) -> Run:
         generate(root / "inbox" / "bench.csv", args.rows, args.groups)
         env = {k: v for k, v in os.environ.items() if not k.startswith("SCM_")}
         env["SCM_API__TOKEN"] = TOKEN
-        with (root / "service.log").open("wb") as log:
+        with (root / "service.log").open("wb") as log, collector_off():
             started = time.monotonic()
             process = subprocess.Popen(service_command(config), stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env)
             try:

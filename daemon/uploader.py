@@ -145,12 +145,14 @@ class Uploader(StartAndTokenChecks):
         started = 0
         uploads: list[FileContext] = []
         ids: list[int] = []
-        # The pace gives one upload slot at a time (two while it makes up a brief hold), so two due uploads are
-        # looked for first (one for the slot, one to know that the next slot is wanted: `paced_until`) and task
-        # polls (not paced: another scope) take the other free workers. Asked for together, oldest first, the
-        # queued uploads of a big file would fill every place and starve the polls until all were sent.
+        # The pace gives one upload slot at a time (more while it makes up a hold of the loop, e.g. a planning
+        # step), so as many due uploads as it has slots, and one more, are looked for first (the one more tells
+        # that the next slot is wanted: `paced_until`), and task polls (not paced: another scope) take the other
+        # free workers. Asked for together, oldest first, the queued uploads of a big file would fill every place
+        # and starve the polls until all were sent.
         if free > 0:
-            for queued in self.ledger.due_batches(now, 2, exclude=busy, wanted=(BatchState.QUEUED,)):
+            wanted = min(free, self.pace.due_slots() + 1)
+            for queued in self.ledger.due_batches(now, wanted, exclude=busy, wanted=(BatchState.QUEUED,)):
                 # Paced here, not in the worker: `sending` is committed only when the request can leave at once,
                 # so a crash almost never catches a batch whose request had not gone out (it would be sent again).
                 if not self.pace.try_acquire():

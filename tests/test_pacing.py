@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.pacing import CATCH_UP_SECONDS, MAX_THROTTLE_PAUSE, PACE_HEADROOM, Pace, Pacer, SendWindow
+from daemon.pacing import CATCH_UP_SECONDS, MAX_THROTTLE_PAUSE, PACE_HEADROOM, SEND_WINDOW, Pace, Pacer, SendWindow
 
 
 class FakeClock:
@@ -96,12 +96,20 @@ def test_slots_missed_in_a_brief_hold_are_made_up_and_a_long_one_starts_the_grid
     pacer = Pacer(10, clock=clock)
     assert pacer.try_acquire()
     clock.now += 0.35  # the loop was held past three slots (1000.1, 1000.2, 1000.3)
+    assert pacer.due_slots() == 3
     assert [pacer.try_acquire() for _ in range(4)] == [True, True, True, False]
+    assert pacer.due_slots() == 0
     assert pacer.next_free() == pytest.approx(1000.4)  # back on the grid
     clock.now += CATCH_UP_SECONDS + 0.2  # held longer than a catch-up may make up: no burst
+    assert pacer.due_slots() == 1
     assert pacer.try_acquire()
     assert not pacer.try_acquire()
     assert pacer.next_free() == pytest.approx(clock.now + 0.1)
+
+
+def test_ten_slots_of_the_paced_grid_fit_in_the_send_window() -> None:
+    # Else the window, not the pace, would set the rate, holding requests in the workers the polls need.
+    assert 10 / (10 * PACE_HEADROOM) > SEND_WINDOW
 
 
 def test_a_429_pauses_every_request_and_slows_the_pace() -> None:
@@ -125,7 +133,7 @@ def test_reconfigure_keeps_the_window_history() -> None:
     for _ in range(10):
         assert pace.wait_turn() == 0
     assert pace.reconfigure(5) == pytest.approx(5 * PACE_HEADROOM)
-    assert pace.wait_turn() == pytest.approx(1.05)  # the ten that just left still count
+    assert pace.wait_turn() == pytest.approx(SEND_WINDOW)  # the ten that just left still count
 
 
 def test_try_acquire_takes_only_a_slot_that_is_due() -> None:
