@@ -2,8 +2,8 @@
 
 Usage: .venv/bin/python bench/headline.py [--rows 1000000] [--groups 20] [--keep DIR]
 The emulator throttles SCM updates at the real 10 requests/s and answers after 300 ms; the service runs
-`run --once` in auto mode with api.requests_per_second = 10 and api.max_in_flight = 16. The file is in the inbox when the service starts, so
-the service process's wall time is the time from drop to report.
+`run --once` in auto mode with api.requests_per_second = 10 and api.max_in_flight = 16. The file is in the inbox
+when the service starts, so the service process's wall time is the time from drop to report.
 Floor: ceil(rows / 1000) async jobs at 10/s (1,000 jobs = 100 s of API time). Budget: wall time <= floor + 8 %,
 zero 429, every code uploaded. Compared with the seed's documented method, sync only (100 codes a call): its
 floor is ceil(rows / 100) calls at 10/s (10,000 calls = 1,000 s), printed with the ratio.
