@@ -151,8 +151,8 @@ class Uploader(StartAndTokenChecks):
         # free workers. Asked for together, oldest first, the queued uploads of a big file would fill every place
         # and starve the polls until all were sent.
         if free > 0:
-            wanted = min(free, self.pace.due_slots() + 1)
-            for queued in self.ledger.due_batches(now, wanted, exclude=busy, wanted=(BatchState.QUEUED,)):
+            looked_for = min(free, self.pace.due_slots() + 1)
+            for queued in self.ledger.due_batches(now, looked_for, exclude=busy, wanted=(BatchState.QUEUED,)):
                 # Paced here, not in the worker: `sending` is committed only when the request can leave at once,
                 # so a crash almost never catches a batch whose request had not gone out (it would be sent again).
                 if not self.pace.try_acquire():
