@@ -60,27 +60,34 @@ class Pacer:
         """
         with self._lock:
             now = self._clock()
-            due = max(self._last_slot + self._interval, self._paused_until)
+            due = self._due()
             if due > now:
                 return False
-            self._last_slot = due if now - due <= CATCH_UP_SECONDS else now
+            self._last_slot = due if self._catching_up(due, now) else now
             return True
 
     def next_free(self) -> float:
         """The clock time from which try_acquire() will succeed."""
         with self._lock:
-            return max(self._last_slot + self._interval, self._paused_until)
+            return self._due()
 
     def due_slots(self) -> int:
         """How many slots try_acquire() would give now, one after the other (more than one while catching up)."""
         with self._lock:
             now = self._clock()
-            due = max(self._last_slot + self._interval, self._paused_until)
+            due = self._due()
             if due > now:
                 return 0
-            if now - due > CATCH_UP_SECONDS:
-                return 1
-            return int((now - due) / self._interval) + 1
+            return int((now - due) / self._interval) + 1 if self._catching_up(due, now) else 1
+
+    def _due(self) -> float:
+        """When the next slot is due (the lock held)."""
+        return max(self._last_slot + self._interval, self._paused_until)
+
+    @staticmethod
+    def _catching_up(due: float, now: float) -> bool:
+        """Whether a slot due at `due` and taken at `now` keeps the grid (else the grid starts again at now)."""
+        return now - due <= CATCH_UP_SECONDS
 
 
 class SendWindow:
