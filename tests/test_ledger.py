@@ -5,12 +5,15 @@ import json
 from array import array
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from hypothesis import given
+from hypothesis import strategies as st
 from old_ledgers import old_ledger
 from sqlalchemy import create_engine, event, text
 
@@ -18,7 +21,7 @@ from daemon import intake, schema
 from daemon.config import Settings
 from daemon.ledger import FileLayout, Ledger, StateConflict
 from daemon.ledger import codes as codes_module
-from daemon.ledger.dialect import ledger_target, open_engine
+from daemon.ledger.dialect import ledger_target, line_runs, open_engine
 from daemon.ledger.migrate import HEAD, SCHEMA_VERSION, LedgerVersionError, migration_config, schema_version
 from daemon.states import BATCH_TRANSITIONS, FILE_TRANSITIONS, ROW_TRANSITIONS, BatchState, FileState, RowStatus
 
@@ -154,6 +157,27 @@ class TestStorageContract:
             assert conn.execute(text("SELECT count(*) FROM codes_new")).scalar_one() == 0
             codes = conn.execute(text("SELECT key, data_hash, file_id, line FROM codes ORDER BY key")).all()
         assert [tuple(c) for c in codes] == [("A", "h2", second, 2), ("B", "h1", first, 3), ("C", "h1", second, 3)]
+
+    def test_planned_rows_get_their_own_batch_whether_their_lines_run_on_or_interleave(self, ledger: Ledger) -> None:
+        """Rows are queued a run of consecutive lines at a time: runs that end at another batch's line, a batch
+        whose lines interleave with another's, and a line no batch takes (it stays pending) all end right."""
+        file_id = add_file(ledger)
+        add_rows(ledger, file_id, [(f"K{i}", "h1") for i in range(12)])  # lines 2..13
+        ledger.transition_file(file_id, FileState.ACTIVE)
+        planned = [("async", [2, 3, 4, 5], "h1"), ("sync", [6, 8, 10], None), ("sync", [7, 9, 11, 12], None)]
+        ledger.add_batches(file_id, planned)  # line 13 is in no batch
+        with ledger.engine.connect() as conn:
+            found = conn.execute(
+                text(
+                    "SELECT r.line, r.status, b.seq FROM rows r LEFT JOIN batches b ON b.id=r.batch_id "
+                    "WHERE r.file_id=:f ORDER BY r.line"
+                ),
+                {"f": file_id},
+            ).all()
+        seq_of = {line: seq for seq, (_, lines, _) in enumerate(planned, start=1) for line in lines}
+        assert [tuple(r) for r in found] == [
+            (line, "queued", seq_of[line]) if line in seq_of else (line, "pending", None) for line in range(2, 14)
+        ]
 
     def test_an_earlier_open_row_for_the_same_code_blocks_a_later_file(self, ledger: Ledger) -> None:
         first = add_file(ledger, "1" * 64)
@@ -580,3 +604,14 @@ def test_a_migration_that_fails_changes_nothing(tmp_path: Path) -> None:
         assert "polled_at" not in {c["name"] for c in inspect(conn).get_columns("batches")}
         assert "delivery_error" not in {c["name"] for c in inspect(conn).get_columns("files")}
     engine.dispose()
+
+
+@given(st.dictionaries(st.integers(2, 400), st.integers(1, 5), max_size=120))
+def test_line_runs_cover_each_planned_line_once_with_its_own_batch(batch_of: dict[int, int]) -> None:
+    members = list(batch_of.items())[::-1]  # (line, batch) pairs, in no particular order
+    runs = line_runs([(batch, line) for line, batch in members])
+    covered = [(line, batch) for batch, first, last in runs for line in range(first, last + 1)]
+    assert covered == sorted(batch_of.items())  # in line order, every member once, nothing else
+    assert all(first <= last for _, first, last in runs)
+    # Maximal: two runs in a row are split only by a gap in the lines or a change of batch.
+    assert all(a[0] != b[0] or a[2] + 1 != b[1] for a, b in pairwise(runs))
