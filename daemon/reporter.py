@@ -6,14 +6,16 @@ gets rejected.xlsx, every cell text, so codes keep their leading zeros. Rows are
 """
 
 import csv
+import io
 import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import cache
+from itertools import chain, islice
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,8 +32,10 @@ from daemon.states import ERROR_ROW_STATUSES, Outcome, RowStatus
 # The one home of the formula triggers: a cell starting with one of these is a formula to Excel (tab and CR too,
 # which Excel drops before reading the rest). Report cells starting with them get a "'"; intake undoes it.
 EXCEL_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
-# A cell that excel_safe may change starts with a trigger or a quote: found in a row's cells joined by NUL.
-_AT_RISK = re.compile("(?:^|\x00)[" + re.escape("".join(EXCEL_TRIGGERS) + "'") + "]")
+SAFE_CHUNK = 1000  # report rows looked at together for secrets and cells at risk (see safe_rows)
+# A cell that excel_safe may change starts with a trigger or a quote: found after the NUL that starts each cell
+# of a row (or of rows) joined, NUL first; a pattern led by a literal character is scanned for at C speed.
+_AT_RISK = re.compile("\x00[" + re.escape("".join(EXCEL_TRIGGERS) + "'") + "]")
 
 
 @cache
@@ -102,16 +106,33 @@ def unescape(cells: list[str]) -> list[str]:
     return cells
 
 
-def _report_row(cells: list[object]) -> list[str]:
+def _report_row(cells: Sequence[object]) -> list[str]:
     """The single place a report row is made: every cell, whatever its source, scrubbed and Excel-safe.
 
     The row's cells are looked at joined, in two scans at C speed, and only a row that holds a secret or a cell
     at risk goes cell by cell: almost none does, and a report has a line per row of its file."""
     texts = ["" if cell is None else cell if type(cell) is str else str(cell) for cell in cells]
-    joined = "\x00".join(texts)
+    joined = "\x00" + "\x00".join(texts)
     if holds_secret(joined) or _AT_RISK.search(joined):
         return [excel_safe(redact(text)) for text in texts]
     return texts
+
+
+def safe_chunks(rows: Iterable[Sequence[object]]) -> Iterator[Sequence[Sequence[object]]]:
+    """Rows as a report may hold them, SAFE_CHUNK at a time: a chunk in which no cell holds a secret or is at risk
+    (the same two scans as _report_row, over the chunk's cells joined) is given as it is, the rows of any other
+    chunk as _report_row makes them. Its cells are then what _report_row gives once None is read as "" and the
+    rest as str() — as csv.writer writes them; a million-row report is seconds faster than row by row."""
+    source = iter(rows)
+    while chunk := list(islice(source, SAFE_CHUNK)):
+        # str(None) is "None": neither at risk nor (unless a secret is part of it) a reason for the slow path.
+        joined = "\x00" + "\x00".join(map(str, chain.from_iterable(chunk)))
+        yield [_report_row(cells) for cells in chunk] if holds_secret(joined) or _AT_RISK.search(joined) else chunk
+
+
+def safe_rows(rows: Iterable[Sequence[object]]) -> Iterator[Sequence[object]]:
+    """The rows of safe_chunks one after the other."""
+    return chain.from_iterable(safe_chunks(rows))
 
 
 def outcome_for(counts: Mapping[RowStatus, int]) -> Outcome:
@@ -186,20 +207,29 @@ def atomic_write(path: Path, *, encoding: str = "utf-8-sig") -> Iterator[IO[str]
         yield f
 
 
-RowWriter = Callable[[list[object]], None]
+RowsWriter = Callable[[Iterable[Sequence[object]]], None]  # writes rows, each one made safe (see safe_rows)
 
 
 @contextmanager
-def csv_table(path: Path, *, delimiter: str = ",", encoding: str = "utf-8-sig") -> Iterator[RowWriter]:
+def csv_table(path: Path, *, delimiter: str = ",", encoding: str = "utf-8-sig") -> Iterator[RowsWriter]:
     """A report CSV being written: each row given is scrubbed and made Excel-safe (UnicodeEncodeError when the
     encoding cannot hold a character; nothing is left behind then)."""
     with atomic_write(path, encoding=encoding) as f:
-        writer = csv.writer(f, delimiter=delimiter)
-        yield lambda cells: writer.writerow(_report_row(cells))
+        buffer = io.StringIO()  # a chunk of rows at a time into the file: encoding row by row is 0.6 s a million
+        writer = csv.writer(buffer, delimiter=delimiter)
+
+        def write(rows: Iterable[Sequence[object]]) -> None:
+            for chunk in safe_chunks(rows):
+                writer.writerows(chunk)
+                f.write(buffer.getvalue())
+                buffer.seek(0)
+                buffer.truncate()
+
+        yield write
 
 
 @contextmanager
-def xlsx_table(path: Path, *, sheet: str, width: int) -> Iterator[RowWriter]:
+def xlsx_table(path: Path, *, sheet: str, width: int) -> Iterator[RowsWriter]:
     """A report workbook being written, streamed (constant memory): every cell a string in a Text-formatted
     column, so leading zeros survive and a value typed over one stays text; never a formula."""
     # XlsxWriter streams rows into a temporary file of its own, which it leaves behind when storing the workbook
@@ -213,12 +243,13 @@ def xlsx_table(path: Path, *, sheet: str, width: int) -> Iterator[RowWriter]:
             worksheet.set_column(0, max(width, 1) - 1, 18, text)
             row = 0
 
-            def write(cells: list[object]) -> None:
+            def write(rows: Iterable[Sequence[object]]) -> None:
                 nonlocal row
-                for column, cell in enumerate(_report_row(cells)):
-                    if cell:  # an empty cell stays blank (its column is Text all the same)
-                        worksheet.write_string(row, column, cell, text)
-                row += 1
+                for cells in safe_rows(rows):
+                    for column, cell in enumerate(cells):
+                        if cell is not None and cell != "":  # an empty cell stays blank (its column is Text)
+                            worksheet.write_string(row, column, str(cell), text)
+                    row += 1
 
             yield write
         except BaseException:
@@ -249,24 +280,21 @@ def rejected_encoding(source: str | None) -> str:
 
 
 def write_table(
-    path: Path, layout: FileLayout, rows: Callable[[], Iterable[list[object]]], *, delimiter: str, excel: bool
+    path: Path, layout: FileLayout, rows: Callable[[], Iterable[Sequence[object]]], *, delimiter: str, excel: bool
 ) -> None:
     """One table of a report in the chosen kind: an .xlsx, or a CSV in the input's encoding (UTF-8 with a BOM
     when a character does not fit it)."""
     if excel:
         with xlsx_table(path, sheet=layout.sheet or "Sheet1", width=len(layout.headers) + 1) as write:
-            for cells in rows():
-                write(cells)
+            write(rows())
         return
     encoding = rejected_encoding(layout.encoding)
     try:
         with csv_table(path, delimiter=delimiter, encoding=encoding) as write:
-            for cells in rows():
-                write(cells)
+            write(rows())
     except UnicodeEncodeError:
         with csv_table(path, delimiter=delimiter) as write:
-            for cells in rows():
-                write(cells)
+            write(rows())
 
 
 def write_reports(
@@ -283,20 +311,17 @@ def write_reports(
     names = names_for(file.report_base, workbook=workbook)
     data_key = file.data_key
 
-    def report_rows() -> Iterator[list[object]]:
+    def report_rows() -> Iterator[Sequence[object]]:
         yield ["row", data_key, "status", "detail", "batch", "task_id"]
-        for line, key, status, detail, seq, task_id in ledger.report_rows(file.id):
-            yield [line, key, status, detail, seq, task_id]
+        yield from ledger.report_rows(file.id)  # line, key, status, detail, batch number, task id
 
     with csv_table(outbox / names.report, delimiter=delimiter) as write:
-        for cells in report_rows():
-            write(cells)
+        write(report_rows())
     if reports.xlsx:
         with xlsx_table(outbox / names.report_xlsx, sheet="report", width=6) as write:
-            for cells in report_rows():
-                write(cells)
+            write(report_rows())
 
-    def rejected_rows() -> Iterator[list[object]]:
+    def rejected_rows() -> Iterator[Sequence[object]]:
         yield [*layout.headers, REJECTED_ERROR_COLUMN]
         for _line, cells, _status, detail in ledger.error_rows(file.id):
             yield [*cells, detail]

@@ -119,7 +119,7 @@ def test_a_workbook_that_cannot_be_stored_raises_the_file_system_error_for_the_d
 
     def write_while_the_share_goes_away() -> None:
         with xlsx_table(target, sheet="x", width=1) as write:
-            write(["a"])
+            write([["a"]])
             shutil.rmtree(folder)
 
     with pytest.raises(FileNotFoundError):

@@ -1,7 +1,10 @@
 """Report helpers: Excel safety, never-overwrite names, atomic writes."""
 
+import csv
+import io
 import os
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 from hypothesis import given
@@ -97,3 +100,20 @@ def test_a_report_row_is_each_cell_scrubbed_then_made_excel_safe(cells: list[obj
     register_secret("s3cr")
     expected = [excel_safe(redact("" if cell is None else str(cell))) for cell in cells]
     assert _report_row(cells) == expected
+
+
+@given(st.lists(st.lists(_CELL, min_size=1, max_size=4), max_size=12), st.integers(1, 5))
+def test_a_report_written_a_chunk_at_a_time_is_what_row_by_row_would_write(
+    rows: list[list[object]], chunk: int
+) -> None:
+    # Clean chunks go to csv.writer as they are; a chunk with a secret or a cell at risk goes row by row.
+    from daemon import reporter
+    from daemon.logs import register_secret
+
+    register_secret("s3cr")
+    row_by_row = io.StringIO()
+    csv.writer(row_by_row).writerows(reporter._report_row(cells) for cells in rows)
+    chunked = io.StringIO()
+    with patch.object(reporter, "SAFE_CHUNK", chunk):
+        csv.writer(chunked).writerows(reporter.safe_rows(rows))
+    assert chunked.getvalue() == row_by_row.getvalue()

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Table, TextClause, bindparam, text
+from sqlalchemy import Connection, Result, Table, TextClause, bindparam, text
 from sqlalchemy.exc import OperationalError
 
 from daemon import schema
@@ -113,6 +113,13 @@ def streamed(statement: TextClause) -> TextClause:
     """A read over a whole file, fetched STREAM_ROWS at a time: on PostgreSQL a server-side cursor (psycopg would
     otherwise hold every row of the answer in memory); SQLite steps through it anyway."""
     return statement.execution_options(yield_per=STREAM_ROWS)
+
+
+def each_row(result: Result[Any]) -> Iterator[Any]:  # each a Row, unpacked by the caller as its columns
+    """The rows of a streamed result, fetched STREAM_ROWS at a time: iterated directly, SQLAlchemy fetches them one
+    by one (fetchone for each of a million rows of a report: 0.7 s more than a partition at a time)."""
+    for part in result.partitions(STREAM_ROWS):
+        yield from part
 
 
 @lru_cache(maxsize=1024)

@@ -8,7 +8,7 @@ from itertools import islice
 from typing import Any
 
 from daemon import schema
-from daemon.ledger.base import count_rows, row_move, sql, states, streamed
+from daemon.ledger.base import count_rows, each_row, row_move, sql, states, streamed
 from daemon.ledger.codes import CodeStore
 from daemon.states import FILE_TRANSITIONS, OPEN_ROW_STATUSES, FileState, RowStatus, sources
 
@@ -171,7 +171,7 @@ class RowStore(CodeStore):
                 )
             ) as result,
         ):
-            for data_hash, line in result:
+            for data_hash, line in each_row(result):
                 lines = groups.get(data_hash)
                 if lines is None:
                     lines = groups[data_hash] = array("q")
@@ -242,7 +242,7 @@ class RowStore(CodeStore):
                 )
             ) as result,
         ):
-            yield from result
+            yield from each_row(result)
 
     def error_rows(self, file_id: int) -> Iterator[tuple[int, list[str], str, str]]:
         """Rejected and failed rows of a file: line, cells, status, detail."""
@@ -261,7 +261,7 @@ class RowStore(CodeStore):
                 )
             ) as result,
         ):
-            for line, cells, status, detail in result:
+            for line, cells, status, detail in each_row(result):
                 yield line, json.loads(cells), status, detail
 
     def retry_failed(self, file_id: int) -> int:
