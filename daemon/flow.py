@@ -351,10 +351,11 @@ class FileFlow:
                 if self.planning(f.id) or self.ledger.has_open_rows(f.id):
                     self._counting.pop(f.id, None)
                     continue
+                if self.ledger.settle_some():
+                    continue  # a file at rest has its codes in `codes`: merged a key range per step, then finished
                 counts = self._final_counts(f.id)
                 if counts is None:
                     continue  # being counted off the loop's thread
-                self.ledger.settle_codes()  # a file at rest has its codes in `codes`, where prune leaves them
                 self.ledger.transition_file(f.id, FileState.REPORTING, outcome=outcome_for(counts), counts=counts)
             backoff = self.delivery.get(f.id)
             if backoff is not None and now < backoff.next_at:

@@ -325,6 +325,8 @@ class Service:
         sending = leads and not self.stop_event.is_set()
         sent = self._guarded("send", self.uploader.dispatch, self.epoch(), default=0) if sending else 0
         finished = self._guarded("finish", self.flow.finish, default=0) if leads else 0
+        # The codes of recorded answers, merged into the upload history a key range per step once enough gathered.
+        self._guarded("merge", self.ledger.merge_some, default=0)
         if answered or planned or finished:
             self.flow.progressed(finished=finished > 0)
         else:

@@ -126,14 +126,15 @@ class TestStorageContract:
         rows_ = {line: (status, detail) for line, _k, status, detail, _b, _t in ledger.report_rows(second)}
         assert rows_[2] == ("skipped", "the same data was already uploaded for this code")
 
-    @pytest.mark.parametrize("merge_at", [1, 3, 1000])
+    @pytest.mark.parametrize(("merge_at", "merge_slice"), [(1, 1), (3, 1), (3, 2), (3, 10_000), (1000, 1)])
     def test_the_last_upload_of_a_code_wins_whenever_its_codes_are_merged(
-        self, ledger: Ledger, merge_at: int, monkeypatch: pytest.MonkeyPatch
+        self, ledger: Ledger, merge_at: int, merge_slice: int, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """Answers gather their codes in codes_new, merged into codes every MERGE_AT of them and before the
-        already-uploaded check: of two uploads of a code, merged apart (1) or in one merge, when the threshold is
-        reached (3) or at the check (1000), the later one is remembered."""
+        """Answers gather their codes in codes_new, merged into codes (a key range of MERGE_SLICE a step) once
+        MERGE_AT have gathered and before the already-uploaded check: of two uploads of a code, merged apart (1)
+        or in one merge, when the threshold is reached (3) or at the check (1000), the later one is remembered."""
         monkeypatch.setattr(codes_module, "MERGE_AT", merge_at)
+        monkeypatch.setattr(codes_module, "MERGE_SLICE", merge_slice)
 
         def upload(sha: str, rows: list[tuple[str, str]]) -> int:
             file_id = add_file(ledger, sha)
@@ -142,6 +143,8 @@ class TestStorageContract:
             ledger.add_batches(file_id, [("sync", list(range(2, 2 + len(rows))), None)])
             batch, _ = ledger.start_sending(ledger.due_batches(now=0, limit=1)[0].id)
             ledger.complete_sync(batch, "extended_id", [k for k, _ in rows], changed={k for k, _ in rows})
+            while merged := ledger.merge_some():  # the service's loop: a step each
+                assert merged <= merge_slice + 1  # a range holds every upload of its last code (A: twice)
             return file_id
 
         first = upload("1" * 64, [("A", "h1"), ("B", "h1")])

@@ -125,6 +125,21 @@ def line_runs(members: Iterable[tuple[int, int]]) -> list[tuple[int, int, int]]:
     return runs
 
 
+Bound = tuple[str, str] | None  # (data_key, key) where a key range of codes_new begins or ends; None: open
+
+
+def _key_range(after: Bound, upto: Bound) -> tuple[str, dict[str, str]]:
+    """A WHERE clause for the codes of codes_new after `after` and up to `upto` in (data_key, key) order."""
+    terms, params = ["true"], dict[str, str]()
+    if after is not None:
+        terms.append("(data_key > :after_dk OR (data_key = :after_dk AND key > :after_key))")
+        params |= {"after_dk": after[0], "after_key": after[1]}
+    if upto is not None:
+        terms.append("(data_key < :upto_dk OR (data_key = :upto_dk AND key <= :upto_key))")
+        params |= {"upto_dk": upto[0], "upto_key": upto[1]}
+    return " AND ".join(terms), params
+
+
 class Dialect:
     """What differs between the backends; this base is PostgreSQL's."""
 
@@ -204,17 +219,20 @@ class Dialect:
             {"lines": list(lines), "tos": list(tos), "details": list(details), "file_id": file_id, "frm": frm},
         )
 
-    def merge_codes(self, conn: Connection) -> int:
-        """Move every code of codes_new into codes, the later of two uploads of a code winning; returns how many
-        were moved. In key order, so that the index of codes is written page by page."""
+    def merge_codes(self, conn: Connection, after: Bound, upto: Bound) -> int:
+        """Move the codes of codes_new with (data_key, key) after `after` and up to `upto` (None: no bound) into
+        codes, the later of two uploads of a code winning; returns how many were moved. In key order, so that the
+        index of codes is written page by page."""
+        where, params = _key_range(after, upto)
         return int(
             conn.execute(
                 text(
-                    "WITH moved AS (DELETE FROM codes_new RETURNING *) "
+                    f"WITH moved AS (DELETE FROM codes_new WHERE {where} RETURNING *) "
                     "INSERT INTO codes (data_key, key, data_hash, file_id, line, uploaded_at) "
                     "SELECT DISTINCT ON (data_key, key) data_key, key, data_hash, file_id, line, uploaded_at "
                     f"FROM moved ORDER BY data_key, key, id DESC {_CODES_UPSERT}"
-                )
+                ),
+                params,
             ).rowcount
         )
 
@@ -287,16 +305,18 @@ class SqliteDialect(Dialect):
             [(to, detail, file_id, line, frm) for line, to, detail in changes],
         )
 
-    def merge_codes(self, conn: Connection) -> int:
+    def merge_codes(self, conn: Connection, after: Bound, upto: Bound) -> int:
         # SQLite applies an upsert's rows in the SELECT's order: of two uploads of a code, the later one wins.
+        where, params = _key_range(after, upto)
         conn.execute(
             text(
                 "INSERT INTO codes (data_key, key, data_hash, file_id, line, uploaded_at) "
                 "SELECT data_key, key, data_hash, file_id, line, uploaded_at FROM codes_new "
-                f"WHERE true ORDER BY data_key, key, id {_CODES_UPSERT}"
-            )
+                f"WHERE {where} ORDER BY data_key, key, id {_CODES_UPSERT}"
+            ),
+            params,
         )
-        return int(conn.execute(text("DELETE FROM codes_new")).rowcount)
+        return int(conn.execute(text(f"DELETE FROM codes_new WHERE {where}"), params).rowcount)
 
     def upload_batch(self, conn: Connection, params: Mapping[str, Any]) -> int:
         """Two statements: the codes first, while the rows are still in status `frm`."""
