@@ -2,6 +2,8 @@
 one fixture per backend); then what only SQLite has (its connection settings, ledgers from before Alembic)."""
 
 import json
+import random
+import string
 from array import array
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -135,6 +137,7 @@ class TestStorageContract:
         or in one merge, when the threshold is reached (3) or at the check (1000), the later one is remembered."""
         monkeypatch.setattr(codes_module, "MERGE_AT", merge_at)
         monkeypatch.setattr(codes_module, "MERGE_SLICE", merge_slice)
+        monkeypatch.setattr(codes_module, "SAMPLE", 1)  # the ranges' ends from every code: exact
 
         def upload(sha: str, rows: list[tuple[str, str]]) -> int:
             file_id = add_file(ledger, sha)
@@ -181,6 +184,32 @@ class TestStorageContract:
         assert [tuple(r) for r in found] == [
             (line, "queued", seq_of[line]) if line in seq_of else (line, "pending", None) for line in range(2, 14)
         ]
+
+    def test_a_merge_goes_a_key_range_of_about_merge_slice_codes_a_step_and_misses_none(
+        self, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The ranges' ends come from a sample of the gathered codes (every SAMPLE-th by arrival): each step
+        still merges about MERGE_SLICE of them, and together they merge every code once."""
+        monkeypatch.setattr(codes_module, "MERGE_AT", 2000)
+        monkeypatch.setattr(codes_module, "MERGE_SLICE", 200)
+        rnd = random.Random(5)
+        keys = sorted({"".join(rnd.choices(string.ascii_letters, k=8)) for _ in range(2000)})
+        rnd.shuffle(keys)  # uploaded in no particular order of their keys
+        file_id = add_file(ledger)
+        add_rows(ledger, file_id, [(key, "h1") for key in keys])
+        ledger.transition_file(file_id, FileState.ACTIVE)
+        ledger.add_batches(file_id, [("sync", list(range(2, 2 + len(keys))), None)])
+        batch, _ = ledger.start_sending(ledger.due_batches(now=0, limit=1)[0].id)
+        ledger.complete_sync(batch, "extended_id", keys, changed=set(keys))
+        steps = []
+        while merged := ledger.merge_some():
+            steps.append(merged)
+        assert sum(steps) == len(keys)
+        assert 5 <= len(steps) <= 20, steps
+        assert max(steps) <= 3 * 200, steps
+        with ledger.engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM codes_new")).scalar_one() == 0
+            assert conn.execute(text("SELECT count(*) FROM codes")).scalar_one() == len(keys)
 
     def test_an_earlier_open_row_for_the_same_code_blocks_a_later_file(self, ledger: Ledger) -> None:
         first = add_file(ledger, "1" * 64)
