@@ -6,9 +6,12 @@ from typing import Any
 
 import pytest
 import requests
+from hypothesis import given
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from daemon.sandbox import Emulator, EmulatorConfig, serve_forever
+from daemon.sandbox.store import Shards
 
 TOKEN = "sandbox-token"
 UPLOAD = "/api/v2/scm/upload/"
@@ -315,3 +318,19 @@ def test_configure_refuses_unknown_knobs(emulator: Emulator) -> None:
         emulator.configure(rate=5)
     emulator.configure(known_codes=[code(1)])
     assert emulator.config.known_codes == frozenset({code(1)})
+
+
+@given(st.lists(st.tuples(st.sampled_from(["set", "default"]), st.text(max_size=3), st.integers()), max_size=60))
+def test_the_stores_sharded_dict_holds_what_a_dict_would(operations: list[tuple[str, str, int]]) -> None:
+    sharded: Shards[str, int] = Shards()
+    plain: dict[str, int] = {}
+    for op, key, value in operations:
+        if op == "set":
+            sharded[key] = value
+            plain[key] = value
+        else:
+            assert sharded.setdefault(key, value) == plain.setdefault(key, value)
+    assert dict(sharded.items()) == plain
+    assert sorted(sharded) == sorted(plain)
+    assert all(key in sharded and sharded.get(key, None) == value for key, value in plain.items())
+    assert sharded.get("not there", None) is None or "not there" in plain
