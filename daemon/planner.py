@@ -84,7 +84,8 @@ def plan(
     sync_batch_size: int,
     async_batch_size: int,
 ) -> Plan:
-    """Plan rows given as {data hash: lines in row order}: async jobs first (they take longest), then sync calls."""
+    """Plan rows given as {data hash: lines in row order}: async jobs first (they take longest), then sync calls,
+    each kind in the order of its first line."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if not 1 <= sync_batch_size <= 100:
@@ -107,6 +108,10 @@ def plan(
         for start in range(0, min(len(lines), count * async_batch_size), async_batch_size):
             batches.append(PlannedBatch(ASYNC, lines[start : start + async_batch_size], data_hash))
         left.extend(lines[count * async_batch_size :])
+    # Jobs in the order of their first line, not group by group: queueing them then writes the rows a stretch of
+    # the file at a time. With 20 groups interleaved row by row, a group's ten jobs touched 200,000 lines' pages
+    # per planning step (27 MB of WAL a step; 34 s to plan a million rows).
+    batches.sort(key=lambda batch: batch.lines[0])
     rest = _view(array("q", sorted(left)))
     batches.extend(PlannedBatch(SYNC, rest[i : i + sync_batch_size]) for i in range(0, len(rest), sync_batch_size))
     return Plan(batches, len(groups), _ceil_div(sum(sizes), sync_batch_size))

@@ -65,6 +65,12 @@ def test_every_row_is_sent_once_within_the_limits(sizes: list[int], mode: str, s
             assert 1 <= len(b.lines) <= sync_size
     sync_lines = [line for b in p.batches if b.kind == "sync" for line in b.lines]
     assert sync_lines == sorted(sync_lines)
+    # Async jobs first, each kind in the order of its first line (the ledger queues them a stretch at a time).
+    kinds = [b.kind for b in p.batches]
+    assert kinds == sorted(kinds)  # "async" < "sync"
+    for kind in ("async", "sync"):
+        firsts = [b.lines[0] for b in p.batches if b.kind == kind]
+        assert firsts == sorted(firsts)
     assert p.sync_only_calls == -(-sum(sizes) // sync_size)
     assert p.groups == len(sizes)
     if mode == "sync":
