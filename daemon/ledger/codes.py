@@ -48,7 +48,7 @@ class CodeStore(LedgerBase):
         """Merge the gathered codes into `codes` (a probe when there are none); returns how many were merged.
         Whatever reads `codes` calls it first."""
         with self.begin() as conn:
-            if conn.execute(sql("SELECT 1 FROM codes_new LIMIT 1")).first() is None:
+            if _none_gathered(conn):
                 return 0
             merged = self.dialect.merge_codes(conn, None, None)
         self._gathered, self._slices = 0, ()
@@ -71,7 +71,7 @@ class CodeStore(LedgerBase):
         when none is under way); True while codes may remain, False once codes_new is empty (a probe)."""
         if not self._slices:
             with self.connect() as conn:
-                if conn.execute(sql("SELECT 1 FROM codes_new LIMIT 1")).first() is None:
+                if _none_gathered(conn):
                     return False
             self._start_merge()
         self._merge_slice()
@@ -96,6 +96,11 @@ class CodeStore(LedgerBase):
     def _appended(self, conn: Connection, count: int) -> None:
         """`count` codes were appended in this transaction: merge_some merges them once MERGE_AT have gathered."""
         self._gathered += count
+
+
+def _none_gathered(conn: Connection) -> bool:
+    """Whether codes_new is empty (a probe)."""
+    return conn.execute(sql("SELECT 1 FROM codes_new LIMIT 1")).first() is None
 
 
 # Where each slice of a merge ends: every SAMPLE-th code of codes_new by arrival, sorted, taken every
