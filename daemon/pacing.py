@@ -145,11 +145,10 @@ class SendWindow:
 # Requests are paced 3 % under the configured rate: the API counts arrivals in a rolling second, and the jitter
 # between our clock and its arrival times otherwise lets an 11th request into a second at exactly 10/s.
 PACE_HEADROOM = 0.97
-API_RATE_LIMIT = 10  # SCM updates per second per account (API.md)
-# Seconds: the rolling window in which at most max(API_RATE_LIMIT, pace) requests leave. Ten intervals of the
-# paced grid (1.031 s at 9.7/s) must fit in it with room to spare, or the window, not the pace, sets the rate:
-# at 1.05 s it held every request that the grid let out a little early, the held requests sat in the workers,
-# and the task polls waited for a free worker (the headline run's jobs completed 10-30 s after they were sent).
+# Seconds: the rolling window in which at most requests_per_second (rounded down) requests leave. As many
+# intervals of the paced grid (1.031 s at any whole rate) must fit in it with room to spare, or the window, not the
+# pace, sets the rate: at 1.05 s it held every request that the grid let out a little early, the held requests sat
+# in the workers, and the task polls waited for a free worker (the headline's jobs completed 10-30 s after sent).
 # Its 20 ms over the API's second covers the request's way to the API (1.6 ms median, 8 ms at most, measured).
 SEND_WINDOW = 1.02
 MAX_THROTTLE_PAUSE = 60.0  # seconds: a 429's announced wait pauses every request up to this
@@ -173,12 +172,15 @@ class Pace:
         rate = requests_per_second * PACE_HEADROOM
         self._clock = clock
         self.pacer = Pacer(rate, clock=clock)
-        self.window = SendWindow(self._window_limit(rate), SEND_WINDOW, clock=clock, sleep=sleep)
+        self.window = SendWindow(self._window_limit(requests_per_second), SEND_WINDOW, clock=clock, sleep=sleep)
         self.governor = ThrottleGovernor(rate)
 
     @staticmethod
-    def _window_limit(rate: float) -> int:
-        return max(API_RATE_LIMIT, math.ceil(rate))
+    def _window_limit(requests_per_second: float) -> int:
+        """At most the configured rate in any window: slots made up after a hold leave one after the other, and
+        at 8/s a window of 10 (the API's own limit, as it was) let 10 into one second (a 429 on an account, or a
+        share of one, limited to 8)."""
+        return max(1, math.floor(requests_per_second))
 
     @property
     def rate(self) -> float:
@@ -220,5 +222,5 @@ class Pace:
         rate = requests_per_second * PACE_HEADROOM
         self.governor.reconfigure(rate)
         self.pacer.set_rate(self.governor.rate)
-        self.window.resize(self._window_limit(rate))
+        self.window.resize(self._window_limit(requests_per_second))
         return self.pacer.rate
