@@ -106,6 +106,9 @@ class _UatAuth(requests.auth.AuthBase):
         return "_UatAuth(token=SecretStr('**********'))"
 
 
+Turn = Callable[[], object]  # waited for just before an upload leaves (the uploader's rolling window)
+
+
 class ScantrustClient:
     """A thread-safe client for the endpoints the daemon uses; every request waits for one of `pool_size` slots.
 
@@ -165,19 +168,23 @@ class ScantrustClient:
             raise ProtocolError(f"GET {ME_PATH} answered 200 with {shape(body)} instead of a JSON object")
         return body
 
-    def upload_sync(self, data_key: str, items: list[dict[str, str]]) -> SyncResult:
-        """Send one synchronous SCM upload (at most 100 items)."""
+    def upload_sync(self, data_key: str, items: list[dict[str, str]], *, turn: Turn | None = None) -> SyncResult:
+        """Send one synchronous SCM upload (at most 100 items); `turn` is waited for just before it leaves."""
         try:
-            body = self._call("POST", SYNC_UPLOAD_PATH, {"data_key": data_key, "items": items}, kind="sync_upload")
+            payload = {"data_key": data_key, "items": items}
+            body = self._call("POST", SYNC_UPLOAD_PATH, payload, kind="sync_upload", turn=turn)
         except Rejected as exc:
             exc.item_errors = item_errors(exc.body, [_key_of(item, data_key) for item in items])
             raise
         return parse_sync_result(body, data_key)
 
-    def upload_async(self, data_key: str, values: list[str], scm_data: dict[str, str], reference: str) -> str:
-        """Create an async job setting `scm_data` on the codes whose `data_key` is in `values`; the task id."""
+    def upload_async(
+        self, data_key: str, values: list[str], scm_data: dict[str, str], reference: str, *, turn: Turn | None = None
+    ) -> str:
+        """Create an async job setting `scm_data` on the codes whose `data_key` is in `values`; the task id.
+        `turn` is waited for just before the request leaves."""
         payload = {"constraints": {data_key: values}, "scm_data": scm_data, "reference": reference}
-        return parse_task_id(self._call("POST", ASYNC_UPLOAD_PATH, payload, kind="async_submit"))
+        return parse_task_id(self._call("POST", ASYNC_UPLOAD_PATH, payload, kind="async_submit", turn=turn))
 
     def task(self, task_id: str) -> TaskStatus:
         """The status of an async task: the slash form, on 404 the bare form once; the one that answers is kept."""
@@ -224,7 +231,14 @@ class ScantrustClient:
         return session
 
     def _call(
-        self, method: str, path: str, payload: object = None, *, kind: str, follow_redirects: bool = False
+        self,
+        method: str,
+        path: str,
+        payload: object = None,
+        *,
+        kind: str,
+        follow_redirects: bool = False,
+        turn: Turn | None = None,
     ) -> object:
         if self._closed:
             raise RuntimeError("the API client was closed")
@@ -232,7 +246,7 @@ class ScantrustClient:
         url = self.base_url + path
         for _hop in range(MAX_REDIRECTS + 1):
             with self._slots:
-                response, raw = self._request(what, kind, method, url, payload)
+                response, raw = self._request(what, kind, method, url, payload, turn=turn)
             # What to copy into a report of an API mismatch (`run --log-level debug`); scrubbed like everything.
             log.debug(
                 "api_answer",
@@ -257,15 +271,25 @@ class ScantrustClient:
             url = target
         raise ProtocolError(f"{what}: more than {MAX_REDIRECTS} redirects; not followed further", ambiguous=False)
 
-    def _request(self, what: str, kind: str, method: str, url: str, payload: object) -> tuple[requests.Response, bytes]:
-        """One HTTP request and its whole answer body; the one place where requests are counted and timed."""
+    def _request(
+        self, what: str, kind: str, method: str, url: str, payload: object, *, turn: Turn | None
+    ) -> tuple[requests.Response, bytes]:
+        """One HTTP request and its whole answer body; the one place where requests are counted and timed.
+
+        The request is built (its JSON body encoded, its headers set) before `turn` is waited for, so that once
+        the rolling window has counted it as sent, only the socket's work is left: built after, in a process whose
+        main thread holds the interpreter, it could leave tens of milliseconds after it was counted."""
         outcome = "connection_error"
         started = time.monotonic()
         try:
+            session = self._session()
+            prepared = session.prepare_request(requests.Request(method, url, json=payload))
+            settings = session.merge_environment_settings(prepared.url, {}, True, None, None)  # as request() does
+            if turn is not None:
+                turn()
+                started = time.monotonic()  # the wait for the window is not the API's time
             # requests' own redirect handling is off: it would decide alone where the token goes.
-            response = self._session().request(
-                method, url, json=payload, timeout=self._timeout, allow_redirects=False, stream=True
-            )
+            response = session.send(prepared, timeout=self._timeout, allow_redirects=False, **settings)
             outcome = str(response.status_code)
             return response, self._answers.read(what, response, self._deadline, self._max_bytes)
         except requests.RequestException as exc:

@@ -206,9 +206,9 @@ class Uploader(StartAndTokenChecks):
         return Work(RequestKind.SYNC_UPLOAD, batch, file, keys, lines), self.client.upload_sync, (file.data_key, items)
 
     def _send(self, call: Callable[..., Any], *args: Any) -> Any:
-        """In a worker: wait (rarely, briefly) for the rolling window, then make the upload call."""
-        self.pace.wait_turn()
-        return call(*args)
+        """In a worker: make the upload call, which waits (rarely, briefly) for the rolling window once the request
+        is built, just before it leaves."""
+        return call(*args, turn=self.pace.wait_turn)
 
     def _submit(self, work: Work, call: Callable[..., Any], *args: Any) -> None:
         self.inflight[self.runner.submit(call, *args)] = work

@@ -157,6 +157,25 @@ def test_upload_reports_the_changed_codes_and_fields(emulator: Emulator, client:
     assert emulator.transactions("extended_id", code(1)) == 2
 
 
+def test_an_upload_waits_for_its_turn_once_built_and_leaves_right_after(
+    emulator: Emulator, client: ScantrustClient
+) -> None:
+    # The rolling window counts a request as sent when its turn comes: by then it is built, so that only the
+    # socket's work is left (built after, in a busy process, it could leave tens of milliseconds later).
+    turns: list[int] = []
+
+    def turn() -> None:
+        turns.append(len(emulator.upload_arrivals()))  # nothing of this request has reached the API yet
+
+    client.upload_sync("extended_id", [{"extended_id": code(1), "lot": "1"}], turn=turn)
+    task_id = client.upload_async("extended_id", [code(2)], {"lot": "2"}, "r", turn=turn)
+    assert turns == [0, 1]
+    assert len(emulator.upload_arrivals()) == 2
+    assert task_id
+    client.task(task_id)  # polls are not paced: no turn
+    assert turns == [0, 1]
+
+
 def test_the_client_is_safe_to_share_between_threads(emulator: Emulator) -> None:
     api = make_client(emulator.base_url, pool_size=4)
     errors: list[BaseException] = []
