@@ -142,6 +142,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 # 40-90 ms, dozens of times while a million-row file was planned, and a request counted as sent by
                 # the rolling window then left that much later, so that the API saw 11 in one second (a 429).
                 gc.freeze()
+                # For the same reason a worker whose turn came gets the interpreter within a millisecond, not the
+                # default 5, while the loop's thread reads a big file (bench/stall.py: 1 x 429 at 5 ms, none at 1).
+                sys.setswitchinterval(0.001)
                 log.info(
                     "service_started",
                     inbox=str(settings.paths.inbox),
