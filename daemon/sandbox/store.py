@@ -127,9 +127,6 @@ class Shards(Generic[K, V]):
     def __setitem__(self, key: K, value: V) -> None:
         self._part(key)[key] = value
 
-    def __contains__(self, key: K) -> bool:
-        return key in self._part(key)
-
     def items(self) -> Iterator[tuple[K, V]]:
         for part in self._parts:
             yield from part.items()
