@@ -75,6 +75,7 @@ class FileFlow:
     def resume(self) -> int:
         """After recovery: every active file may have rows to plan. Returns how many there are."""
         self._to_plan = {f.id for f in self.ledger.files([FileState.ACTIVE])}
+        self._active |= self._to_plan
         return len(self._to_plan)
 
     def progressed(self, *, finished: bool) -> None:
@@ -222,6 +223,7 @@ class FileFlow:
             self.wake.set()
             return 0
         self._to_plan.add(file_id)
+        self._active.add(file_id)  # known: finish() must not plan it a second time
         return 1
 
     def _read_failed(self, file_id: int, claimed: Path, name: str, exc: Exception) -> None:
